@@ -1,0 +1,11 @@
+"""Stream operators: decode, batch, normalize.
+
+Each factory returns an :class:`~streams.operator.Operator` with a stable name;
+compose them with ``|``.
+"""
+
+from operators.batch import batch
+from operators.decode import JsonRecord, decode
+from operators.normalize import l2_normalize, normalize
+
+__all__ = ["JsonRecord", "batch", "decode", "l2_normalize", "normalize"]

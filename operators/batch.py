@@ -1,0 +1,212 @@
+"""batch: regroup decoded rows into batches of a target size, per partition.
+
+A batch is emitted when it reaches ``size`` rows or ``max_bytes`` bytes, or when its
+oldest row has waited ``max_latency`` seconds, whichever comes first. Each partition
+is batched on its own, so a batch always belongs to one partition (and so to one
+shard).
+
+Positions: a batch that ends exactly where an input ended carries that input's
+position. A batch that ends in the middle of an input carries the position of the
+last input that it completed (or none), so a restart may re-read a few rows; the
+sink's upsert by id makes re-reading harmless.
+
+Inside a batch the last operation on an id wins: earlier rows with the same id are
+dropped, vectorised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+
+from streams.channel import Inbox
+from streams.errors import ConfigError
+from streams.operator import Operator
+from streams.records import Batch, Position
+
+__all__ = ["batch", "concat", "last_wins"]
+
+
+def last_wins(b: Batch) -> Batch:
+    """``b`` with only the last row of every repeated id (order otherwise kept)."""
+    ids = b.ids
+    if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return b
+    # Index of the last occurrence of each id: unique over the reversed array.
+    _, first_rev = np.unique(ids[::-1], return_index=True)
+    if len(first_rev) == len(ids):
+        return b
+    keep = np.sort(len(ids) - 1 - first_rev)
+    return Batch(
+        ids=ids[keep],
+        vectors=b.vectors[keep],
+        timestamps=b.timestamps[keep],
+        partition=b.partition,
+        position=b.position,
+        deleted=None if b.deleted is None else b.deleted[keep],
+        keys=b.keys,
+        metadata=None if b.metadata is None else [b.metadata[i] for i in keep],
+        created=b.created,
+    )
+
+
+def concat(parts: list[Batch], position: Position) -> Batch:
+    """One batch holding ``parts`` in order, with ``position``."""
+    if len(parts) == 1 and parts[0].position is position:
+        return parts[0]
+    keys: dict[int, str] | None = None
+    for p in parts:
+        if p.keys:
+            keys = {**(keys or {}), **p.keys}
+    deleted: npt.NDArray[np.bool_] | None = None
+    if any(p.deleted is not None for p in parts):
+        deleted = np.concatenate(
+            [p.deleted if p.deleted is not None else np.zeros(len(p), bool) for p in parts]
+        )
+    metadata: list[Any] | None = None
+    if any(p.metadata is not None for p in parts):
+        metadata = []
+        for p in parts:
+            metadata.extend(p.metadata if p.metadata is not None else [None] * len(p))
+    return Batch(
+        ids=np.concatenate([p.ids for p in parts]),
+        vectors=np.concatenate([p.vectors for p in parts]),
+        timestamps=np.concatenate([p.timestamps for p in parts]),
+        partition=parts[0].partition,
+        position=position,
+        deleted=deleted,
+        keys=keys,
+        metadata=metadata,
+        created=parts[0].created,
+    )
+
+
+def _slice(b: Batch, start: int, stop: int, position: Position) -> Batch:
+    return Batch(
+        ids=b.ids[start:stop],
+        vectors=b.vectors[start:stop],
+        timestamps=b.timestamps[start:stop],
+        partition=b.partition,
+        position=position,
+        deleted=None if b.deleted is None else b.deleted[start:stop],
+        keys=b.keys,
+        metadata=None if b.metadata is None else b.metadata[start:stop],
+        created=b.created,
+    )
+
+
+@dataclass
+class _Pending:
+    parts: list[Batch] = field(default_factory=list)
+    rows: int = 0
+    since: float = 0.0
+    # Position of the last input fully held by this buffer, or of earlier output.
+    position: Position = field(default_factory=dict)
+
+
+class _Batcher:
+    def __init__(self, size: int, max_bytes: int | None) -> None:
+        self.size = size
+        self.max_bytes = max_bytes
+        self.pending: dict[str, _Pending] = {}
+
+    def add(self, b: Batch, now: float) -> list[Batch]:
+        """Buffer ``b``; return the batches that are full now."""
+        if not b.created:
+            b.created = now
+        p = self.pending.get(b.partition)
+        if p is None:
+            p = self.pending[b.partition] = _Pending(since=now)
+        elif not p.parts:
+            p.since = now
+        limit = self.size
+        if self.max_bytes is not None and len(b):
+            limit = min(limit, max(1, self.max_bytes // max(1, b.nbytes // len(b))))
+        out: list[Batch] = []
+        start, n = 0, len(b)
+        while start < n:
+            take = min(max(limit - p.rows, 1), n - start)
+            whole = start == 0 and take == n
+            p.parts.append(b if whole else _slice(b, start, start + take, p.position))
+            p.rows += take
+            start += take
+            if p.rows >= limit:
+                # A batch that ends mid-input keeps the last completed position.
+                position = b.position if start == n else p.position
+                out.append(self._emit(b.partition, position))
+                p = self.pending[b.partition] = _Pending(since=now, position=position)
+        p.position = b.position
+        return out
+
+    def _emit(self, partition: str, position: Position) -> Batch:
+        p = self.pending.pop(partition)
+        return last_wins(concat(p.parts, position))
+
+    def flush(self, partition: str) -> Batch | None:
+        p = self.pending.get(partition)
+        if p is None or not p.parts:
+            return None
+        return self._emit(partition, p.position)
+
+    def expired(self, now: float, max_latency: float) -> list[str]:
+        return [k for k, p in self.pending.items() if p.parts and now - p.since >= max_latency]
+
+    def next_deadline(self, max_latency: float) -> float | None:
+        times = [p.since + max_latency for p in self.pending.values() if p.parts]
+        return min(times) if times else None
+
+
+def batch(
+    size: int = 4096,
+    *,
+    max_latency: float = 0.05,
+    max_bytes: int | None = None,
+    name: str = "batch",
+) -> Operator[Batch, Batch]:
+    """Regroup batches to ``size`` rows per partition.
+
+    Args:
+        size: rows per batch. Larger batches amortise per-batch costs (a FAISS add,
+            a thread hop); smaller ones make records searchable sooner.
+        max_latency: seconds a row may wait for its batch to fill. This bounds the
+            freshness cost of batching when input is slow.
+        max_bytes: also emit once a batch holds this many bytes.
+        name: the stage name.
+    """
+    if size < 1:
+        raise ConfigError(f"batch: size must be at least 1, got {size}")
+    if max_latency <= 0:
+        raise ConfigError(f"batch: max_latency must be positive, got {max_latency}")
+    if max_bytes is not None and max_bytes < 1:
+        raise ConfigError(f"batch: max_bytes must be positive, got {max_bytes}")
+
+    async def run(inbox: Inbox[Batch]) -> AsyncIterator[Batch]:
+        state = _Batcher(size, max_bytes)
+        clock = time.monotonic
+        while True:
+            deadline = state.next_deadline(max_latency)
+            timeout = None if deadline is None else max(deadline - clock(), 0.0)
+            try:
+                item = await inbox.receive(timeout=timeout)
+            except TimeoutError:
+                for part in state.expired(clock(), max_latency):
+                    out = state.flush(part)
+                    if out is not None:
+                        yield out
+                continue
+            except anyio.EndOfStream:
+                break
+            for out in state.add(item, clock()):
+                yield out
+        for part in list(state.pending):
+            out = state.flush(part)
+            if out is not None:
+                yield out
+
+    return Operator(name, run)

@@ -1,0 +1,44 @@
+"""normalize: L2-normalise batch vectors in place, in a worker thread.
+
+With normalised vectors, inner product equals cosine similarity. A zero vector has
+no direction and stays zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+
+from streams.channel import Inbox
+from streams.operator import Operator
+from streams.records import Batch
+
+__all__ = ["l2_normalize", "normalize"]
+
+
+def l2_normalize(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Scale every row of ``x`` to unit L2 norm, in place; zero rows stay zero."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    np.divide(1.0, norms, out=norms, where=norms > 0)
+    x *= norms[:, None].astype(x.dtype, copy=False)
+    return x
+
+
+def _apply(b: Batch) -> Batch:
+    if b.vectors.dtype != np.float32 or not b.vectors.flags.writeable:
+        b.vectors = np.array(b.vectors, dtype=np.float32)
+    l2_normalize(b.vectors)
+    return b
+
+
+def normalize(*, name: str = "normalize") -> Operator[Batch, Batch]:
+    """L2-normalise every batch's vectors (float32, in place)."""
+
+    async def run(inbox: Inbox[Batch]) -> AsyncIterator[Batch]:
+        async for b in inbox:
+            yield await anyio.to_thread.run_sync(_apply, b)
+
+    return Operator(name, run)

@@ -1,0 +1,365 @@
+"""FaissSink: incrementally updated, searchable, snapshotted FAISS indexes.
+
+One shard per source partition (see :mod:`sinks.shard`). Adds run in worker threads;
+searches run concurrently under each shard's readers-writer lock. Snapshots go to a
+content-addressed store (:mod:`sinks.store`) every ``snapshot_every`` seconds and at
+the end of a run, each holding every shard together with its partition position, so
+that a restart resumes exactly after what the index holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import faiss
+import numpy as np
+import numpy.typing as npt
+from anyio.abc import TaskGroup
+
+from sinks.search import SearchResults, load_shards, prepare_queries, search_shards
+from sinks.shard import Shard, make_index
+from sinks.store import Loaded, SnapshotStore
+from streams.errors import ConfigError, SnapshotError
+from streams.histogram import DEFAULT_SECONDS_BUCKETS, Histogram
+from streams.records import Batch, Positions
+from streams.sink import Sink
+
+__all__ = ["FaissSink"]
+
+log = logging.getLogger("embedstream.sink")
+
+DEFAULT_FACTORY = "Flat"
+DEFAULT_METRIC = "ip"
+
+SnapshotListener = Callable[[int, Positions], Any]
+
+
+class FaissSink(Sink[Batch]):
+    """Writes batches into FAISS shards in a snapshot directory.
+
+    Args:
+        path: the snapshot directory (created when missing).
+        factory: any ``faiss.index_factory`` string; default ``"Flat"``, or what the
+            directory already holds.
+        metric: ``"ip"`` (inner product; cosine on normalised vectors) or ``"l2"``;
+            default ``"ip"``, or what the directory already holds.
+        snapshot_every: seconds between periodic snapshots; ``None`` or 0 snapshots
+            only at the end of the run. Shorter means less to replay after a crash
+            and more frequent I/O; unchanged shards cost nothing.
+        keep: how many snapshots to keep; older ones and the objects only they use
+            are deleted.
+        normalize_queries: record that vectors are L2-normalised, so searches
+            normalise their queries too.
+        train_size: for index types that need training (IVF, PQ), how many vectors
+            to buffer before training once; every shard clones the trained index.
+        name: the stage name.
+
+    Raises:
+        ConfigError: the directory holds an index of another factory or metric.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        factory: str | None = None,
+        metric: str | None = None,
+        snapshot_every: float | None = 60.0,
+        keep: int = 3,
+        normalize_queries: bool = False,
+        train_size: int = 50_000,
+        name: str = "faiss",
+    ) -> None:
+        if metric is not None and metric not in ("ip", "l2"):
+            raise ConfigError(f"unknown metric {metric!r}: use 'ip' or 'l2'")
+        if keep < 1:
+            raise ConfigError(f"keep must be at least 1, got {keep}")
+        self.path = str(path)
+        self.name = name
+        self._factory_arg = factory
+        self._metric_arg = metric
+        self.factory = factory or DEFAULT_FACTORY
+        self.metric = metric or DEFAULT_METRIC
+        self.snapshot_every = snapshot_every or None
+        self.keep = keep
+        self.normalize_queries = normalize_queries
+        self.train_size = max(1, train_size)
+        self.dim: int | None = None
+        self.shards: dict[str, Shard] = {}
+        self.store: SnapshotStore | None = None
+        self.loaded: Loaded | None = None
+        self._template: faiss.Index | None = None
+        self._template_object: str | None = None
+        self._training: list[Batch] = []
+        self._training_rows = 0
+        self._snapshot_lock = anyio.Lock()
+        self._loop_scope: anyio.CancelScope | None = None
+        self._listeners: list[SnapshotListener] = []
+        self.freshness = Histogram(DEFAULT_SECONDS_BUCKETS)
+        self._stats: dict[str, Any] = {
+            "batches": 0,
+            "records": 0,
+            "snapshots": 0,
+            "last_snapshot_seq": None,
+            "last_snapshot_time": None,
+            "last_snapshot_seconds": None,
+            "last_snapshot_bytes": 0,
+            "snapshot_bytes_total": 0,
+        }
+        self.snapshot_durations = Histogram(DEFAULT_SECONDS_BUCKETS)
+
+    def __repr__(self) -> str:
+        return (
+            f"<FaissSink {self.path!r} {self.factory} {self.metric} dim={self.dim}"
+            f" | shards {len(self.shards)}, ntotal {self.ntotal}>"
+        )
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors held over all shards."""
+        return sum(s.ntotal for s in self.shards.values())
+
+    def add_snapshot_listener(self, fn: SnapshotListener) -> None:
+        """Call ``fn(seq, positions)`` after every durable snapshot (e.g. to commit
+        Kafka offsets). ``fn`` may be a coroutine function."""
+        self._listeners.append(fn)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self, task_group: TaskGroup) -> Positions:
+        store = self.store = SnapshotStore(self.path)
+        loaded = self.loaded = await anyio.to_thread.run_sync(store.load)
+        if loaded is not None:
+            m = loaded.manifest
+            self._adopt_config(m)
+            shards = await anyio.to_thread.run_sync(load_shards, store, loaded)
+            self.shards = {s.name: s for s in shards}
+            if m.get("template"):
+                self._template = faiss.read_index(str(store.objects / m["template"]))
+                self._template_object = m["template"]
+            for fb in loaded.fallbacks:
+                log.warning("%s: fell back past snapshot %s: %s", self.path, fb["seq"], fb["reason"])
+        if self.snapshot_every:
+            task_group.start_soon(self._snapshot_loop)
+        return {name: dict(s.position) for name, s in self.shards.items()}
+
+    def _adopt_config(self, m: dict[str, Any]) -> None:
+        for arg, key in ((self._factory_arg, "factory"), (self._metric_arg, "metric")):
+            if arg is not None and arg != m.get(key):
+                raise ConfigError(
+                    f"{self.path} holds a {m.get('factory')!r} index with metric "
+                    f"{m.get('metric')!r}; you asked for {key} {arg!r}. Drop the option to "
+                    "keep the existing index, or use a new directory."
+                )
+        self.factory = str(m["factory"])
+        self.metric = str(m["metric"])
+        self.dim = int(m["dim"])
+        self.normalize_queries = self.normalize_queries or bool(m.get("normalize_queries"))
+
+    async def _snapshot_loop(self) -> None:
+        assert self.snapshot_every
+        with anyio.CancelScope() as scope:
+            self._loop_scope = scope
+            while True:
+                await anyio.sleep(self.snapshot_every)
+                await self.snapshot()
+
+    async def close(self, *, ok: bool) -> None:
+        if self._loop_scope is not None:
+            self._loop_scope.cancel()
+        if not ok:
+            return
+        if self._training:
+            await self._train_and_apply()
+        await self.snapshot()
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def write(self, item: Batch) -> None:
+        if len(item) == 0:
+            return
+        if self.dim is None:
+            self.dim = item.dim
+        elif item.dim != self.dim:
+            raise ConfigError(
+                f"a batch of partition {item.partition!r} has dimension {item.dim}; the "
+                f"index at {self.path} has {self.dim}"
+            )
+        if self._template is None:
+            self._template = make_index(self.dim, self.factory, self.metric)
+        if not self._template.is_trained:
+            self._training.append(item)
+            self._training_rows += len(item)
+            if self._training_rows >= self.train_size:
+                await self._train_and_apply()
+            return
+        await self._apply(item)
+
+    async def _apply(self, item: Batch) -> None:
+        shard = self.shards.get(item.partition)
+        if shard is None:
+            assert self._template is not None
+            shard = Shard(item.partition, faiss.clone_index(self._template))
+            self.shards[item.partition] = shard
+        await anyio.to_thread.run_sync(shard.apply, item)
+        self.freshness.observe(shard.searchable_at - item.timestamps)
+        self._stats["batches"] += 1
+        self._stats["records"] += len(item)
+
+    async def _train_and_apply(self) -> None:
+        assert self._template is not None
+        batches, self._training, self._training_rows = self._training, [], 0
+        sample = np.concatenate([b.vectors[: self.train_size] for b in batches])[: self.train_size]
+        template = self._template
+
+        def train() -> None:
+            try:
+                template.train(np.ascontiguousarray(sample, dtype=np.float32))
+            except RuntimeError as exc:
+                raise ConfigError(
+                    f"training {self.factory!r} on {len(sample)} vectors failed: "
+                    f"{str(exc).strip().splitlines()[-1]}; give more training vectors "
+                    "(train_size / --train-size) or a smaller index"
+                ) from None
+
+        await anyio.to_thread.run_sync(train)
+        for b in batches:
+            await self._apply(b)
+
+    # -- searching -------------------------------------------------------------------
+
+    async def search(self, queries: npt.ArrayLike, k: int = 10) -> SearchResults:
+        """Top-``k`` over all shards, while ingestion goes on.
+
+        Never sees half of a batch. Queries are normalised when the sink was told
+        vectors are (``normalize_queries``).
+
+        Raises:
+            ConfigError: nothing was ingested yet, or the queries' dimension differs.
+        """
+        if self.dim is None:
+            raise ConfigError(f"{self.path}: the index is empty; nothing to search yet")
+        q = prepare_queries(queries, self.dim, self.normalize_queries)
+        return await anyio.to_thread.run_sync(
+            search_shards, list(self.shards.values()), q, k, self.metric
+        )
+
+    def searchable_positions(self) -> Positions:
+        """Per shard, the position up to which records are searchable."""
+        return {name: dict(s.position) for name, s in self.shards.items()}
+
+    # -- snapshots -------------------------------------------------------------------
+
+    async def snapshot(self) -> int | None:
+        """Write a snapshot of every shard now (only changed shards cost I/O).
+
+        Returns the new seq, or ``None`` when nothing changed since the last one.
+
+        Raises:
+            SnapshotError: the snapshot could not be written; the previous one stays
+                in force.
+        """
+        async with self._snapshot_lock:
+            store = self.store
+            if store is None or self.dim is None:
+                return None
+            if not any(s.dirty for s in self.shards.values()) and self._template_object:
+                return None
+            started = time.perf_counter()
+            try:
+                seq, written = await self._write_snapshot(store)
+            except OSError as exc:
+                raise SnapshotError(
+                    f"{self.path}: writing a snapshot failed ({exc}); the previous snapshot "
+                    "is intact"
+                ) from exc
+            seconds = time.perf_counter() - started
+            self.snapshot_durations.observe([seconds])
+            st = self._stats
+            st.update(
+                snapshots=st["snapshots"] + 1,
+                last_snapshot_seq=seq,
+                last_snapshot_time=time.time(),
+                last_snapshot_seconds=seconds,
+                last_snapshot_bytes=written,
+                snapshot_bytes_total=st["snapshot_bytes_total"] + written,
+            )
+            positions = self.saved_positions()
+            for fn in self._listeners:
+                res = fn(seq, positions)
+                if hasattr(res, "__await__"):
+                    await res
+            return seq
+
+    async def _write_snapshot(self, store: SnapshotStore) -> tuple[int, int]:
+        written = 0
+        entries = []
+        shard_entries: dict[str, dict[str, Any]] = {}
+        saved: list[tuple[Shard, int]] = []
+        if self._template_object is None and self._template is not None:
+            data = faiss.serialize_index(self._template)
+            self._template_object = await anyio.to_thread.run_sync(store.put_object, data)
+            written += len(data)
+        for name in sorted(self.shards):
+            shard = self.shards[name]
+            if shard.dirty:
+                cap = await anyio.to_thread.run_sync(shard.capture)
+
+                def put(cap: Any = cap) -> tuple[str, str | None]:
+                    obj = store.put_object(cap.index_bytes)
+                    keys = store.put_object(cap.keys_bytes) if cap.keys_bytes else None
+                    return obj, keys
+
+                objects = await anyio.to_thread.run_sync(put)
+                written += len(cap.index_bytes) + len(cap.keys_bytes or b"")
+                saved.append((shard, cap.version))
+                entry = {"name": name, "object": objects[0], "keys": objects[1],
+                         "ntotal": cap.ntotal, "position": cap.position}
+                shard_entries[name] = entry
+            else:
+                assert shard.saved_entry is not None
+                entry = shard.saved_entry
+            entries.append(entry)
+        manifest = {
+            "dim": self.dim,
+            "metric": self.metric,
+            "factory": self.factory,
+            "normalize_queries": self.normalize_queries,
+            "template": self._template_object,
+            "ntotal": sum(int(e["ntotal"]) for e in entries),
+            "shards": entries,
+        }
+
+        def commit() -> int:
+            seq = store.commit(manifest)
+            store.prune(self.keep)
+            return seq
+
+        seq = await anyio.to_thread.run_sync(commit)
+        for shard, version in saved:
+            shard.saved_version = version
+            shard.saved_entry = shard_entries[shard.name]
+        return seq, written
+
+    def saved_positions(self) -> Positions:
+        """Per shard, the position held by the last durable snapshot."""
+        return {
+            name: dict(s.saved_entry["position"])
+            for name, s in self.shards.items()
+            if s.saved_entry is not None
+        }
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            **self._stats,
+            "ntotal": self.ntotal,
+            "shards": {n: {"ntotal": s.ntotal, "position": dict(s.position)}
+                       for n, s in self.shards.items()},
+            "freshness_p50_seconds": self.freshness.quantile(0.5),
+            "freshness_p99_seconds": self.freshness.quantile(0.99),
+        }

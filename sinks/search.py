@@ -1,0 +1,170 @@
+"""Searching shards: merging per-shard top-k, and read-only snapshot views.
+
+:func:`open_snapshot` loads exactly what a restarting pipeline would load: the
+newest committed manifest whose objects verify, falling back the same way, so
+``embedstream search`` and ``embedstream inspect`` can run against a directory that
+another process is ingesting into.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from sinks.shard import Shard, decode_keys
+from sinks.store import Loaded, SnapshotStore
+from streams.errors import ConfigError, SnapshotError
+
+__all__ = ["SearchResults", "SnapshotView", "load_shards", "merge_topk", "open_snapshot"]
+
+
+@dataclass(slots=True)
+class SearchResults:
+    """Top-k per query, best first.
+
+    Attributes:
+        scores: ``(nq, k)`` float32; inner product (higher is better) or squared L2
+            distance (lower is better), as the index's metric says.
+        ids: ``(nq, k)`` int64; -1 where fewer than k vectors exist.
+        keys: original string keys of the string ids among ``ids``.
+    """
+
+    scores: npt.NDArray[np.float32]
+    ids: npt.NDArray[np.int64]
+    keys: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self) -> list[dict[str, list[Any]]]:
+        """One ``{"ids": [...], "scores": [...]}`` per query, without empty slots."""
+        out = []
+        for ids, scores in zip(self.ids.tolist(), self.scores.tolist(), strict=True):
+            hit_ids: list[Any] = []
+            hit_scores: list[float] = []
+            for i, s in zip(ids, scores, strict=True):
+                if i < 0:
+                    continue
+                hit_ids.append(self.keys.get(i, i))
+                hit_scores.append(s)
+            out.append({"ids": hit_ids, "scores": hit_scores})
+        return out
+
+
+def merge_topk(
+    parts: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]], k: int, metric: str
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Merge per-shard ``(scores, ids)`` into the global top-``k`` per query."""
+    if len(parts) == 1:
+        return parts[0]
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    # Empty slots sort last whatever the metric.
+    key = -scores if metric == "ip" else scores.copy()
+    key[ids < 0] = np.inf
+    key = np.nan_to_num(key, nan=np.inf)
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def prepare_queries(queries: npt.ArrayLike, dim: int, normalize: bool) -> npt.NDArray[np.float32]:
+    """Queries as a C-contiguous float32 ``(nq, dim)`` array, normalised if asked.
+
+    Raises:
+        ConfigError: the queries' shape does not fit the index.
+    """
+    q = np.array(queries, dtype=np.float32, ndmin=2, copy=True)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ConfigError(f"queries have shape {q.shape}; the index has dimension {dim}")
+    if normalize:
+        faiss.normalize_L2(q)
+    return np.ascontiguousarray(q)
+
+
+def search_shards(
+    shards: list[Shard], queries: npt.NDArray[np.float32], k: int, metric: str
+) -> SearchResults:
+    """Search every shard and merge (blocking; run in a worker thread)."""
+    if k < 1:
+        raise ConfigError(f"k must be at least 1, got {k}")
+    if not shards:
+        n = len(queries)
+        return SearchResults(np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64))
+    scores, ids = merge_topk([s.search(queries, k) for s in shards], k, metric)
+    keys: dict[int, str] = {}
+    for s in shards:
+        if s.keys:
+            for i in ids[ids >= 0].tolist():
+                key = s.keys.get(i)
+                if key is not None:
+                    keys[i] = key
+    return SearchResults(scores, ids, keys)
+
+
+def load_shards(store: SnapshotStore, loaded: Loaded) -> list[Shard]:
+    """Read every shard of a verified manifest (blocking)."""
+    shards = []
+    for entry in loaded.manifest["shards"]:
+        path = store.objects / entry["object"]
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise SnapshotError(f"{path}: faiss cannot read the shard index: {exc}") from None
+        keys = decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
+        shard = Shard(entry["name"], index, entry.get("position"), keys)
+        shard.saved_entry = dict(entry)
+        shards.append(shard)
+    return shards
+
+
+@dataclass
+class SnapshotView:
+    """A loaded snapshot, for read-only search and inspection."""
+
+    root: str
+    loaded: Loaded
+    shards: list[Shard]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.loaded.manifest
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+    def search(self, queries: npt.ArrayLike, k: int = 10) -> SearchResults:
+        """Top-``k`` over all shards (queries normalised when the index was)."""
+        q = prepare_queries(queries, self.dim, bool(self.manifest.get("normalize_queries")))
+        return search_shards(self.shards, q, k, self.metric)
+
+
+def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
+    """Load a snapshot directory read-only.
+
+    Raises:
+        SnapshotError: the directory holds no snapshot, or none that loads.
+    """
+    if not os.path.isdir(root):
+        raise SnapshotError(f"{root}: no such directory")
+    store = SnapshotStore(root, readonly=True)
+    for _attempt in range(3):
+        loaded = store.load()
+        if loaded is None:
+            raise SnapshotError(f"{root}: holds no snapshot yet")
+        try:
+            return SnapshotView(str(root), loaded, load_shards(store, loaded))
+        except (SnapshotError, FileNotFoundError):
+            # A writer pruned this snapshot between our verify and read: take the
+            # newer one it committed.
+            continue
+    raise SnapshotError(f"{root}: snapshots kept changing while loading; try again")

@@ -1,0 +1,174 @@
+"""A shard: one FAISS index for one source partition, safe to search while it grows.
+
+Adds and removes take the write side of the shard's readers-writer lock, searches
+and snapshot serialisation the read side, so a search never runs during a mutation
+(which can crash FAISS) and never sees half of a batch. The shard's ``position``
+advances under the same write lock as the index, which makes it the "searchable
+position" watermark: everything before it is searchable, nothing after it is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from sinks.rwlock import RWLock
+from streams.errors import ConfigError
+from streams.records import Batch, Position
+
+__all__ = ["Capture", "Shard", "make_index", "metric_code"]
+
+_keys_encoder = msgspec.msgpack.Encoder()
+_keys_decoder = msgspec.msgpack.Decoder(dict[int, str])
+
+
+def metric_code(metric: str) -> int:
+    """The FAISS metric constant for ``"ip"`` or ``"l2"``."""
+    if metric == "ip":
+        return int(faiss.METRIC_INNER_PRODUCT)
+    if metric == "l2":
+        return int(faiss.METRIC_L2)
+    raise ConfigError(f"unknown metric {metric!r}: use 'ip' (inner product) or 'l2'")
+
+
+def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
+    """An empty index from a ``faiss.index_factory`` string, able to keep ids.
+
+    Index types without ids of their own (Flat, HNSW, PQ...) are wrapped in an
+    ``IndexIDMap2``, which keeps ids, supports removal where the inner index does,
+    and can be reconstructed by id.
+    """
+    try:
+        index = faiss.index_factory(dim, factory, metric_code(metric))
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
+        raise ConfigError(f"faiss cannot build index {factory!r} at dimension {dim}: {msg}") from None
+    if not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexIVF)):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+@dataclass(slots=True)
+class Capture:
+    """What a snapshot needs of a shard, taken under its read lock."""
+
+    index_bytes: npt.NDArray[np.uint8]
+    keys_bytes: bytes | None
+    position: Position
+    ntotal: int
+    version: int
+
+
+class Shard:
+    """One partition's index.
+
+    Args:
+        name: the partition name (also the shard's key in manifests).
+        index: an empty or restored index that keeps ids.
+        position: the partition position the index holds.
+        keys: id -> original string key, for string ids.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        index: faiss.Index,
+        position: Position | None = None,
+        keys: dict[int, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.index = index
+        self.position: Position = dict(position or {})
+        self.keys: dict[int, str] = dict(keys or {})
+        self.lock = RWLock()
+        self.version = 0
+        # Snapshot bookkeeping: the version and manifest entry of the last durable
+        # snapshot; an unchanged shard is referenced by that entry again.
+        self.saved_version = 0
+        self.saved_entry: dict[str, Any] | None = None
+        self.searchable_at = 0.0
+        # The range of ids that may be present: a batch entirely outside it holds
+        # only new ids and needs no remove pass (the common append-only case).
+        self._id_lo, self._id_hi = _id_range(index)
+
+    def __repr__(self) -> str:
+        return f"<Shard {self.name!r} ntotal={self.index.ntotal} position={self.position}>"
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dirty(self) -> bool:
+        """Changed since the last snapshot."""
+        return self.version != self.saved_version or self.saved_entry is None
+
+    def apply(self, batch: Batch) -> None:
+        """Upsert and delete ``batch``'s rows, then advance the position (blocking)."""
+        ids = batch.ids
+        if batch.deleted is not None and batch.deleted.any():
+            keep = ~batch.deleted
+            add_ids, add_vecs = ids[keep], batch.vectors[keep]
+            deleted = ids[batch.deleted]
+        else:
+            add_ids, add_vecs, deleted = ids, batch.vectors, None
+        must_remove = len(ids) > 0 and self.index.ntotal > 0 and not (
+            int(ids.min()) > self._id_hi or int(ids.max()) < self._id_lo
+        )
+        with self.lock.write():
+            if must_remove:
+                self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+            if len(add_ids):
+                self.index.add_with_ids(
+                    np.ascontiguousarray(add_vecs), np.ascontiguousarray(add_ids, dtype=np.int64)
+                )
+            if batch.keys:
+                self.keys.update(batch.keys)
+            if deleted is not None and self.keys:
+                for i in deleted.tolist():
+                    self.keys.pop(i, None)
+            self.position.update(batch.position)
+            self.version += 1
+            self.searchable_at = time.time()
+        if len(add_ids):
+            self._id_lo = min(self._id_lo, int(add_ids.min()))
+            self._id_hi = max(self._id_hi, int(add_ids.max()))
+
+    def search(
+        self, queries: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Top-``k`` of this shard (blocking); ids -1 where it has fewer than k."""
+        with self.lock.read():
+            if self.index.ntotal == 0:
+                n = len(queries)
+                return np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64)
+            scores, ids = self.index.search(queries, k)
+        return scores, ids
+
+    def capture(self) -> Capture:
+        """Serialise the index and key map consistently with the position."""
+        with self.lock.read():
+            data = faiss.serialize_index(self.index)
+            keys = _keys_encoder.encode(self.keys) if self.keys else None
+            return Capture(data, keys, dict(self.position), int(self.index.ntotal), self.version)
+
+
+def decode_keys(data: bytes) -> dict[int, str]:
+    """The key map of a shard from its snapshot object."""
+    return _keys_decoder.decode(data)
+
+
+def _id_range(index: Any) -> tuple[int, int]:
+    if index.ntotal == 0:
+        return (1 << 63) - 1, -(1 << 63)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        ids = faiss.vector_to_array(index.id_map)
+        return int(ids.min()), int(ids.max())
+    # Unknown layout (IVF): assume any id may be present.
+    return -(1 << 63), (1 << 63) - 1

@@ -1,0 +1,328 @@
+"""Content-addressed, crash-safe snapshot storage (in the spirit of git and LevelDB).
+
+Layout of a snapshot directory::
+
+    DIR/objects/<sha256>        index and key-map files, named by their content hash
+    DIR/manifests/<seq>.json    one immutable manifest per snapshot
+    DIR/CURRENT                 the seq of the latest committed manifest
+
+Write order: every object to a temp file, fsync, rename; the manifest the same way;
+then ``CURRENT`` the same way, then fsync the directory. The rename of ``CURRENT`` is
+the commit point: a crash at any earlier step leaves the previous snapshot in force.
+Objects are immutable, so an unchanged shard is referenced again, never rewritten.
+
+Loading takes the manifest ``CURRENT`` names and verifies every object's hash. When
+that fails (torn or corrupt file, missing object, damaged ``CURRENT``) it falls back
+to the next older manifest that verifies and says why in :attr:`Loaded.fallbacks`;
+it never silently returns an empty index when snapshots exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.errors import SnapshotError
+
+__all__ = ["SCHEMA_VERSION", "Loaded", "SnapshotStore", "atomic_write"]
+
+log = logging.getLogger("embedstream.snapshot")
+
+SCHEMA_VERSION = 1
+
+Hook = Callable[[str], None]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | memoryview, hook: Hook | None = None) -> None:
+    """Write ``data`` to ``path`` atomically: temp file, fsync, rename.
+
+    The caller fsyncs the directory (once for many files). ``hook`` is called with
+    the step names ``"<name>:written"``, ``":synced"`` and ``":renamed"`` (fault
+    injection in tests).
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    step = hook or (lambda _s: None)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        step(f"{path.parent.name}/{path.name}:written")
+        f.flush()
+        os.fsync(f.fileno())
+    step(f"{path.parent.name}/{path.name}:synced")
+    os.replace(tmp, path)
+    step(f"{path.parent.name}/{path.name}:renamed")
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's contents."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Loaded:
+    """The snapshot a directory resolves to, and how it got there.
+
+    Attributes:
+        seq: the manifest's sequence number.
+        manifest: the manifest's JSON object.
+        fallbacks: for every newer manifest that was skipped, ``{"seq", "reason"}``.
+    """
+
+    seq: int
+    manifest: dict[str, Any]
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+
+    def object_path(self, store: SnapshotStore, digest: str) -> Path:
+        return store.objects / digest
+
+
+class SnapshotStore:
+    """A snapshot directory.
+
+    Args:
+        root: the directory; created when missing (unless ``readonly``).
+        readonly: never create or write anything (``inspect``, ``search``).
+        hook: called with a step name before and after every durable step; tests use
+            it to inject crashes at each step of the protocol.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, readonly: bool = False,
+                 hook: Hook | None = None) -> None:
+        self.root = Path(root)
+        self.objects = self.root / "objects"
+        self.manifests = self.root / "manifests"
+        self.current = self.root / "CURRENT"
+        self.readonly = readonly
+        self.hook = hook
+        if not readonly:
+            try:
+                self.objects.mkdir(parents=True, exist_ok=True)
+                self.manifests.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SnapshotError(f"{self.root}: cannot create the snapshot directory: {exc}") from exc
+            self._remove_temp_files()
+
+    def __repr__(self) -> str:
+        return f"<SnapshotStore {str(self.root)!r} manifests={len(self.seqs())}>"
+
+    def _step(self, name: str) -> None:
+        if self.hook is not None:
+            self.hook(name)
+
+    def _remove_temp_files(self) -> None:
+        # Left by a crash between write and rename; never referenced by anything.
+        for d in (self.root, self.objects, self.manifests):
+            for p in d.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    # -- writing -------------------------------------------------------------------
+
+    def put_object(self, data: bytes | memoryview) -> str:
+        """Store ``data`` under its SHA-256 (a no-op when it is already there).
+
+        Returns the hex digest. The object directory is fsynced by :meth:`commit`.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.objects / digest
+        if path.exists() and path.stat().st_size == len(data):
+            return digest
+        atomic_write(path, data, self.hook)
+        return digest
+
+    def commit(self, manifest: dict[str, Any]) -> int:
+        """Write ``manifest`` as the next snapshot and make it current.
+
+        ``manifest`` gets ``schema``, ``seq``, ``parent`` and ``created`` filled in.
+        Every object it names must have been stored with :meth:`put_object`.
+
+        Returns the new seq.
+        """
+        if self.readonly:
+            raise SnapshotError(f"{self.root}: opened read-only")
+        seqs = self.seqs()
+        seq = (seqs[-1] if seqs else 0) + 1
+        parent = self.current_seq()
+        body = {
+            "schema": SCHEMA_VERSION,
+            "seq": seq,
+            "parent": parent,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **manifest,
+        }
+        # Objects first: they must be durable before a manifest names them.
+        _fsync_dir(self.objects)
+        self._step("objects:dir-synced")
+        data = json.dumps(body, indent=1, sort_keys=False).encode()
+        atomic_write(self.manifests / f"{seq:08d}.json", data, self.hook)
+        _fsync_dir(self.manifests)
+        self._step("manifests:dir-synced")
+        atomic_write(self.current, f"{seq}\n".encode(), self.hook)
+        _fsync_dir(self.root)
+        self._step("CURRENT:dir-synced")
+        return seq
+
+    def prune(self, keep: int) -> tuple[int, int]:
+        """Keep the newest ``keep`` manifests up to the current one; collect objects.
+
+        Returns (manifests removed, objects removed).
+        """
+        if keep < 1:
+            raise SnapshotError("keep must be at least 1")
+        current = self.current_seq()
+        seqs = [s for s in self.seqs() if current is None or s <= current]
+        doomed = seqs[:-keep]
+        for seq in doomed:
+            self._step(f"prune:manifest {seq}")
+            with contextlib.suppress(FileNotFoundError):
+                (self.manifests / f"{seq:08d}.json").unlink()
+        live: set[str] = set()
+        for seq in self.seqs():
+            try:
+                live.update(_objects_of(self.read_manifest(seq)))
+            except SnapshotError:
+                continue
+        removed = 0
+        for p in self.objects.iterdir():
+            if not p.name.startswith(".") and p.name not in live:
+                self._step(f"prune:object {p.name}")
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed += 1
+        if doomed or removed:
+            _fsync_dir(self.objects)
+            _fsync_dir(self.manifests)
+        return len(doomed), removed
+
+    # -- reading -------------------------------------------------------------------
+
+    def seqs(self) -> list[int]:
+        """Sequence numbers of all manifests on disk, ascending."""
+        out = []
+        try:
+            names = os.listdir(self.manifests)
+        except FileNotFoundError:
+            return []
+        for name in names:
+            stem, _, ext = name.partition(".")
+            if ext == "json" and stem.isdigit():
+                out.append(int(stem))
+        return sorted(out)
+
+    def current_seq(self) -> int | None:
+        """The seq in ``CURRENT``, or ``None`` when it is missing or unreadable."""
+        try:
+            text = self.current.read_text().strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() else None
+
+    def read_manifest(self, seq: int) -> dict[str, Any]:
+        """Parse one manifest. Raises SnapshotError when unreadable."""
+        path = self.manifests / f"{seq:08d}.json"
+        try:
+            body = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise SnapshotError(f"manifest {seq} is missing") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SnapshotError(f"manifest {seq} is not valid JSON ({exc})") from None
+        if not isinstance(body, dict) or body.get("seq") != seq or "shards" not in body:
+            raise SnapshotError(f"manifest {seq} is incomplete or not a manifest")
+        if body.get("schema") != SCHEMA_VERSION:
+            raise SnapshotError(
+                f"manifest {seq} has schema {body.get('schema')!r}; this version reads "
+                f"{SCHEMA_VERSION}"
+            )
+        return body
+
+    def verify(self, manifest: dict[str, Any]) -> None:
+        """Check that every object of ``manifest`` exists and matches its hash."""
+        for digest in _objects_of(manifest):
+            path = self.objects / digest
+            if not path.exists():
+                raise SnapshotError(f"object {digest[:12]} is missing")
+            if sha256_file(path) != digest:
+                raise SnapshotError(f"object {digest[:12]} is corrupt (its hash does not match)")
+
+    def load(self) -> Loaded | None:
+        """The newest committed snapshot whose objects verify.
+
+        Returns ``None`` when the directory holds no manifest at all.
+
+        Raises:
+            SnapshotError: manifests exist but none of them loads.
+        """
+        seqs = self.seqs()
+        if not seqs:
+            return None
+        fallbacks: list[dict[str, Any]] = []
+        current = self.current_seq()
+        if current is None:
+            reason = "CURRENT is missing or unreadable" if self.current.exists() or seqs else ""
+            fallbacks.append({"seq": None, "reason": reason or "CURRENT is missing"})
+            candidates = list(reversed(seqs))
+        else:
+            # Manifests newer than CURRENT were never committed: ignore them.
+            candidates = [s for s in reversed(seqs) if s <= current]
+            if current not in seqs:
+                fallbacks.append({"seq": current, "reason": f"manifest {current} is missing"})
+        for seq in candidates:
+            try:
+                manifest = self.read_manifest(seq)
+                self.verify(manifest)
+            except SnapshotError as exc:
+                fallbacks.append({"seq": seq, "reason": str(exc)})
+                continue
+            for fb in fallbacks:
+                log.warning("%s: skipped snapshot %s: %s", self.root, fb["seq"], fb["reason"])
+            return Loaded(seq=seq, manifest=manifest, fallbacks=fallbacks)
+        reasons = "; ".join(f"{fb['seq']}: {fb['reason']}" for fb in fallbacks)
+        raise SnapshotError(
+            f"{self.root}: no snapshot loads ({reasons}); restore the directory from a "
+            "backup, or ingest into a new directory"
+        )
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every manifest on disk, newest first, with ``ok`` and ``error`` per entry."""
+        out = []
+        current = self.current_seq()
+        for seq in reversed(self.seqs()):
+            entry: dict[str, Any] = {"seq": seq, "current": seq == current}
+            try:
+                m = self.read_manifest(seq)
+                self.verify(m)
+                entry.update(
+                    ok=True, parent=m.get("parent"), created=m.get("created"),
+                    ntotal=m.get("ntotal"), shards=len(m["shards"]),
+                )
+            except SnapshotError as exc:
+                entry.update(ok=False, error=str(exc))
+            out.append(entry)
+        return out
+
+
+def _objects_of(manifest: dict[str, Any]) -> Iterable[str]:
+    for shard in manifest.get("shards", []):
+        for key in ("object", "keys"):
+            digest = shard.get(key)
+            if digest:
+                yield digest

@@ -1,0 +1,59 @@
+"""embedstream runtime: channels, pipelines, records, sources and errors.
+
+Build a pipeline by composing a source, operators and a sink with ``|``::
+
+    from streams import FileSource
+    from operators import decode, batch, normalize
+    from sinks import FaissSink
+
+    pipeline = FileSource("vectors.npy") | decode() | batch(4096) | normalize() | FaissSink("idx")
+    metrics = anyio.run(pipeline.run)
+"""
+
+from streams.channel import Channel, ChannelStatistics, Inbox, Outbox
+from streams.errors import (
+    BadRecordError,
+    ConfigError,
+    EmbedstreamError,
+    SnapshotError,
+    SourceError,
+    StageError,
+)
+from streams.files import FileSource
+from streams.histogram import Histogram
+from streams.keys import key_id
+from streams.operator import Operator
+from streams.pipeline import Flow, Pipeline, PipelineMetrics, StageStatistics
+from streams.records import Batch, Chunk, Position, Positions
+from streams.sink import Sink
+from streams.source import Source
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadRecordError",
+    "Batch",
+    "Channel",
+    "ChannelStatistics",
+    "Chunk",
+    "ConfigError",
+    "EmbedstreamError",
+    "FileSource",
+    "Flow",
+    "Histogram",
+    "Inbox",
+    "Operator",
+    "Outbox",
+    "Pipeline",
+    "PipelineMetrics",
+    "Position",
+    "Positions",
+    "Sink",
+    "SnapshotError",
+    "Source",
+    "SourceError",
+    "StageError",
+    "StageStatistics",
+    "__version__",
+    "key_id",
+]

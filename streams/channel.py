@@ -1,0 +1,191 @@
+"""Bounded channels with statistics: the only way stages talk to each other.
+
+A channel wraps an anyio memory object stream of fixed capacity. A full channel blocks
+its sender, and so on back to the source; the seconds senders spent blocked are the
+backpressure signal, the seconds receivers spent waiting are starvation.
+
+Choosing ``capacity``: items are whole chunks or batches, so a handful is plenty.
+A larger capacity absorbs bursts but holds more memory (capacity x batch bytes) and
+delays the backpressure signal; a smaller one makes the slowest stage visible at
+once. The default of 4 keeps every stage busy while the next one works.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+__all__ = ["Channel", "ChannelStatistics", "Inbox", "Outbox"]
+
+T = TypeVar("T")
+
+DEFAULT_CAPACITY = 4
+
+
+@dataclass(slots=True)
+class ChannelStatistics:
+    """A channel's counters. ``items_in == items_out + depth`` at all times."""
+
+    name: str
+    capacity: int
+    depth: int = 0
+    peak_depth: int = 0
+    items_in: int = 0
+    items_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    send_blocked_seconds: float = 0.0
+    receive_wait_seconds: float = 0.0
+    closed: bool = False
+
+    @property
+    def fill(self) -> float:
+        """Depth as a fraction of capacity (0.0 to 1.0)."""
+        return self.depth / self.capacity if self.capacity else 0.0
+
+
+def _nbytes(item: object) -> int:
+    n = getattr(item, "nbytes", 0)
+    return n if isinstance(n, int) else 0
+
+
+class Channel(Generic[T]):
+    """A bounded channel between two stages.
+
+    Args:
+        name: stable name, used as the metric label (``"decode->batch"``).
+        capacity: how many items may wait in the channel; at least 1.
+    """
+
+    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError(f"channel {name!r}: capacity must be at least 1, got {capacity}")
+        send, receive = anyio.create_memory_object_stream[T](capacity)
+        self.stats = ChannelStatistics(name=name, capacity=capacity)
+        self.outbox: Outbox[T] = Outbox(send, self.stats)
+        self.inbox: Inbox[T] = Inbox(receive, self.stats)
+
+    @property
+    def name(self) -> str:
+        return self.stats.name
+
+    def statistics(self) -> ChannelStatistics:
+        """A copy of the counters, safe to keep."""
+        s = self.stats
+        return ChannelStatistics(**{f: getattr(s, f) for f in s.__dataclass_fields__})
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (
+            f"<Channel {s.name!r} [{s.depth}/{s.capacity} | in {s.items_in}, out {s.items_out}"
+            f" | blocked {s.send_blocked_seconds:.3f}s, waited {s.receive_wait_seconds:.3f}s]>"
+        )
+
+
+class Outbox(Generic[T]):
+    """The sending end of a :class:`Channel`."""
+
+    def __init__(self, stream: MemoryObjectSendStream[T], stats: ChannelStatistics) -> None:
+        self._stream = stream
+        self._stats = stats
+
+    async def send(self, item: T) -> None:
+        """Send one item, waiting while the channel is full.
+
+        Raises:
+            anyio.BrokenResourceError: the receiving side is gone.
+            anyio.ClosedResourceError: this outbox was closed.
+        """
+        s = self._stats
+        try:
+            self._stream.send_nowait(item)
+        except anyio.WouldBlock:
+            started = time.perf_counter()
+            try:
+                await self._stream.send(item)
+            finally:
+                s.send_blocked_seconds += time.perf_counter() - started
+        s.items_in += 1
+        s.bytes_in += _nbytes(item)
+        s.depth = s.items_in - s.items_out
+        if s.depth > s.peak_depth:
+            s.peak_depth = s.depth
+
+    async def aclose(self) -> None:
+        """Close the sending side; the receiver gets end-of-stream after draining.
+
+        Idempotent.
+        """
+        self._stats.closed = True
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> Outbox[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Inbox(Generic[T]):
+    """The receiving end of a :class:`Channel`; an async iterator of its items."""
+
+    def __init__(self, stream: MemoryObjectReceiveStream[T], stats: ChannelStatistics) -> None:
+        self._stream = stream
+        self._stats = stats
+
+    @property
+    def name(self) -> str:
+        return self._stats.name
+
+    @property
+    def wait_seconds(self) -> float:
+        """Seconds receivers of this inbox have waited for items so far."""
+        return self._stats.receive_wait_seconds
+
+    async def receive(self, timeout: float | None = None) -> T:
+        """Receive the next item.
+
+        Args:
+            timeout: give up after this many seconds and raise ``TimeoutError``;
+                ``None`` waits as long as it takes. Cancelling a receive never
+                loses an item.
+
+        Raises:
+            anyio.EndOfStream: the sender closed and the channel is drained.
+            TimeoutError: nothing arrived within ``timeout``.
+        """
+        try:
+            item = self._stream.receive_nowait()
+        except anyio.WouldBlock:
+            started = time.perf_counter()
+            try:
+                if timeout is None or math.isinf(timeout):
+                    item = await self._stream.receive()
+                else:
+                    with anyio.fail_after(max(timeout, 0.0)):
+                        item = await self._stream.receive()
+            finally:
+                self._stats.receive_wait_seconds += time.perf_counter() - started
+        s = self._stats
+        s.items_out += 1
+        s.bytes_out += _nbytes(item)
+        s.depth = s.items_in - s.items_out
+        return item
+
+    def __aiter__(self) -> Inbox[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        """Close the receiving side. Idempotent."""
+        await self._stream.aclose()

@@ -1,0 +1,246 @@
+"""The ``embedstream`` command line; the composition root of sources, operators, sinks.
+
+Commands: ``ingest``, ``search``, ``inspect``, ``run`` and ``demo``. Errors print one
+line (``error: <where>: <what> (<what to do>)``) and exit non-zero: 1 for a failed
+run, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import runpy
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import click
+import numpy as np
+from rich.console import Console
+
+from operators import batch, decode, normalize
+from sinks import FaissSink, SnapshotStore, open_snapshot
+from streams.errors import EmbedstreamError, StageError
+from streams.files import FORMATS, FileSource
+from streams.pipeline import Pipeline, PipelineMetrics
+from streams.progress import channel_table, summary_line, watch
+
+__all__ = ["main"]
+
+log = logging.getLogger("embedstream")
+
+
+def _fail(exc: BaseException, code: int = 1) -> NoReturn:
+    msg = str(exc)
+    if isinstance(exc, StageError) and isinstance(exc.cause, EmbedstreamError):
+        msg = f"stage {exc.stage!r}: {exc.cause}"
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+async def _run(pipeline: Pipeline, *, progress: bool) -> PipelineMetrics:
+    async with anyio.create_task_group() as tg:
+        if progress:
+            tg.start_soon(watch, pipeline)
+        try:
+            return await pipeline.run(handle_signals=True)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def run_pipeline(pipeline: Pipeline, *, progress: bool = True) -> PipelineMetrics:
+    """Run ``pipeline`` with signal handling and a progress display; exit on error."""
+    try:
+        return anyio.run(lambda: _run(pipeline, progress=progress))
+    except EmbedstreamError as exc:
+        _fail(exc)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="embedstream")
+def main(verbose: int) -> None:
+    """Keep FAISS indexes continuously fresh from streams of embeddings."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedstream.progress").setLevel(logging.INFO)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False),
+              help="Snapshot directory of the index (created when missing).")
+@click.option("--factory", default=None,
+              help="faiss.index_factory string [default: Flat, or what DIR holds].")
+@click.option("--metric", type=click.Choice(["ip", "l2"]), default=None,
+              help="Inner product or L2 [default: ip, or what DIR holds].")
+@click.option("--normalize", is_flag=True, help="L2-normalise vectors (and queries).")
+@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Rows per batch.")
+@click.option("--max-latency", default=0.05, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a record may wait for its batch to fill.")
+@click.option("--snapshot-every", default=60.0, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Seconds between snapshots (0: only at the end).")
+@click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Snapshots to keep.")
+@click.option("--train-size", default=50_000, show_default=True, type=click.IntRange(min=1),
+              help="Vectors to train on, for index types that need training.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="File format [default: from the suffix].")
+@click.option("--capacity", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Items per channel.")
+@click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
+def ingest(sources: tuple[str, ...], index_dir: str, factory: str | None, metric: str | None,
+           normalize: bool, batch_size: int, max_latency: float, snapshot_every: float,
+           keep: int, train_size: int, fmt: str | None, capacity: int, progress: bool) -> None:
+    """Ingest embedding files (JSONL, .npy, .fvecs, .bvecs) into the index at DIR."""
+    try:
+        pipeline = build_file_pipeline(
+            list(sources), index_dir, factory=factory, metric=metric, normalize_=normalize,
+            batch_size=batch_size, max_latency=max_latency, snapshot_every=snapshot_every,
+            keep=keep, train_size=train_size, fmt=fmt, capacity=capacity,
+        )
+    except EmbedstreamError as exc:
+        _fail(exc, 2)
+    metrics = run_pipeline(pipeline, progress=progress)
+    click.echo(summary_line(metrics))
+
+
+def build_file_pipeline(
+    sources: list[str], index_dir: str, *, factory: str | None = None, metric: str | None = None,
+    normalize_: bool = False, batch_size: int = 4096, max_latency: float = 0.05,
+    snapshot_every: float = 60.0, keep: int = 3, train_size: int = 50_000,
+    fmt: str | None = None, capacity: int = 4,
+) -> Pipeline:
+    """The pipeline ``ingest`` runs for files."""
+    flow = FileSource(sources, format=fmt) | decode() | batch(batch_size, max_latency=max_latency)
+    if normalize_:
+        flow = flow | normalize()
+    sink = FaissSink(index_dir, factory=factory, metric=metric, snapshot_every=snapshot_every,
+                     keep=keep, normalize_queries=normalize_, train_size=train_size)
+    pipeline = flow | sink
+    assert isinstance(pipeline, Pipeline)
+    pipeline.capacity = capacity
+    for c in pipeline.channels:
+        c.stats.capacity = capacity
+    return pipeline
+
+
+def _load_queries(path: str) -> np.ndarray[Any, Any]:
+    p = Path(path)
+    try:
+        if p.suffix == ".npy":
+            q = np.load(p, allow_pickle=False)
+        else:
+            lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            q = np.array([x["vector"] if isinstance(x, dict) else x for x in lines])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise click.UsageError(f"{path}: cannot read queries ({exc})") from None
+    return np.atleast_2d(q.astype(np.float32))
+
+
+@main.command()
+@click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--queries", "-q", required=True,
+              help="Queries: a .npy (rows x dim) or JSONL of vectors / {\"vector\": [...]}.")
+@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Results per query.")
+def search(index_dir: str, queries: str, k: int) -> None:
+    """Search the latest complete snapshot in DIR; one JSON line per query."""
+    q = _load_queries(queries)
+    try:
+        view = open_snapshot(index_dir)
+        results = view.search(q, k)
+    except EmbedstreamError as exc:
+        _fail(exc)
+    out = sys.stdout
+    for row in results.rows():
+        out.write(json.dumps(row) + "\n")
+
+
+@main.command()
+@click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="The manifest as JSON.")
+@click.option("--history", is_flag=True, help="Every manifest on disk, newest first.")
+def inspect(index_dir: str, as_json: bool, history: bool) -> None:
+    """Show the snapshot DIR would load (verifying objects, falling back if needed)."""
+    try:
+        view = open_snapshot(index_dir)
+    except EmbedstreamError as exc:
+        _fail(exc)
+    info: dict[str, Any] = {"dir": index_dir, **view.manifest, "fallbacks": view.loaded.fallbacks}
+    if history:
+        info["history"] = SnapshotStore(index_dir, readonly=True).history()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{index_dir}: snapshot {info['seq']} of {info['created']}")
+    click.echo(f"  {info['factory']} {info['metric']} dim {info['dim']}, {info['ntotal']:,} vectors"
+               f" in {len(info['shards'])} shard(s)")
+    for s in info["shards"]:
+        click.echo(f"  shard {s['name']}: {s['ntotal']:,} vectors, position {s['position']}")
+    for fb in info["fallbacks"]:
+        click.echo(f"  fell back past snapshot {fb['seq']}: {fb['reason']}")
+    for h in info.get("history", []):
+        state = "ok" if h["ok"] else f"BROKEN: {h['error']}"
+        mark = "*" if h["current"] else " "
+        click.echo(f" {mark}{h['seq']}: {state}")
+
+
+@main.command()
+@click.argument("pipeline_file", metavar="PIPELINE.py", type=click.Path(dir_okay=False))
+@click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
+def run(pipeline_file: str, progress: bool) -> None:
+    """Run the ``pipeline`` object that PIPELINE.py defines."""
+    try:
+        namespace = runpy.run_path(pipeline_file, run_name="__embedstream__")
+    except FileNotFoundError:
+        _fail(click.UsageError(f"{pipeline_file}: no such file"), 2)
+    pipeline = namespace.get("pipeline")
+    if not isinstance(pipeline, Pipeline):
+        _fail(EmbedstreamError(
+            f"{pipeline_file} defines no `pipeline` (a Pipeline made with source | ... | sink)"
+        ), 2)
+    metrics = run_pipeline(pipeline, progress=progress)
+    click.echo(summary_line(metrics))
+
+
+@main.command()
+@click.option("--rows", default=200_000, show_default=True, type=click.IntRange(min=100),
+              help="How many embeddings to make.")
+@click.option("--dim", default=128, show_default=True, type=click.IntRange(min=2))
+def demo(rows: int, dim: int) -> None:
+    """Make sample embeddings, ingest, snapshot and search them (no network)."""
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="embedstream-demo-") as tmp:
+        data = Path(tmp) / "embeddings.npy"
+        rng = np.random.default_rng(7)
+        centers = rng.standard_normal((64, dim), dtype=np.float32)
+        x = centers[rng.integers(0, 64, rows)] + 0.3 * rng.standard_normal((rows, dim),
+                                                                           dtype=np.float32)
+        np.save(data, x)
+        console.print(f"made {rows:,} x {dim} embeddings in 64 clusters")
+        pipeline = build_file_pipeline([str(data)], str(Path(tmp) / "index"), normalize_=True,
+                                       batch_size=8192, snapshot_every=0)
+        m = run_pipeline(pipeline, progress=False)
+        console.print(channel_table(m, title="decode -> batch -> normalize -> faiss"))
+        console.print(summary_line(m))
+        view = open_snapshot(Path(tmp) / "index")
+        picks = rng.choice(rows, 1000, replace=False)
+        started = time.perf_counter()
+        res = view.search(x[picks], 5)
+        took = time.perf_counter() - started
+        hit = float(np.mean(res.ids[:, 0] == picks))
+        console.print(
+            f"searched 1,000 queries in {took * 1000:.1f} ms; own id first for {hit:.1%}; "
+            f"snapshot {view.manifest['seq']} holds {view.manifest['ntotal']:,} vectors"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,375 @@
+"""The runtime: a source, operators and a sink joined by bounded channels.
+
+Each stage runs as one task in one anyio task group. A failing stage cancels the
+others and the pipeline raises a single :class:`~streams.errors.StageError` naming
+it. :meth:`Pipeline.stop` (or SIGINT/SIGTERM when the pipeline handles signals)
+stops only the source: what is already in the channels drains through every stage,
+the sink flushes and takes its final snapshot. A second signal cancels at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from streams.channel import DEFAULT_CAPACITY, Channel, ChannelStatistics, Inbox, Outbox
+from streams.errors import ConfigError, EmbedstreamError, StageError
+from streams.operator import Operator
+from streams.records import Chunk, Positions
+from streams.sink import Sink
+from streams.source import Source
+
+__all__ = ["Flow", "Pipeline", "PipelineMetrics", "StageStatistics"]
+
+
+@dataclass(slots=True)
+class StageStatistics:
+    """What one stage did.
+
+    ``busy_seconds`` is time spent working, excluding time waiting for input
+    (counted by the input channel) and time blocked on output (counted by the
+    output channel).
+    """
+
+    name: str
+    items_in: int = 0
+    items_out: int = 0
+    records: int = 0
+    busy_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class PipelineMetrics:
+    """A snapshot of a pipeline's statistics, from :meth:`Pipeline.metrics`."""
+
+    elapsed_seconds: float
+    stages: dict[str, StageStatistics]
+    channels: dict[str, ChannelStatistics]
+    sink: dict[str, Any] = field(default_factory=dict)
+
+    def bottleneck(self) -> str | None:
+        """The stage holding the pipeline back, if any.
+
+        That is the stage whose input channel is the fullest while its output is not
+        full (the sink has no output). ``None`` before anything flowed.
+        """
+        names = list(self.stages)
+        chans = list(self.channels.values())
+        best: tuple[float, str] | None = None
+        for i, name in enumerate(names[1:], start=1):
+            inbox = chans[i - 1]
+            outbox_fill = chans[i].fill if i < len(chans) else 0.0
+            if outbox_fill >= 1.0:
+                continue
+            score = inbox.fill + inbox.send_blocked_seconds / (1.0 + self.elapsed_seconds)
+            if best is None or score > best[0]:
+                best = (score, name)
+        if best is None or best[0] <= 0.0:
+            return None
+        return best[1]
+
+
+class Flow:
+    """A partly composed pipeline: an optional source and some operators.
+
+    Made by ``|``; a flow with a source becomes a :class:`Pipeline` once a sink is
+    added.
+    """
+
+    def __init__(self, source: Source | None, operators: list[Operator[Any, Any]]) -> None:
+        self.source = source
+        self.operators = operators
+
+    def __or__(self, other: Operator[Any, Any] | Flow | Sink[Any]) -> Flow | Pipeline:
+        if isinstance(other, Operator):
+            return Flow(self.source, [*self.operators, other])
+        if isinstance(other, Flow):
+            if other.source is not None:
+                raise ConfigError("cannot append a flow that has its own source")
+            return Flow(self.source, [*self.operators, *other.operators])
+        if isinstance(other, Sink):
+            if self.source is None:
+                raise ConfigError(
+                    "a pipeline needs a source: write `source | operators... | sink`"
+                )
+            return Pipeline(self.source, self.operators, other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        names = ([self.source.name] if self.source else []) + [o.name for o in self.operators]
+        return f"<Flow {' | '.join(names)}>"
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
+
+
+def _records(item: object) -> int:
+    try:
+        return len(item)  # type: ignore[arg-type]
+    except TypeError:
+        return 1
+
+
+class Pipeline:
+    """A runnable pipeline: ``source | op | ... | sink``.
+
+    Args:
+        source: where chunks come from.
+        operators: the stages between source and sink, in order.
+        sink: the last stage.
+        capacity: default capacity of every channel (see
+            :mod:`streams.channel` for how to choose it).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        operators: list[Operator[Any, Any]],
+        sink: Sink[Any],
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> None:
+        self.source = source
+        self.operators = operators
+        self.sink = sink
+        self.capacity = capacity
+        names = _unique_names([source.name, *(o.name for o in operators), sink.name])
+        self._stage_names = names
+        self._stages = {n: StageStatistics(n) for n in names}
+        self._channels: list[Channel[Any]] = []
+        # Channel 0 carries the source's chunks; channel i (i >= 1) carries the
+        # output of operator i-1, whose own capacity setting wins.
+        for i in range(len(operators) + 1):
+            own = operators[i - 1].capacity if i > 0 else None
+            self._channels.append(Channel(f"{names[i]}->{names[i + 1]}", own or capacity))
+        self._stop_requested = False
+        self._source_scope: anyio.CancelScope | None = None
+        self._started: float | None = None
+        self._finished: float | None = None
+        self._ran = False
+
+    # -- control -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading the source; everything already read drains to the sink.
+
+        Safe to call from any task of the pipeline's event loop, more than once.
+        """
+        self._stop_requested = True
+        if self._source_scope is not None:
+            self._source_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop_requested
+
+    def metrics(self) -> PipelineMetrics:
+        """The statistics of every stage and channel, and the sink's figures."""
+        now = time.perf_counter()
+        start = self._started if self._started is not None else now
+        end = self._finished if self._finished is not None else now
+        return PipelineMetrics(
+            elapsed_seconds=end - start,
+            stages={n: StageStatistics(**_fields(s)) for n, s in self._stages.items()},
+            channels={c.name: c.statistics() for c in self._channels},
+            sink=self.sink.statistics(),
+        )
+
+    @property
+    def channels(self) -> list[Channel[Any]]:
+        """The channels in data-path order."""
+        return list(self._channels)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """The stable stage names in data-path order."""
+        return list(self._stage_names)
+
+    def __repr__(self) -> str:
+        parts = []
+        for i, name in enumerate(self._stage_names):
+            parts.append(name)
+            if i < len(self._channels):
+                c = self._channels[i].stats
+                parts.append(f"[{c.depth}/{c.capacity}]")
+        return f"<Pipeline {' '.join(parts)}>"
+
+    # -- running -----------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = False) -> PipelineMetrics:
+        """Run until the source is exhausted or :meth:`stop` is called.
+
+        Args:
+            handle_signals: stop gracefully on SIGINT/SIGTERM (a second signal
+                cancels at once). Only from the main thread.
+
+        Returns:
+            The final metrics.
+
+        Raises:
+            StageError: a stage failed; ``stage`` names it, ``__cause__`` says why.
+            ConfigError: the pipeline was already run.
+        """
+        if self._ran:
+            raise ConfigError("a pipeline runs once; build a new one to run again")
+        self._ran = True
+        self._started = time.perf_counter()
+        failure: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as outer:
+                if handle_signals:
+                    outer.start_soon(self._watch_signals, outer)
+                failure = await self._run_stages(outer)
+                outer.cancel_scope.cancel()
+        finally:
+            self._finished = time.perf_counter()
+        if failure is not None:
+            raise failure
+        return self.metrics()
+
+    async def _run_stages(self, outer: TaskGroup) -> BaseException | None:
+        sink_name = self._stage_names[-1]
+        try:
+            start = await self.sink.open(outer)
+        except Exception as exc:
+            return _stage_error(sink_name, exc)
+        errors: list[BaseException] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._run_source, start, self._channels[0].outbox)
+                for i, op in enumerate(self.operators):
+                    tg.start_soon(
+                        self._run_operator,
+                        op,
+                        self._stage_names[i + 1],
+                        self._channels[i].inbox,
+                        self._channels[i + 1].outbox,
+                    )
+                tg.start_soon(self._run_sink, self._channels[-1].inbox)
+        except BaseExceptionGroup as group:
+            errors = _flatten(group)
+        ok = not errors
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.sink.close(ok=ok)
+            except Exception as exc:
+                errors.append(_stage_error(sink_name, exc))
+        if not errors:
+            return None
+        first = errors[0]
+        for other in errors[1:]:
+            first.add_note(f"also: {other}")
+        return first
+
+    async def _run_source(self, start: Positions, outbox: Outbox[Chunk]) -> None:
+        name = self._stage_names[0]
+        stats = self._stages[name]
+        try:
+            async with outbox:
+                with anyio.CancelScope() as scope:
+                    self._source_scope = scope
+                    if self._stop_requested:
+                        scope.cancel()
+                    async with aclosing(self.source.chunks(start)) as chunks:
+                        await self._pump(chunks, stats, None, outbox)
+        except Exception as exc:
+            raise _stage_error(name, exc) from exc
+
+    async def _run_operator(
+        self, op: Operator[Any, Any], name: str, inbox: Inbox[Any], outbox: Outbox[Any]
+    ) -> None:
+        stats = self._stages[name]
+        try:
+            async with outbox, aclosing(op(inbox)) as items:
+                await self._pump(items, stats, inbox, outbox)
+        except Exception as exc:
+            raise _stage_error(name, exc) from exc
+
+    @staticmethod
+    async def _pump(
+        items: AsyncIterator[Any],
+        stats: StageStatistics,
+        inbox: Inbox[Any] | None,
+        outbox: Outbox[Any],
+    ) -> None:
+        clock = time.perf_counter
+        while True:
+            waited = inbox.wait_seconds if inbox is not None else 0.0
+            t0 = clock()
+            try:
+                item = await items.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                waited = (inbox.wait_seconds if inbox is not None else 0.0) - waited
+                stats.busy_seconds += max(clock() - t0 - waited, 0.0)
+            stats.items_out += 1
+            stats.records += _records(item)
+            await outbox.send(item)
+        if inbox is not None:
+            stats.items_in = inbox._stats.items_out
+
+    async def _run_sink(self, inbox: Inbox[Any]) -> None:
+        name = self._stage_names[-1]
+        stats = self._stages[name]
+        clock = time.perf_counter
+        try:
+            async for item in inbox:
+                stats.items_in += 1
+                t0 = clock()
+                await self.sink.write(item)
+                stats.busy_seconds += clock() - t0
+                stats.records += _records(item)
+        except Exception as exc:
+            raise _stage_error(name, exc) from exc
+
+    async def _watch_signals(self, outer: TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if not self._stop_requested:
+                    self.stop()
+                else:
+                    outer.cancel_scope.cancel()
+                    return
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f: getattr(obj, f) for f in obj.__dataclass_fields__}
+
+
+def _stage_error(stage: str, exc: BaseException) -> BaseException:
+    if isinstance(exc, StageError):
+        return exc
+    if isinstance(exc, EmbedstreamError) or isinstance(exc, Exception):
+        err = StageError(stage, exc)
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_flatten(exc))
+        else:
+            out.append(exc)
+    # A stage's own error first; errors that follow from it (closed channels) after.
+    out.sort(key=lambda e: 0 if isinstance(e, StageError) else 1)
+    return out
+
+

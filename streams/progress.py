@@ -1,0 +1,94 @@
+"""Live progress of a running pipeline: a rich display on a terminal, log lines otherwise.
+
+The display polls :meth:`Pipeline.metrics` a few times a second; it never touches the
+data path.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streams.pipeline import Pipeline, PipelineMetrics
+
+__all__ = ["channel_table", "summary_line", "watch"]
+
+log = logging.getLogger("embedstream.progress")
+
+
+def _bar(fill: float, width: int = 12) -> str:
+    n = round(min(max(fill, 0.0), 1.0) * width)
+    return "█" * n + "·" * (width - n)
+
+
+def channel_table(m: PipelineMetrics, title: str = "") -> Table:
+    """A table of every stage and channel: throughput, fill, blocked and waiting time."""
+    t = Table(title=title or None, show_edge=False, pad_edge=False)
+    for col in ("stage", "records", "rec/s", "busy s", "channel", "fill", "peak",
+                "blocked s", "waited s"):
+        t.add_column(col, justify="left" if col in ("stage", "channel", "fill") else "right")
+    chans = list(m.channels.values())
+    elapsed = max(m.elapsed_seconds, 1e-9)
+    for i, (name, s) in enumerate(m.stages.items()):
+        row: list[str] = [name, f"{s.records:,}", f"{s.records / elapsed:,.0f}",
+                          f"{s.busy_seconds:.2f}"]
+        if i < len(chans):
+            c = chans[i]
+            row += [c.name, f"{_bar(c.fill)} {c.depth}/{c.capacity}", str(c.peak_depth),
+                    f"{c.send_blocked_seconds:.2f}", f"{c.receive_wait_seconds:.2f}"]
+        else:
+            row += ["", "", "", "", ""]
+        t.add_row(*row)
+    return t
+
+
+def summary_line(m: PipelineMetrics) -> str:
+    """One line: records, seconds, rate, index size and snapshot."""
+    stages = list(m.stages.values())
+    records = stages[-1].records if stages else 0
+    rate = records / m.elapsed_seconds if m.elapsed_seconds > 0 else 0.0
+    sink = m.sink
+    parts = [f"{records:,} records in {m.elapsed_seconds:.2f}s ({rate:,.0f} records/s)"]
+    if "ntotal" in sink:
+        parts.append(f"index holds {sink['ntotal']:,} vectors")
+    if sink.get("last_snapshot_seq") is not None:
+        parts.append(f"snapshot {sink['last_snapshot_seq']}")
+    bottleneck = m.bottleneck()
+    if bottleneck:
+        parts.append(f"bottleneck {bottleneck}")
+    return "; ".join(parts)
+
+
+def _status(m: PipelineMetrics) -> Any:
+    t = channel_table(m)
+    line = summary_line(m)
+    grid = Table.grid()
+    grid.add_row(t)
+    grid.add_row(line)
+    return grid
+
+
+async def watch(pipeline: Pipeline, *, interval: float = 0.25, console: Console | None = None,
+                log_every: float = 10.0) -> None:
+    """Show the pipeline's progress until cancelled.
+
+    On a terminal: a live table redrawn every ``interval`` seconds. Otherwise one log
+    line every ``log_every`` seconds.
+    """
+    console = console or Console(stderr=True)
+    if console.is_terminal and sys.stderr.isatty():
+        with Live(_status(pipeline.metrics()), console=console, refresh_per_second=4,
+                  transient=True) as live:
+            while True:
+                await anyio.sleep(interval)
+                live.update(_status(pipeline.metrics()))
+    else:
+        while True:
+            await anyio.sleep(log_every)
+            log.info("%s", summary_line(pipeline.metrics()))

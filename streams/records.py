@@ -1,0 +1,139 @@
+"""What flows through a pipeline: raw chunks from sources and decoded batches.
+
+Channels carry these, never single records: one file read or one Kafka fetch becomes
+one :class:`Chunk`; ``decode`` turns a chunk into a :class:`Batch`, and everything
+after ``batch`` works on the batch's 2-D arrays.
+
+Positions: every chunk and batch belongs to exactly one source *partition* (a Kafka
+topic partition, or ``"files"`` for all file input of a pipeline) and carries that
+partition's :data:`Position` *after* its last record. A position is a small mapping
+of stream name to the next offset (for files: path to next byte or row; for Kafka:
+``{"offset": n}``). Later positions of the same partition are merged over earlier
+ones with ``dict.update``, so one partition can track several files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Batch", "Chunk", "Position", "Positions", "merge_positions"]
+
+Position = dict[str, int]
+"""Next offset per stream (file path, or ``"offset"`` for a Kafka partition)."""
+
+Positions = dict[str, Position]
+"""Position per partition."""
+
+
+def merge_positions(into: Positions, partition: str, position: Position) -> None:
+    """Advance ``into[partition]`` by ``position`` (later offsets win per stream)."""
+    into.setdefault(partition, {}).update(position)
+
+
+@dataclass(slots=True, eq=False)
+class Chunk:
+    """Raw items that a source read in one go, not decoded yet.
+
+    Exactly one of ``payloads`` (encoded records: JSONL lines, Kafka values) and
+    ``vectors`` (already numeric rows: ``.npy``, ``.fvecs``) is set.
+
+    Attributes:
+        partition: the source partition the items belong to.
+        source: a human-readable origin for messages, e.g. a file path or topic.
+        format: how ``payloads`` are encoded (``"json"``, ``"f32"``...) or the file
+            format the ``vectors`` came from.
+        position: the partition's position after the last item.
+        locations: for every item, where it sits (line number, row or offset), so
+            errors and dead letters can point at it.
+        location_kind: ``"line"``, ``"row"`` or ``"offset"``.
+        payloads: encoded items; ``None`` in a list means a tombstone (delete).
+        keys: per item key bytes (Kafka), or ``None``.
+        vectors: decoded rows for numeric formats.
+        ids: ids of ``vectors`` rows.
+        timestamps: event time per item, epoch seconds (float64), or ``None``.
+        read_at: wall-clock time the source read the chunk (epoch seconds); the
+            event time of items that carry none.
+    """
+
+    partition: str
+    source: str
+    format: str
+    position: Position
+    locations: npt.NDArray[np.int64]
+    location_kind: str = "line"
+    payloads: list[bytes | None] | None = None
+    keys: list[bytes | None] | None = None
+    vectors: npt.NDArray[Any] | None = None
+    ids: npt.NDArray[np.int64] | None = None
+    timestamps: npt.NDArray[np.float64] | None = None
+    read_at: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate payload size, for channel byte counters."""
+        if self.vectors is not None:
+            return int(self.vectors.nbytes)
+        if self.payloads is not None:
+            return sum(len(p) for p in self.payloads if p is not None)
+        return 0
+
+    def where(self, i: int) -> str:
+        """Where item ``i`` sits, e.g. ``data.jsonl line 12``."""
+        return f"{self.source} {self.location_kind} {int(self.locations[i])}"
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """Decoded records of one partition as 2-D arrays.
+
+    Row ``i`` is an upsert of ``ids[i]`` with ``vectors[i]``, or a delete of
+    ``ids[i]`` when ``deleted`` is set and ``deleted[i]`` is true (its vector row is
+    then meaningless). After the ``batch`` operator every id occurs at most once
+    (the last operation on an id wins).
+
+    Attributes:
+        ids: int64 ids, shape ``(n,)``.
+        vectors: float32 rows ``(n, d)``, or uint8 codes after ``quantize``.
+        timestamps: event time per row, epoch seconds; NaN when unknown.
+        partition: the source partition.
+        position: the partition's position after the last row.
+        deleted: optional bool mask of delete rows.
+        keys: original string keys of string ids (id -> key), when the source
+            used string ids.
+        metadata: optional per-row metadata objects.
+        created: monotonic time the first record of the batch was decoded.
+    """
+
+    ids: npt.NDArray[np.int64]
+    vectors: npt.NDArray[Any]
+    timestamps: npt.NDArray[np.float64]
+    partition: str
+    position: Position
+    deleted: npt.NDArray[np.bool_] | None = None
+    keys: dict[int, str] | None = None
+    metadata: list[Any] | None = None
+    created: float = field(default=0.0)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        """Number of columns of ``vectors``."""
+        return int(self.vectors.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays, for channel byte counters."""
+        return int(self.ids.nbytes + self.vectors.nbytes + self.timestamps.nbytes)
+
+    def n_deletes(self) -> int:
+        """How many rows are deletes."""
+        return 0 if self.deleted is None else int(self.deleted.sum())

@@ -1,0 +1,50 @@
+"""The Sink contract: the last stage, owning durable state and positions."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Generic, TypeVar
+
+from anyio.abc import TaskGroup
+
+from streams.records import Positions
+
+__all__ = ["Sink"]
+
+T = TypeVar("T")
+
+
+class Sink(ABC, Generic[T]):
+    """Consumes the pipeline's last channel.
+
+    The pipeline calls :meth:`open` once (the sink restores its state and says where
+    each partition resumes), :meth:`write` for every item, and :meth:`close` once.
+    A sink advances a partition's position only after the item is applied, and
+    persists positions together with its state, which is what makes a restart lose
+    nothing and duplicate nothing.
+    """
+
+    name: str = "sink"
+
+    @abstractmethod
+    async def open(self, task_group: TaskGroup) -> Positions:
+        """Restore state; return the position of every partition already held.
+
+        ``task_group`` lives as long as the pipeline; the sink may start background
+        work (periodic snapshots) in it and must stop that work in :meth:`close`.
+        """
+
+    @abstractmethod
+    async def write(self, item: T) -> None:
+        """Apply one item."""
+
+    @abstractmethod
+    async def close(self, *, ok: bool) -> None:
+        """Stop background work; when ``ok``, flush and persist the final state.
+
+        Called once, also after a failure (``ok=False``).
+        """
+
+    def statistics(self) -> dict[str, Any]:
+        """Sink-specific figures for :meth:`Pipeline.metrics`."""
+        return {}

@@ -1,0 +1,43 @@
+"""The Source contract: where chunks come from and how they resume."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from streams.records import Chunk, Positions
+
+if TYPE_CHECKING:
+    from streams.operator import Operator
+    from streams.pipeline import Flow, Pipeline
+    from streams.sink import Sink
+
+__all__ = ["Source"]
+
+
+class Source(ABC):
+    """Produces :class:`~streams.records.Chunk` objects, resuming from positions.
+
+    Subclasses implement :meth:`chunks`. Compose with ``|``:
+    ``source | decode() | batch() | sink`` makes a :class:`~streams.pipeline.Pipeline`.
+    """
+
+    name: str = "source"
+
+    @abstractmethod
+    def chunks(self, start: Positions) -> AsyncIterator[Chunk]:
+        """Yield chunks, starting after the positions the sink restored.
+
+        Args:
+            start: the position of each partition that the index already holds;
+                a partition missing from it starts at its beginning.
+
+        Raises:
+            SourceError: the source cannot be read at all.
+        """
+
+    def __or__(self, other: Operator[Any, Any] | Flow | Sink[Any]) -> Flow | Pipeline:
+        from streams.pipeline import Flow
+
+        return Flow(self, []) | other
