@@ -32,12 +32,16 @@ __all__ = ["JsonRecord", "decode"]
 
 
 class JsonRecord(msgspec.Struct, forbid_unknown_fields=False):
-    """One JSONL record: ``{"id": ..., "vector": [...], "ts": ms, "metadata": {...}}``."""
+    """One JSONL record: ``{"id": ..., "vector": [...], "ts": ms, "metadata": {...}}``.
+
+    ``{"id": ..., "delete": true}`` deletes the id instead (no vector needed).
+    """
 
     id: int | str
-    vector: list[float]
+    vector: list[float] | None = None
     ts: float | None = None
     metadata: dict[str, Any] | None = None
+    delete: bool = False
 
 
 _many = msgspec.json.Decoder(list[JsonRecord])
@@ -139,7 +143,10 @@ class _Decoder:
                 if metadata is None:
                     metadata = [None] * n
                 metadata[i] = r.metadata
-        vectors = self._vectors(chunk, records)
+        deleted: npt.NDArray[np.bool_] | None = None
+        if any(r.delete for r in records):
+            deleted = np.fromiter((r.delete for r in records), dtype=bool, count=n)
+        vectors = self._vectors(chunk, records, deleted)
         return Batch(
             ids=ids,
             vectors=vectors,
@@ -148,6 +155,7 @@ class _Decoder:
             position=chunk.position,
             keys=keys,
             metadata=metadata,
+            deleted=deleted,
         )
 
     def _json_line(self, chunk: Chunk, i: int, payload: bytes | None) -> JsonRecord:
@@ -156,29 +164,54 @@ class _Decoder:
         try:
             return _one.decode(payload)
         except msgspec.ValidationError as exc:
-            reason = "missing-id" if "`id`" in str(exc) and "missing" in str(exc) else "invalid"
-            raise self.bad(chunk, i, reason, str(exc)) from None
+            raise self.bad(chunk, i, _validation_reason(str(exc)), str(exc)) from None
         except msgspec.DecodeError as exc:
             raise self.bad(chunk, i, "not-json", str(exc)) from None
 
-    def _vectors(self, chunk: Chunk, records: list[JsonRecord]) -> npt.NDArray[np.float32]:
+    def _vectors(
+        self,
+        chunk: Chunk,
+        records: list[JsonRecord],
+        deleted: npt.NDArray[np.bool_] | None,
+    ) -> npt.NDArray[np.float32]:
         if not records:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
-        lengths = np.fromiter((len(r.vector) for r in records), dtype=np.int64, count=len(records))
-        self._check_dim(chunk, int(lengths[0]), 0)
+        rows = records if deleted is None else [r for r in records if not r.delete]
+        where = np.arange(len(records)) if deleted is None else np.flatnonzero(~deleted)
+        for j, r in enumerate(rows):
+            if r.vector is None:
+                raise self.bad(chunk, int(where[j]), "missing-vector", "the record has no vector")
+        lengths = np.fromiter((len(r.vector or ()) for r in rows), dtype=np.int64, count=len(rows))
+        if len(rows):
+            self._check_dim(chunk, int(lengths[0]), int(where[0]))
         wrong = np.flatnonzero(lengths != self.dim)
         if wrong.size:
-            i = int(wrong[0])
-            self._check_dim(chunk, int(lengths[i]), i)
-        try:
-            vectors = np.array([r.vector for r in records], dtype=np.float32)
-        except OverflowError as exc:  # pragma: no cover - numpy casts to inf instead
-            raise self.bad(chunk, 0, "not-finite", str(exc)) from None
-        finite = np.isfinite(vectors).all(axis=1)
+            j = int(wrong[0])
+            self._check_dim(chunk, int(lengths[j]), int(where[j]))
+        if self.dim is None:
+            # Only deletes so far: no dimension to give them; the sink ignores the rows.
+            return np.zeros((len(records), 0), dtype=np.float32)
+        dense = np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
+        finite = np.isfinite(dense).all(axis=1)
         if not finite.all():
-            i = int(np.flatnonzero(~finite)[0])
-            raise self.bad(chunk, i, "not-finite", "the vector holds NaN, Inf or a too-large value")
+            j = int(np.flatnonzero(~finite)[0])
+            raise self.bad(chunk, int(where[j]), "not-finite", "the vector holds NaN or Inf")
+        if deleted is None:
+            return dense
+        vectors = np.zeros((len(records), self.dim), dtype=np.float32)
+        vectors[~deleted] = dense
         return vectors
+
+
+def _validation_reason(message: str) -> str:
+    """A stable dead-letter reason for a msgspec validation message."""
+    if "missing required field `id`" in message:
+        return "missing-id"
+    if "missing required field `vector`" in message:
+        return "missing-vector"
+    if "out of range" in message:
+        return "id-out-of-range" if "$.id" in message else "not-finite"
+    return "invalid"
 
 
 def decode(*, dim: int | None = None, name: str = "decode") -> Operator[Chunk, Batch]:

@@ -143,7 +143,9 @@ class FaissSink(Sink[Batch]):
                 self._template = faiss.read_index(str(store.objects / m["template"]))
                 self._template_object = m["template"]
             for fb in loaded.fallbacks:
-                log.warning("%s: fell back past snapshot %s: %s", self.path, fb["seq"], fb["reason"])
+                log.warning(
+                    "%s: fell back past snapshot %s: %s", self.path, fb["seq"], fb["reason"]
+                )
         if self.snapshot_every:
             task_group.start_soon(self._snapshot_loop)
         return {name: dict(s.position) for name, s in self.shards.items()}
@@ -182,6 +184,12 @@ class FaissSink(Sink[Batch]):
 
     async def write(self, item: Batch) -> None:
         if len(item) == 0:
+            return
+        if item.dim == 0 and item.deleted is not None and item.deleted.all():
+            # Deletes that arrived before any vector: nothing to delete yet, but
+            # the position must still advance.
+            if item.partition in self.shards:
+                await anyio.to_thread.run_sync(self.shards[item.partition].apply, item)
             return
         if self.dim is None:
             self.dim = item.dim
@@ -318,8 +326,13 @@ class FaissSink(Sink[Batch]):
                 objects = await anyio.to_thread.run_sync(put)
                 written += len(cap.index_bytes) + len(cap.keys_bytes or b"")
                 saved.append((shard, cap.version))
-                entry = {"name": name, "object": objects[0], "keys": objects[1],
-                         "ntotal": cap.ntotal, "position": cap.position}
+                entry = {
+                    "name": name,
+                    "object": objects[0],
+                    "keys": objects[1],
+                    "ntotal": cap.ntotal,
+                    "position": cap.position,
+                }
                 shard_entries[name] = entry
             else:
                 assert shard.saved_entry is not None
@@ -358,8 +371,10 @@ class FaissSink(Sink[Batch]):
         return {
             **self._stats,
             "ntotal": self.ntotal,
-            "shards": {n: {"ntotal": s.ntotal, "position": dict(s.position)}
-                       for n, s in self.shards.items()},
+            "shards": {
+                n: {"ntotal": s.ntotal, "position": dict(s.position)}
+                for n, s in self.shards.items()
+            },
             "freshness_p50_seconds": self.freshness.quantile(0.5),
             "freshness_p99_seconds": self.freshness.quantile(0.99),
         }

@@ -115,7 +115,9 @@ def load_shards(store: SnapshotStore, loaded: Loaded) -> list[Shard]:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise SnapshotError(f"{path}: faiss cannot read the shard index: {exc}") from None
-        keys = decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
+        keys = (
+            decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
+        )
         shard = Shard(entry["name"], index, entry.get("position"), keys)
         shard.saved_entry = dict(entry)
         shards.append(shard)

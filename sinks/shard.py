@@ -48,7 +48,9 @@ def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
         index = faiss.index_factory(dim, factory, metric_code(metric))
     except RuntimeError as exc:
         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
-        raise ConfigError(f"faiss cannot build index {factory!r} at dimension {dim}: {msg}") from None
+        raise ConfigError(
+            f"faiss cannot build index {factory!r} at dimension {dim}: {msg}"
+        ) from None
     if not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexIVF)):
         index = faiss.IndexIDMap2(index)
     return index
@@ -118,8 +120,10 @@ class Shard:
             deleted = ids[batch.deleted]
         else:
             add_ids, add_vecs, deleted = ids, batch.vectors, None
-        must_remove = len(ids) > 0 and self.index.ntotal > 0 and not (
-            int(ids.min()) > self._id_hi or int(ids.max()) < self._id_lo
+        must_remove = (
+            len(ids) > 0
+            and self.index.ntotal > 0
+            and not (int(ids.min()) > self._id_hi or int(ids.max()) < self._id_lo)
         )
         with self.lock.write():
             if must_remove:

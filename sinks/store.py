@@ -40,6 +40,8 @@ SCHEMA_VERSION = 1
 
 Hook = Callable[[str], None]
 
+_SUBDIRS = ("objects", "manifests")
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -58,14 +60,15 @@ def atomic_write(path: Path, data: bytes | memoryview, hook: Hook | None = None)
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     step = hook or (lambda _s: None)
+    label = f"{path.parent.name}/{path.name}" if path.parent.name in _SUBDIRS else path.name
     with open(tmp, "wb") as f:
         f.write(data)
-        step(f"{path.parent.name}/{path.name}:written")
+        step(f"{label}:written")
         f.flush()
         os.fsync(f.fileno())
-    step(f"{path.parent.name}/{path.name}:synced")
+    step(f"{label}:synced")
     os.replace(tmp, path)
-    step(f"{path.parent.name}/{path.name}:renamed")
+    step(f"{label}:renamed")
 
 
 def sha256_file(path: Path) -> str:
@@ -105,8 +108,9 @@ class SnapshotStore:
             it to inject crashes at each step of the protocol.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, readonly: bool = False,
-                 hook: Hook | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, readonly: bool = False, hook: Hook | None = None
+    ) -> None:
         self.root = Path(root)
         self.objects = self.root / "objects"
         self.manifests = self.root / "manifests"
@@ -118,7 +122,9 @@ class SnapshotStore:
                 self.objects.mkdir(parents=True, exist_ok=True)
                 self.manifests.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise SnapshotError(f"{self.root}: cannot create the snapshot directory: {exc}") from exc
+                raise SnapshotError(
+                    f"{self.root}: cannot create the snapshot directory: {exc}"
+                ) from exc
             self._remove_temp_files()
 
     def __repr__(self) -> str:
@@ -311,8 +317,11 @@ class SnapshotStore:
                 m = self.read_manifest(seq)
                 self.verify(m)
                 entry.update(
-                    ok=True, parent=m.get("parent"), created=m.get("created"),
-                    ntotal=m.get("ntotal"), shards=len(m["shards"]),
+                    ok=True,
+                    parent=m.get("parent"),
+                    created=m.get("created"),
+                    ntotal=m.get("ntotal"),
+                    shards=len(m["shards"]),
                 )
             except SnapshotError as exc:
                 entry.update(ok=False, error=str(exc))
@@ -321,6 +330,8 @@ class SnapshotStore:
 
 
 def _objects_of(manifest: dict[str, Any]) -> Iterable[str]:
+    if manifest.get("template"):
+        yield manifest["template"]
     for shard in manifest.get("shards", []):
         for key in ("object", "keys"):
             digest = shard.get(key)

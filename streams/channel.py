@@ -74,6 +74,11 @@ class Channel(Generic[T]):
     def name(self) -> str:
         return self.stats.name
 
+    async def aclose(self) -> None:
+        """Close both ends. Idempotent."""
+        await self.outbox.aclose()
+        await self.inbox.aclose()
+
     def statistics(self) -> ChannelStatistics:
         """A copy of the counters, safe to keep."""
         s = self.stats
@@ -189,3 +194,9 @@ class Inbox(Generic[T]):
     async def aclose(self) -> None:
         """Close the receiving side. Idempotent."""
         await self._stream.aclose()
+
+    async def __aenter__(self) -> Inbox[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -71,39 +71,99 @@ def main(verbose: int) -> None:
 
 @main.command()
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False),
-              help="Snapshot directory of the index (created when missing).")
-@click.option("--factory", default=None,
-              help="faiss.index_factory string [default: Flat, or what DIR holds].")
-@click.option("--metric", type=click.Choice(["ip", "l2"]), default=None,
-              help="Inner product or L2 [default: ip, or what DIR holds].")
+@click.option(
+    "--index",
+    "index_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Snapshot directory of the index (created when missing).",
+)
+@click.option(
+    "--factory", default=None, help="faiss.index_factory string [default: Flat, or what DIR holds]."
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["ip", "l2"]),
+    default=None,
+    help="Inner product or L2 [default: ip, or what DIR holds].",
+)
 @click.option("--normalize", is_flag=True, help="L2-normalise vectors (and queries).")
-@click.option("--batch-size", default=4096, show_default=True, type=click.IntRange(min=1),
-              help="Rows per batch.")
-@click.option("--max-latency", default=0.05, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
-              help="Seconds a record may wait for its batch to fill.")
-@click.option("--snapshot-every", default=60.0, show_default=True,
-              type=click.FloatRange(min=0),
-              help="Seconds between snapshots (0: only at the end).")
-@click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Snapshots to keep.")
-@click.option("--train-size", default=50_000, show_default=True, type=click.IntRange(min=1),
-              help="Vectors to train on, for index types that need training.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="File format [default: from the suffix].")
-@click.option("--capacity", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Items per channel.")
+@click.option(
+    "--batch-size",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows per batch.",
+)
+@click.option(
+    "--max-latency",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a record may wait for its batch to fill.",
+)
+@click.option(
+    "--snapshot-every",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds between snapshots (0: only at the end).",
+)
+@click.option(
+    "--keep", default=3, show_default=True, type=click.IntRange(min=1), help="Snapshots to keep."
+)
+@click.option(
+    "--train-size",
+    default=50_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Vectors to train on, for index types that need training.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="File format [default: from the suffix].",
+)
+@click.option(
+    "--capacity",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Items per channel.",
+)
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
-def ingest(sources: tuple[str, ...], index_dir: str, factory: str | None, metric: str | None,
-           normalize: bool, batch_size: int, max_latency: float, snapshot_every: float,
-           keep: int, train_size: int, fmt: str | None, capacity: int, progress: bool) -> None:
+def ingest(
+    sources: tuple[str, ...],
+    index_dir: str,
+    factory: str | None,
+    metric: str | None,
+    normalize: bool,
+    batch_size: int,
+    max_latency: float,
+    snapshot_every: float,
+    keep: int,
+    train_size: int,
+    fmt: str | None,
+    capacity: int,
+    progress: bool,
+) -> None:
     """Ingest embedding files (JSONL, .npy, .fvecs, .bvecs) into the index at DIR."""
     try:
         pipeline = build_file_pipeline(
-            list(sources), index_dir, factory=factory, metric=metric, normalize_=normalize,
-            batch_size=batch_size, max_latency=max_latency, snapshot_every=snapshot_every,
-            keep=keep, train_size=train_size, fmt=fmt, capacity=capacity,
+            list(sources),
+            index_dir,
+            factory=factory,
+            metric=metric,
+            normalize_=normalize,
+            batch_size=batch_size,
+            max_latency=max_latency,
+            snapshot_every=snapshot_every,
+            keep=keep,
+            train_size=train_size,
+            fmt=fmt,
+            capacity=capacity,
         )
     except EmbedstreamError as exc:
         _fail(exc, 2)
@@ -112,22 +172,36 @@ def ingest(sources: tuple[str, ...], index_dir: str, factory: str | None, metric
 
 
 def build_file_pipeline(
-    sources: list[str], index_dir: str, *, factory: str | None = None, metric: str | None = None,
-    normalize_: bool = False, batch_size: int = 4096, max_latency: float = 0.05,
-    snapshot_every: float = 60.0, keep: int = 3, train_size: int = 50_000,
-    fmt: str | None = None, capacity: int = 4,
+    sources: list[str],
+    index_dir: str,
+    *,
+    factory: str | None = None,
+    metric: str | None = None,
+    normalize_: bool = False,
+    batch_size: int = 4096,
+    max_latency: float = 0.05,
+    snapshot_every: float = 60.0,
+    keep: int = 3,
+    train_size: int = 50_000,
+    fmt: str | None = None,
+    capacity: int = 4,
 ) -> Pipeline:
     """The pipeline ``ingest`` runs for files."""
     flow = FileSource(sources, format=fmt) | decode() | batch(batch_size, max_latency=max_latency)
     if normalize_:
         flow = flow | normalize()
-    sink = FaissSink(index_dir, factory=factory, metric=metric, snapshot_every=snapshot_every,
-                     keep=keep, normalize_queries=normalize_, train_size=train_size)
+    sink = FaissSink(
+        index_dir,
+        factory=factory,
+        metric=metric,
+        snapshot_every=snapshot_every,
+        keep=keep,
+        normalize_queries=normalize_,
+        train_size=train_size,
+    )
     pipeline = flow | sink
     assert isinstance(pipeline, Pipeline)
     pipeline.capacity = capacity
-    for c in pipeline.channels:
-        c.stats.capacity = capacity
     return pipeline
 
 
@@ -146,10 +220,15 @@ def _load_queries(path: str) -> np.ndarray[Any, Any]:
 
 @main.command()
 @click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
-@click.option("--queries", "-q", required=True,
-              help="Queries: a .npy (rows x dim) or JSONL of vectors / {\"vector\": [...]}.")
-@click.option("-k", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Results per query.")
+@click.option(
+    "--queries",
+    "-q",
+    required=True,
+    help='Queries: a .npy (rows x dim) or JSONL of vectors / {"vector": [...]}.',
+)
+@click.option(
+    "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query."
+)
 def search(index_dir: str, queries: str, k: int) -> None:
     """Search the latest complete snapshot in DIR; one JSON line per query."""
     q = _load_queries(queries)
@@ -180,8 +259,10 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"{index_dir}: snapshot {info['seq']} of {info['created']}")
-    click.echo(f"  {info['factory']} {info['metric']} dim {info['dim']}, {info['ntotal']:,} vectors"
-               f" in {len(info['shards'])} shard(s)")
+    click.echo(
+        f"  {info['factory']} {info['metric']} dim {info['dim']}, {info['ntotal']:,} vectors"
+        f" in {len(info['shards'])} shard(s)"
+    )
     for s in info["shards"]:
         click.echo(f"  shard {s['name']}: {s['ntotal']:,} vectors, position {s['position']}")
     for fb in info["fallbacks"]:
@@ -203,16 +284,24 @@ def run(pipeline_file: str, progress: bool) -> None:
         _fail(click.UsageError(f"{pipeline_file}: no such file"), 2)
     pipeline = namespace.get("pipeline")
     if not isinstance(pipeline, Pipeline):
-        _fail(EmbedstreamError(
-            f"{pipeline_file} defines no `pipeline` (a Pipeline made with source | ... | sink)"
-        ), 2)
+        _fail(
+            EmbedstreamError(
+                f"{pipeline_file} defines no `pipeline` (a Pipeline made with source | ... | sink)"
+            ),
+            2,
+        )
     metrics = run_pipeline(pipeline, progress=progress)
     click.echo(summary_line(metrics))
 
 
 @main.command()
-@click.option("--rows", default=200_000, show_default=True, type=click.IntRange(min=100),
-              help="How many embeddings to make.")
+@click.option(
+    "--rows",
+    default=200_000,
+    show_default=True,
+    type=click.IntRange(min=100),
+    help="How many embeddings to make.",
+)
 @click.option("--dim", default=128, show_default=True, type=click.IntRange(min=2))
 def demo(rows: int, dim: int) -> None:
     """Make sample embeddings, ingest, snapshot and search them (no network)."""
@@ -221,12 +310,18 @@ def demo(rows: int, dim: int) -> None:
         data = Path(tmp) / "embeddings.npy"
         rng = np.random.default_rng(7)
         centers = rng.standard_normal((64, dim), dtype=np.float32)
-        x = centers[rng.integers(0, 64, rows)] + 0.3 * rng.standard_normal((rows, dim),
-                                                                           dtype=np.float32)
+        x = centers[rng.integers(0, 64, rows)] + 0.3 * rng.standard_normal(
+            (rows, dim), dtype=np.float32
+        )
         np.save(data, x)
         console.print(f"made {rows:,} x {dim} embeddings in 64 clusters")
-        pipeline = build_file_pipeline([str(data)], str(Path(tmp) / "index"), normalize_=True,
-                                       batch_size=8192, snapshot_every=0)
+        pipeline = build_file_pipeline(
+            [str(data)],
+            str(Path(tmp) / "index"),
+            normalize_=True,
+            batch_size=8192,
+            snapshot_every=0,
+        )
         m = run_pipeline(pipeline, progress=False)
         console.print(channel_table(m, title="decode -> batch -> normalize -> faiss"))
         console.print(summary_line(m))

@@ -92,6 +92,8 @@ class FileSource(Source):
             )
         self.paths = [Path(p) for p in paths]
         self.format = format
+        # Fail before the pipeline starts, not halfway through the file list.
+        self.formats = [format or detect_format(p) for p in self.paths]
         self.chunk_bytes = max(int(chunk_bytes), 1)
         self.name = name
 
@@ -100,8 +102,7 @@ class FileSource(Source):
 
     async def chunks(self, start: Positions) -> AsyncIterator[Chunk]:
         done = start.get(FILES_PARTITION, {})
-        for path in self.paths:
-            fmt = self.format or detect_format(path)
+        for path, fmt in zip(self.paths, self.formats, strict=True):
             key = str(path.resolve())
             offset = int(done.get(key, 0))
             reader = _READERS[fmt]

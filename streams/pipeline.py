@@ -96,9 +96,7 @@ class Flow:
             return Flow(self.source, [*self.operators, *other.operators])
         if isinstance(other, Sink):
             if self.source is None:
-                raise ConfigError(
-                    "a pipeline needs a source: write `source | operators... | sink`"
-                )
+                raise ConfigError("a pipeline needs a source: write `source | operators... | sink`")
             return Pipeline(self.source, self.operators, other)
         return NotImplemented
 
@@ -149,12 +147,8 @@ class Pipeline:
         names = _unique_names([source.name, *(o.name for o in operators), sink.name])
         self._stage_names = names
         self._stages = {n: StageStatistics(n) for n in names}
+        # Channels are made when the pipeline runs (they hold open streams).
         self._channels: list[Channel[Any]] = []
-        # Channel 0 carries the source's chunks; channel i (i >= 1) carries the
-        # output of operator i-1, whose own capacity setting wins.
-        for i in range(len(operators) + 1):
-            own = operators[i - 1].capacity if i > 0 else None
-            self._channels.append(Channel(f"{names[i]}->{names[i + 1]}", own or capacity))
         self._stop_requested = False
         self._source_scope: anyio.CancelScope | None = None
         self._started: float | None = None
@@ -191,7 +185,7 @@ class Pipeline:
 
     @property
     def channels(self) -> list[Channel[Any]]:
-        """The channels in data-path order."""
+        """The channels in data-path order (empty until :meth:`run`)."""
         return list(self._channels)
 
     @property
@@ -227,6 +221,7 @@ class Pipeline:
         if self._ran:
             raise ConfigError("a pipeline runs once; build a new one to run again")
         self._ran = True
+        self._channels = self._make_channels()
         self._started = time.perf_counter()
         failure: BaseException | None = None
         try:
@@ -237,9 +232,22 @@ class Pipeline:
                 outer.cancel_scope.cancel()
         finally:
             self._finished = time.perf_counter()
+            with anyio.CancelScope(shield=True):
+                for c in self._channels:
+                    await c.aclose()
         if failure is not None:
             raise failure
         return self.metrics()
+
+    def _make_channels(self) -> list[Channel[Any]]:
+        names = self._stage_names
+        # Channel 0 carries the source's chunks; channel i (i >= 1) carries the
+        # output of operator i-1, whose own capacity setting wins.
+        out: list[Channel[Any]] = []
+        for i in range(len(self.operators) + 1):
+            own = self.operators[i - 1].capacity if i > 0 else None
+            out.append(Channel(f"{names[i]}->{names[i + 1]}", own or self.capacity))
+        return out
 
     async def _run_stages(self, outer: TaskGroup) -> BaseException | None:
         sink_name = self._stage_names[-1]
@@ -294,7 +302,7 @@ class Pipeline:
     ) -> None:
         stats = self._stages[name]
         try:
-            async with outbox, aclosing(op(inbox)) as items:
+            async with inbox, outbox, aclosing(op(inbox)) as items:
                 await self._pump(items, stats, inbox, outbox)
         except Exception as exc:
             raise _stage_error(name, exc) from exc
@@ -326,16 +334,20 @@ class Pipeline:
     async def _run_sink(self, inbox: Inbox[Any]) -> None:
         name = self._stage_names[-1]
         stats = self._stages[name]
-        clock = time.perf_counter
         try:
-            async for item in inbox:
-                stats.items_in += 1
-                t0 = clock()
-                await self.sink.write(item)
-                stats.busy_seconds += clock() - t0
-                stats.records += _records(item)
+            async with inbox:
+                await self._drain(inbox, stats)
         except Exception as exc:
             raise _stage_error(name, exc) from exc
+
+    async def _drain(self, inbox: Inbox[Any], stats: StageStatistics) -> None:
+        clock = time.perf_counter
+        async for item in inbox:
+            stats.items_in += 1
+            t0 = clock()
+            await self.sink.write(item)
+            stats.busy_seconds += clock() - t0
+            stats.records += _records(item)
 
     async def _watch_signals(self, outer: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -371,5 +383,3 @@ def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     # A stage's own error first; errors that follow from it (closed channels) after.
     out.sort(key=lambda e: 0 if isinstance(e, StageError) else 1)
     return out
-
-

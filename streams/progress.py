@@ -30,18 +30,36 @@ def _bar(fill: float, width: int = 12) -> str:
 def channel_table(m: PipelineMetrics, title: str = "") -> Table:
     """A table of every stage and channel: throughput, fill, blocked and waiting time."""
     t = Table(title=title or None, show_edge=False, pad_edge=False)
-    for col in ("stage", "records", "rec/s", "busy s", "channel", "fill", "peak",
-                "blocked s", "waited s"):
+    for col in (
+        "stage",
+        "records",
+        "rec/s",
+        "busy s",
+        "channel",
+        "fill",
+        "peak",
+        "blocked s",
+        "waited s",
+    ):
         t.add_column(col, justify="left" if col in ("stage", "channel", "fill") else "right")
     chans = list(m.channels.values())
     elapsed = max(m.elapsed_seconds, 1e-9)
     for i, (name, s) in enumerate(m.stages.items()):
-        row: list[str] = [name, f"{s.records:,}", f"{s.records / elapsed:,.0f}",
-                          f"{s.busy_seconds:.2f}"]
+        row: list[str] = [
+            name,
+            f"{s.records:,}",
+            f"{s.records / elapsed:,.0f}",
+            f"{s.busy_seconds:.2f}",
+        ]
         if i < len(chans):
             c = chans[i]
-            row += [c.name, f"{_bar(c.fill)} {c.depth}/{c.capacity}", str(c.peak_depth),
-                    f"{c.send_blocked_seconds:.2f}", f"{c.receive_wait_seconds:.2f}"]
+            row += [
+                c.name,
+                f"{_bar(c.fill)} {c.depth}/{c.capacity}",
+                str(c.peak_depth),
+                f"{c.send_blocked_seconds:.2f}",
+                f"{c.receive_wait_seconds:.2f}",
+            ]
         else:
             row += ["", "", "", "", ""]
         t.add_row(*row)
@@ -74,8 +92,13 @@ def _status(m: PipelineMetrics) -> Any:
     return grid
 
 
-async def watch(pipeline: Pipeline, *, interval: float = 0.25, console: Console | None = None,
-                log_every: float = 10.0) -> None:
+async def watch(
+    pipeline: Pipeline,
+    *,
+    interval: float = 0.25,
+    console: Console | None = None,
+    log_every: float = 10.0,
+) -> None:
     """Show the pipeline's progress until cancelled.
 
     On a terminal: a live table redrawn every ``interval`` seconds. Otherwise one log
@@ -83,8 +106,9 @@ async def watch(pipeline: Pipeline, *, interval: float = 0.25, console: Console 
     """
     console = console or Console(stderr=True)
     if console.is_terminal and sys.stderr.isatty():
-        with Live(_status(pipeline.metrics()), console=console, refresh_per_second=4,
-                  transient=True) as live:
+        with Live(
+            _status(pipeline.metrics()), console=console, refresh_per_second=4, transient=True
+        ) as live:
             while True:
                 await anyio.sleep(interval)
                 live.update(_status(pipeline.metrics()))

@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import faiss
+import numpy as np
+import pytest
+
+from operators import batch, decode, normalize
+from sinks import FaissSink, open_snapshot
+from streams import Batch, ConfigError, FileSource, Pipeline
+
+
+def file_pipeline(paths, index: Path, *ops, **sink_kw) -> Pipeline:
+    flow = FileSource(paths) | decode() | batch(256)
+    for op in ops:
+        flow = flow | op
+    p = flow | FaissSink(index, snapshot_every=0, **sink_kw)
+    assert isinstance(p, Pipeline)
+    return p
+
+
+def write_jsonl(path: Path, ids, vectors, extra=None) -> Path:
+    with open(path, "w") as f:
+        for i, (rid, v) in enumerate(zip(ids, vectors, strict=True)):
+            rec = {"id": rid, "vector": np.asarray(v).tolist()}
+            if extra:
+                rec.update(extra(i))
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+async def test_same_file_twice_adds_nothing(make_npy, tmp_path: Path) -> None:
+    path, x = make_npy(3000, 8)
+    idx = tmp_path / "idx"
+    m1 = await file_pipeline(path, idx).run()
+    assert m1.sink["ntotal"] == 3000
+    m2 = await file_pipeline(path, idx).run()
+    assert m2.stages["faiss"].records == 0
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 3000
+    assert view.manifest["seq"] == 1  # nothing changed: no new snapshot
+    assert view.manifest["shards"][0]["position"] == {str(path.resolve()): 3000}
+
+
+async def test_resume_after_partial_file(make_npy, tmp_path: Path) -> None:
+    path, x = make_npy(1000, 4)
+    idx = tmp_path / "idx"
+    np.save(tmp_path / "head.npy", x[:400])
+    await file_pipeline(tmp_path / "head.npy", idx, metric="l2").run()
+    # The full file under the head's name: resumes at row 400.
+    np.save(tmp_path / "head.npy", x)
+    m = await file_pipeline(tmp_path / "head.npy", idx).run()
+    assert m.stages["faiss"].records == 600
+    view = open_snapshot(idx)
+    res = view.search(x[[0, 500, 999]], 1)
+    assert res.ids[:, 0].tolist() == [0, 500, 999]
+
+
+async def test_file_a_then_b_upserts(tmp_path: Path, rng) -> None:
+    a = write_jsonl(tmp_path / "a.jsonl", range(3000), rng.standard_normal((3000, 8)))
+    bv = rng.standard_normal((3000, 8)).astype(np.float32)
+    b = write_jsonl(tmp_path / "b.jsonl", range(1500, 4500), bv)
+    idx = tmp_path / "idx"
+    await file_pipeline(a, idx, metric="l2").run()
+    await file_pipeline(b, idx).run()
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 4500
+    index = faiss.read_index(str(idx / "objects" / view.manifest["shards"][0]["object"]))
+    for rid in (1500, 2000, 2999, 4499):
+        np.testing.assert_allclose(index.reconstruct(rid), bv[rid - 1500], rtol=1e-6)
+    res = view.search(bv[[0, 1499]], 1)
+    assert res.ids[:, 0].tolist() == [1500, 2999]
+
+
+async def test_upsert_in_one_stream_keeps_the_newer(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "u.jsonl", [7, 8, 7], [[1, 0], [0, 1], [0.6, 0.8]])
+    idx = tmp_path / "idx"
+    await file_pipeline(path, idx).run()
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 2
+    res = view.search([[0.6, 0.8]], 2)
+    assert res.ids[0, 0] == 7 and res.scores[0, 0] == pytest.approx(1.0)
+
+
+async def test_delete_records(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    lines = [{"id": i, "vector": [float(i), 1.0]} for i in range(10)]
+    lines += [{"id": 3, "delete": True}, {"id": 4, "delete": True}, {"id": 4, "vector": [9, 9]}]
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    idx = tmp_path / "idx"
+    await file_pipeline(path, idx).run()
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 9
+    found = set(view.search(np.ones((1, 2)), 20).ids[0].tolist())
+    assert 3 not in found and 4 in found
+
+
+async def test_string_ids_round_trip(tmp_path: Path, rng) -> None:
+    keys = [f"doc-{i}" for i in range(50)]
+    x = rng.standard_normal((50, 6)).astype(np.float32)
+    path = write_jsonl(tmp_path / "s.jsonl", keys, x)
+    idx = tmp_path / "idx"
+    await file_pipeline(path, idx, normalize(), normalize_queries=True).run()
+    view = open_snapshot(idx)
+    rows = view.search(x[[3, 17]], 3).rows()
+    assert [r["ids"][0] for r in rows] == ["doc-3", "doc-17"]
+
+
+async def test_training_index_types(make_npy, tmp_path: Path) -> None:
+    path, x = make_npy(2000, 16)
+    idx = tmp_path / "idx"
+    await file_pipeline(path, idx, factory="IVF8,Flat", metric="l2", train_size=500).run()
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 2000 and view.manifest["template"]
+    index = faiss.read_index(str(idx / "objects" / view.manifest["shards"][0]["object"]))
+    index.nprobe = 8
+    _, ids = index.search(x[:5], 1)
+    assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+async def test_config_mismatch_is_refused(make_npy, tmp_path: Path) -> None:
+    path, _ = make_npy(10, 4)
+    idx = tmp_path / "idx"
+    await file_pipeline(path, idx).run()
+    with pytest.raises(Exception, match="holds a 'Flat' index"):
+        await file_pipeline(path, idx, metric="l2").run()
+    with pytest.raises(ConfigError, match="unknown metric"):
+        FaissSink(idx, metric="cos")
+
+
+def _mk(part: str, ids: np.ndarray, dim: int, pos: int) -> Batch:
+    v = np.zeros((len(ids), dim), np.float32)
+    return Batch(ids, v, np.zeros(len(ids)), part, {"offset": pos})
+
+
+async def test_unchanged_shards_are_referenced_not_rewritten(tmp_path: Path) -> None:
+    sink = FaissSink(tmp_path / "idx", snapshot_every=None)
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        big = _mk("a", np.arange(20000), 32, 1)
+        await sink.write(big)
+        await sink.write(_mk("b", np.arange(10), 32, 1))
+        await sink.snapshot()
+        first = sink.statistics()["last_snapshot_bytes"]
+        await sink.write(_mk("b", np.arange(10, 20), 32, 2))
+        await sink.snapshot()
+        second = sink.statistics()["last_snapshot_bytes"]
+        await sink.close(ok=True)
+    assert first > 20000 * 32 * 4
+    assert second < 20 * 32 * 4 + 4096  # only shard b was written again
+    view = open_snapshot(tmp_path / "idx")
+    assert {s["name"]: s["position"] for s in view.manifest["shards"]} == {
+        "a": {"offset": 1}, "b": {"offset": 2}}
+
+
+async def test_search_during_ingest_never_sees_half_a_batch(tmp_path: Path) -> None:
+    """Batches of identical one-hot vectors: a query sees all of a batch or none."""
+    dim, per = 64, 500
+    sink = FaissSink(tmp_path / "idx", snapshot_every=0.05)
+    seen_partial = []
+    searches = 0
+    done = anyio.Event()
+
+    async def searcher() -> None:
+        nonlocal searches
+        q = np.eye(dim, dtype=np.float32)
+        while not done.is_set():
+            if sink.dim is not None:
+                res = await sink.search(q, per + 1)
+                hits = (res.scores > 0.5).sum(axis=1)
+                seen_partial.extend(h for h in hits.tolist() if h not in (0, per))
+                searches += 1
+            await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        tg.start_soon(searcher)
+        tg.start_soon(searcher)
+        for j in range(dim):
+            v = np.zeros((per, dim), np.float32)
+            v[:, j] = 1.0
+            ids = np.arange(j * per, (j + 1) * per)
+            await sink.write(Batch(ids, v, np.zeros(per), "p", {"offset": j + 1}))
+            await anyio.sleep(0.002)
+        done.set()
+        await sink.close(ok=True)
+    assert searches > 20
+    assert seen_partial == []
+    assert sink.ntotal == dim * per
