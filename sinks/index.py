@@ -306,7 +306,7 @@ class FaissSink(Sink[Batch]):
 
     async def _write_snapshot(self, store: SnapshotStore) -> tuple[int, int]:
         written = 0
-        entries = []
+        entries: list[dict[str, Any]] = []
         shard_entries: dict[str, dict[str, Any]] = {}
         saved: list[tuple[Shard, int]] = []
         if self._template_object is None and self._template is not None:

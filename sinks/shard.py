@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import msgspec
@@ -127,7 +127,8 @@ class Shard:
         )
         with self.lock.write():
             if must_remove:
-                self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+                # The Python wrapper takes an id array (the stubs only know IDSelector).
+                cast(Any, self.index).remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
             if len(add_ids):
                 self.index.add_with_ids(
                     np.ascontiguousarray(add_vecs), np.ascontiguousarray(add_ids, dtype=np.int64)

@@ -40,6 +40,10 @@ SCHEMA_VERSION = 1
 
 Hook = Callable[[str], None]
 
+BytesLike = Any
+"""Anything with the buffer protocol: bytes, memoryview, a uint8 numpy array
+(``collections.abc.Buffer`` needs Python 3.12)."""
+
 _SUBDIRS = ("objects", "manifests")
 
 
@@ -51,7 +55,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes | memoryview, hook: Hook | None = None) -> None:
+def atomic_write(path: Path, data: BytesLike, hook: Hook | None = None) -> None:
     """Write ``data`` to ``path`` atomically: temp file, fsync, rename.
 
     The caller fsyncs the directory (once for many files). ``hook`` is called with
@@ -143,14 +147,14 @@ class SnapshotStore:
 
     # -- writing -------------------------------------------------------------------
 
-    def put_object(self, data: bytes | memoryview) -> str:
+    def put_object(self, data: BytesLike) -> str:
         """Store ``data`` under its SHA-256 (a no-op when it is already there).
 
         Returns the hex digest. The object directory is fsynced by :meth:`commit`.
         """
         digest = hashlib.sha256(data).hexdigest()
         path = self.objects / digest
-        if path.exists() and path.stat().st_size == len(data):
+        if path.exists() and path.stat().st_size == memoryview(data).nbytes:
             return digest
         atomic_write(path, data, self.hook)
         return digest

@@ -42,13 +42,22 @@ def _fail(exc: BaseException, code: int = 1) -> NoReturn:
 
 
 async def _run(pipeline: Pipeline, *, progress: bool) -> PipelineMetrics:
+    error: EmbedstreamError | None = None
+    metrics: PipelineMetrics | None = None
     async with anyio.create_task_group() as tg:
         if progress:
             tg.start_soon(watch, pipeline)
         try:
-            return await pipeline.run(handle_signals=True)
+            metrics = await pipeline.run(handle_signals=True)
+        except EmbedstreamError as exc:
+            # Raised outside the task group, so it is not wrapped in a group.
+            error = exc
         finally:
             tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    assert metrics is not None
+    return metrics
 
 
 def run_pipeline(pipeline: Pipeline, *, progress: bool = True) -> PipelineMetrics:

@@ -11,8 +11,10 @@ bounded by the channel capacities however large the file is.
 from __future__ import annotations
 
 import os
+import stat
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,19 +138,31 @@ async def _read_jsonl(
     src: FileSource, path: Path, key: str, offset: int, fmt: str
 ) -> AsyncIterator[Chunk]:
     try:
-        f = await anyio.to_thread.run_sync(open, path, "rb")
+        # Unbuffered: read() returns what is there, and closing never waits on a
+        # reader thread blocked on a quiet pipe.
+        f = await anyio.to_thread.run_sync(partial(open, path, "rb", buffering=0))
     except OSError as exc:
         raise _open_error(path, exc) from exc
     with f:
-        size = os.fstat(f.fileno()).st_size
+        info = os.fstat(f.fileno())
+        size = info.st_size
+        read = _reader(f, regular=stat.S_ISREG(info.st_mode))
         _check_resume(path, offset, size, "byte")
         # Line numbers in messages are 1-based and count from the file's start, also
         # when resuming in the middle.
-        line = 1 + (await anyio.to_thread.run_sync(_count_newlines, f, offset))
-        f.seek(offset)
+        line = 1
+        if offset:
+            if not f.seekable():
+                raise SourceError(
+                    str(path),
+                    f"the index holds this stream up to byte {offset}, but a pipe cannot seek",
+                    "ingest a pipe into a new index directory, or use a regular file",
+                )
+            line += await anyio.to_thread.run_sync(_count_newlines, f, offset)
+            f.seek(offset)
         carry = b""
         while True:
-            block = await anyio.to_thread.run_sync(f.read, src.chunk_bytes)
+            block = await read(src.chunk_bytes)
             eof = not block
             data = carry + block
             if eof:
@@ -185,6 +199,30 @@ async def _read_jsonl(
             )
             if eof:
                 return
+
+
+def _reader(f: Any, *, regular: bool) -> Callable[[int], Awaitable[bytes]]:
+    """An async ``read(n)`` for a file: a worker thread for regular files, readiness
+    polling for pipes and sockets (a thread blocked on a quiet pipe could not be
+    stopped, and would hold the process open at exit)."""
+    if regular:
+
+        async def read_file(n: int) -> bytes:
+            data: bytes = await anyio.to_thread.run_sync(f.read, n)
+            return data
+
+        return read_file
+    fd = f.fileno()
+    os.set_blocking(fd, False)
+
+    async def read_pipe(n: int) -> bytes:
+        while True:
+            try:
+                return os.read(fd, n)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+
+    return read_pipe
 
 
 def _count_newlines(f: Any, upto: int) -> int:

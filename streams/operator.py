@@ -19,7 +19,7 @@ losing an item, which is how time-based batching works.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from streams.channel import Inbox
 
@@ -53,6 +53,10 @@ class Operator(Generic[X, Y]):
     def __call__(self, inbox: Inbox[X]) -> AsyncIterator[Y]:
         return self.fn(inbox)
 
+    @overload
+    def __or__(self, other: Operator[Any, Any] | Flow) -> Flow: ...
+    @overload
+    def __or__(self, other: Sink[Any]) -> Pipeline: ...
     def __or__(self, other: Operator[Any, Any] | Flow | Sink[Any]) -> Flow | Pipeline:
         from streams.pipeline import Flow
 

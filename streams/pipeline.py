@@ -12,9 +12,8 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -87,6 +86,10 @@ class Flow:
         self.source = source
         self.operators = operators
 
+    @overload
+    def __or__(self, other: Operator[Any, Any] | Flow) -> Flow: ...
+    @overload
+    def __or__(self, other: Sink[Any]) -> Pipeline: ...
     def __or__(self, other: Operator[Any, Any] | Flow | Sink[Any]) -> Flow | Pipeline:
         if isinstance(other, Operator):
             return Flow(self.source, [*self.operators, other])
@@ -292,8 +295,11 @@ class Pipeline:
                     self._source_scope = scope
                     if self._stop_requested:
                         scope.cancel()
-                    async with aclosing(self.source.chunks(start)) as chunks:
+                    chunks = self.source.chunks(start)
+                    try:
                         await self._pump(chunks, stats, None, outbox)
+                    finally:
+                        await _aclose(chunks)
         except Exception as exc:
             raise _stage_error(name, exc) from exc
 
@@ -302,8 +308,12 @@ class Pipeline:
     ) -> None:
         stats = self._stages[name]
         try:
-            async with inbox, outbox, aclosing(op(inbox)) as items:
-                await self._pump(items, stats, inbox, outbox)
+            async with inbox, outbox:
+                items = op(inbox)
+                try:
+                    await self._pump(items, stats, inbox, outbox)
+                finally:
+                    await _aclose(items)
         except Exception as exc:
             raise _stage_error(name, exc) from exc
 
@@ -359,6 +369,13 @@ class Pipeline:
                     return
 
 
+async def _aclose(it: AsyncIterator[Any]) -> None:
+    # Async generators are finalised now, not whenever the GC gets to them.
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 def _fields(obj: Any) -> dict[str, Any]:
     return {f: getattr(obj, f) for f in obj.__dataclass_fields__}
 
@@ -366,7 +383,7 @@ def _fields(obj: Any) -> dict[str, Any]:
 def _stage_error(stage: str, exc: BaseException) -> BaseException:
     if isinstance(exc, StageError):
         return exc
-    if isinstance(exc, EmbedstreamError) or isinstance(exc, Exception):
+    if isinstance(exc, (EmbedstreamError, Exception)):
         err = StageError(stage, exc)
         err.__cause__ = exc
         return err

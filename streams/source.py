@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from streams.records import Chunk, Positions
 
@@ -37,6 +37,10 @@ class Source(ABC):
             SourceError: the source cannot be read at all.
         """
 
+    @overload
+    def __or__(self, other: Operator[Any, Any] | Flow) -> Flow: ...
+    @overload
+    def __or__(self, other: Sink[Any]) -> Pipeline: ...
     def __or__(self, other: Operator[Any, Any] | Flow | Sink[Any]) -> Flow | Pipeline:
         from streams.pipeline import Flow
 

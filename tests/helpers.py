@@ -29,7 +29,9 @@ class Collect(Sink[Any]):
         pass
 
 
-async def collect(source: Source, *ops: Operator[Any, Any], start: Positions | None = None) -> list[Any]:
+async def collect(
+    source: Source, *ops: Operator[Any, Any], start: Positions | None = None
+) -> list[Any]:
     """Run ``source | ops...`` and return what reached the end."""
     sink = Collect(start)
     flow: Any = source

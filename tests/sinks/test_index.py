@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import faiss
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def write_jsonl(path: Path, ids, vectors, extra=None) -> Path:
 
 
 async def test_same_file_twice_adds_nothing(make_npy, tmp_path: Path) -> None:
-    path, x = make_npy(3000, 8)
+    path, _x = make_npy(3000, 8)
     idx = tmp_path / "idx"
     m1 = await file_pipeline(path, idx).run()
     assert m1.sink["ntotal"] == 3000
@@ -46,7 +47,7 @@ async def test_same_file_twice_adds_nothing(make_npy, tmp_path: Path) -> None:
 
 
 async def test_resume_after_partial_file(make_npy, tmp_path: Path) -> None:
-    path, x = make_npy(1000, 4)
+    _path, x = make_npy(1000, 4)
     idx = tmp_path / "idx"
     np.save(tmp_path / "head.npy", x[:400])
     await file_pipeline(tmp_path / "head.npy", idx, metric="l2").run()
@@ -153,7 +154,9 @@ async def test_unchanged_shards_are_referenced_not_rewritten(tmp_path: Path) -> 
     assert second < 20 * 32 * 4 + 4096  # only shard b was written again
     view = open_snapshot(tmp_path / "idx")
     assert {s["name"]: s["position"] for s in view.manifest["shards"]} == {
-        "a": {"offset": 1}, "b": {"offset": 2}}
+        "a": {"offset": 1},
+        "b": {"offset": 2},
+    }
 
 
 async def test_search_during_ingest_never_sees_half_a_batch(tmp_path: Path) -> None:
@@ -173,7 +176,7 @@ async def test_search_during_ingest_never_sees_half_a_batch(tmp_path: Path) -> N
                 hits = (res.scores > 0.5).sum(axis=1)
                 seen_partial.extend(h for h in hits.tolist() if h not in (0, per))
                 searches += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as tg:
         await sink.open(tg)

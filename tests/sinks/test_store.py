@@ -11,8 +11,15 @@ from streams import SnapshotError
 
 def commit(store: SnapshotStore, payload: bytes, pos: int) -> int:
     obj = store.put_object(payload)
-    return store.commit({"ntotal": 1, "dim": 2, "shards": [
-        {"name": "p", "object": obj, "keys": None, "ntotal": 1, "position": {"o": pos}}]})
+    return store.commit(
+        {
+            "ntotal": 1,
+            "dim": 2,
+            "shards": [
+                {"name": "p", "object": obj, "keys": None, "ntotal": 1, "position": {"o": pos}}
+            ],
+        }
+    )
 
 
 def test_commit_load_and_content_addressing(tmp_path: Path) -> None:
@@ -42,8 +49,10 @@ def test_corrupt_object_falls_back_with_reason(tmp_path: Path) -> None:
     assert "corrupt" in loaded.fallbacks[0]["reason"]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage", "missing-manifest",
-                                    "missing-object", "current-garbage"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate", "empty", "garbage", "missing-manifest", "missing-object", "current-garbage"],
+)
 def test_damage_falls_back_to_previous(tmp_path: Path, damage: str) -> None:
     s = SnapshotStore(tmp_path)
     commit(s, b"one", 1)

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 import pytest
 from anyio.abc import TaskGroup
@@ -38,7 +39,7 @@ class CountingSource(Source):
             )
             self.emitted += 1
             i += 1
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
 
 class ListSink(Sink[Any]):

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+
+def cli(
+    *args: str, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=cwd,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def real_10k(tmp_path: Path) -> Path:
+    """10,000 x 384 float32: the real MiniLM embeddings when present, else random."""
+    src = SHARED_DATA / "minilm-pypi-base.f16.npy"
+    if src.exists():
+        x = np.load(src)[:10_000].astype(np.float32)
+    else:  # pragma: no cover - shared data missing
+        x = np.random.default_rng(0).standard_normal((10_000, 384)).astype(np.float32)
+    path = tmp_path / "base.npy"
+    np.save(path, x)
+    return path
+
+
+def test_ingest_inspect_search_10k(tmp_path: Path, real_10k: Path) -> None:
+    idx = tmp_path / "idx"
+    out = cli("ingest", str(real_10k), "--index", str(idx), "--normalize").stdout
+    assert "10,000 records" in out
+    info = json.loads(cli("inspect", str(idx), "--json").stdout)
+    assert info["ntotal"] == 10_000 and info["dim"] == 384
+    assert info["metric"] == "ip" and info["factory"] == "Flat" and info["seq"] == 1
+    assert info["shards"][0]["position"] == {str(real_10k.resolve()): 10_000}
+    q = tmp_path / "q.npy"
+    np.save(q, np.load(real_10k)[:20])
+    lines = cli("search", str(idx), "--queries", str(q), "-k", "5").stdout.splitlines()
+    assert len(lines) == 20
+    rows = [json.loads(line) for line in lines]
+    assert [r["ids"][0] for r in rows] == list(range(20))
+    assert all(len(r["ids"]) == len(r["scores"]) == 5 for r in rows)
+    assert all(r["scores"] == sorted(r["scores"], reverse=True) for r in rows)
+    # Once more: the position says everything is in, nothing is added.
+    out = cli("ingest", str(real_10k), "--index", str(idx)).stdout
+    assert out.startswith("0 records")
+    hist = json.loads(cli("inspect", str(idx), "--json", "--history").stdout)["history"]
+    assert [h["seq"] for h in hist] == [1] and hist[0]["ok"]
+    assert "10,000 vectors" in cli("inspect", str(idx)).stdout
+
+
+def test_bad_input_one_line_errors(tmp_path: Path) -> None:
+    p = cli("ingest", str(tmp_path / "missing.npy"), "--index", str(tmp_path / "i"), check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().count("\n") == 0
+    assert "missing.npy" in p.stderr and "no such file" in p.stderr
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "vector": [1, 2]}\n{"id": 2, "vector": [1, 2, 3]}\n')
+    p = cli("ingest", str(bad), "--index", str(tmp_path / "i"), check=False)
+    assert p.returncode == 1
+    assert "bad.jsonl line 2" in p.stderr and "wrong-dimension" in p.stderr
+
+    trunc = tmp_path / "t.npy"
+    np.save(trunc, np.ones((50, 4), np.float32))
+    trunc.write_bytes(trunc.read_bytes()[:-7])
+    p = cli("ingest", str(trunc), "--index", str(tmp_path / "i"), check=False)
+    assert p.returncode == 1 and "t.npy" in p.stderr and "truncated" in p.stderr
+
+    p = cli("ingest", str(tmp_path / "x.csv"), "--index", str(tmp_path / "i"), check=False)
+    assert p.returncode == 2 and "--format" in p.stderr
+
+    p = cli("inspect", str(tmp_path / "nothing"), check=False)
+    assert p.returncode == 1 and "no such directory" in p.stderr
+
+
+def test_run_pipeline_file(tmp_path: Path) -> None:
+    data = tmp_path / "v.npy"
+    np.save(data, np.random.default_rng(1).standard_normal((500, 8)).astype(np.float32))
+    script = tmp_path / "pipe.py"
+    script.write_text(
+        "from streams import FileSource\n"
+        "from operators import decode, batch, normalize\n"
+        "from sinks import FaissSink\n"
+        f"pipeline = FileSource({str(data)!r}) | decode() | batch(100) | normalize()"
+        f" | FaissSink({str(tmp_path / 'idx')!r}, normalize_queries=True)\n"
+    )
+    assert "500 records" in cli("run", str(script)).stdout
+    assert json.loads(cli("inspect", str(tmp_path / "idx"), "--json").stdout)["ntotal"] == 500
+    (tmp_path / "nopipe.py").write_text("x = 1\n")
+    p = cli("run", str(tmp_path / "nopipe.py"), check=False)
+    assert p.returncode == 2 and "defines no `pipeline`" in p.stderr
+
+
+def test_demo_runs() -> None:
+    out = cli("demo", "--rows", "5000", "--dim", "32").stdout
+    assert "5,000 records" in out
+    assert "own id first for 100.0%" in out
+
+
+def test_sigint_drains_and_snapshots(tmp_path: Path) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    fifo = tmp_path / "live.jsonl"
+    os.mkfifo(fifo)
+    release = threading.Event()
+
+    def writer() -> None:
+        with open(fifo, "w") as f:
+            for i in range(100):
+                f.write(json.dumps({"id": i, "vector": [float(i), 1.0]}) + "\n")
+            f.flush()
+            release.wait(60)  # keep the pipe open: the source never sees its end
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    idx = tmp_path / "idx"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "ingest",
+            str(fifo),
+            "--index",
+            str(idx),
+            "--metric",
+            "l2",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "100 records" in out
+    info = json.loads(cli("inspect", str(idx), "--json").stdout)
+    assert info["ntotal"] == 100
