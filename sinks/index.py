@@ -316,20 +316,16 @@ class FaissSink(Sink[Batch]):
         for name in sorted(self.shards):
             shard = self.shards[name]
             if shard.dirty:
-                cap = await anyio.to_thread.run_sync(shard.capture)
-
-                def put(cap: Any = cap) -> tuple[str, str | None]:
-                    obj = store.put_object(cap.index_bytes)
-                    keys = store.put_object(cap.keys_bytes) if cap.keys_bytes else None
-                    return obj, keys
-
-                objects = await anyio.to_thread.run_sync(put)
-                written += len(cap.index_bytes) + len(cap.keys_bytes or b"")
+                cap = await anyio.to_thread.run_sync(shard.capture, store)
+                keys = None
+                if cap.keys_bytes:
+                    keys = await anyio.to_thread.run_sync(store.put_object, cap.keys_bytes)
+                written += cap.nbytes + len(cap.keys_bytes or b"")
                 saved.append((shard, cap.version))
                 entry = {
                     "name": name,
-                    "object": objects[0],
-                    "keys": objects[1],
+                    "object": cap.object,
+                    "keys": keys,
                     "ntotal": cap.ntotal,
                     "position": cap.position,
                 }

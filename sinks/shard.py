@@ -10,6 +10,7 @@ position" watermark: everything before it is searchable, nothing after it is.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sinks.rwlock import RWLock
+from sinks.store import SnapshotStore
 from streams.errors import ConfigError
 from streams.records import Batch, Position
 
@@ -58,13 +60,14 @@ def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
 
 @dataclass(slots=True)
 class Capture:
-    """What a snapshot needs of a shard, taken under its read lock."""
+    """A shard's state as written by a snapshot, consistent with its position."""
 
-    index_bytes: npt.NDArray[np.uint8]
+    object: str
     keys_bytes: bytes | None
     position: Position
     ntotal: int
     version: int
+    nbytes: int
 
 
 class Shard:
@@ -156,12 +159,20 @@ class Shard:
             scores, ids = self.index.search(queries, k)
         return scores, ids
 
-    def capture(self) -> Capture:
-        """Serialise the index and key map consistently with the position."""
+    def capture(self, store: SnapshotStore) -> Capture:
+        """Write the index into ``store`` and take the key map and position, all under
+        the read lock so they agree (blocking; searches go on meanwhile)."""
         with self.lock.read():
-            data = faiss.serialize_index(self.index)
+
+            def produce(write: Callable[[bytes], None]) -> None:
+                writer = faiss.PyCallbackIOWriter(write, 1 << 22)  # type: ignore[attr-defined]
+                faiss.write_index(self.index, writer)
+
+            digest, nbytes = store.put_stream(produce)
             keys = _keys_encoder.encode(self.keys) if self.keys else None
-            return Capture(data, keys, dict(self.position), int(self.index.ntotal), self.version)
+            return Capture(
+                digest, keys, dict(self.position), int(self.index.ntotal), self.version, nbytes
+            )
 
 
 def decode_keys(data: bytes) -> dict[int, str]:

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -158,6 +159,37 @@ class SnapshotStore:
             return digest
         atomic_write(path, data, self.hook)
         return digest
+
+    def put_stream(self, produce: Callable[[Callable[[bytes], None]], None]) -> tuple[str, int]:
+        """Store what ``produce(write)`` writes, hashing it on the way to disk.
+
+        One pass and no in-memory copy of the whole object, which matters for
+        indexes of hundreds of megabytes. Returns (hex digest, bytes written).
+        """
+        h = hashlib.sha256()
+        tmp = self.objects / f".stream.{os.getpid()}.{threading.get_ident()}.tmp"
+        size = 0
+        with open(tmp, "wb") as f:
+
+            def write(block: bytes) -> None:
+                nonlocal size
+                h.update(block)
+                f.write(block)
+                size += len(block)
+
+            produce(write)
+            digest = h.hexdigest()
+            self._step(f"objects/{digest}:written")
+            f.flush()
+            os.fsync(f.fileno())
+        self._step(f"objects/{digest}:synced")
+        path = self.objects / digest
+        if path.exists() and path.stat().st_size == size:
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
+        self._step(f"objects/{digest}:renamed")
+        return digest, size
 
     def commit(self, manifest: dict[str, Any]) -> int:
         """Write ``manifest`` as the next snapshot and make it current.

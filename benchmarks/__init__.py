@@ -1,0 +1,1 @@
+"""Reproducible side-by-side benchmarks (not part of the test run)."""
