@@ -5,7 +5,8 @@ compose them with ``|``.
 """
 
 from operators.batch import batch
-from operators.decode import JsonRecord, decode
+from operators.codecs import JsonRecord, MsgpackRecord
+from operators.decode import decode
 from operators.normalize import l2_normalize, normalize
 
-__all__ = ["JsonRecord", "batch", "decode", "l2_normalize", "normalize"]
+__all__ = ["JsonRecord", "MsgpackRecord", "batch", "decode", "l2_normalize", "normalize"]

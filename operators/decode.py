@@ -1,235 +1,228 @@
 """decode: raw chunks from sources into batches of 2-D arrays.
 
-JSON records (one per JSONL line) are decoded with msgspec into a typed Struct, all
-lines of a chunk in one call (much faster than one call per line); only when that
-fails is the chunk decoded line by line to pin down the bad record. Numeric chunks
-(``.npy``, ``.fvecs``, ``.bvecs``) are already arrays and pass through a vectorised
-check.
+Numeric chunks (``.npy``, ``.fvecs``, ``.bvecs``) are already arrays and only get a
+vectorised finiteness check. Encoded payloads (JSONL lines, Kafka values) go through
+:mod:`operators.codecs`. Every record is checked: it must decode, carry a supported
+schema version, have an id (an int64 integer or a string, or a message key), and a
+vector of the stream's dimension with finite values, within ``max_payload_bytes``.
 
-Every record is checked: it must decode, have an id (an int64 integer or a string),
-and a vector of the stream's dimension with finite values. A bad record raises
-:class:`~streams.errors.BadRecordError` naming the source, line or row and reason.
+A bad record never reaches the index: it goes to the pipeline's
+:class:`~streams.deadletters.Rejects` policy, which raises or dead-letters it with
+the reason, the stage, the source and position, and the original bytes.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from operators.codecs import Columns, decode_payloads
 from streams.channel import Inbox
-from streams.errors import BadRecordError
-from streams.keys import INT64_MAX, INT64_MIN, key_id
+from streams.deadletters import Rejected, Rejects
 from streams.operator import Operator
 from streams.records import Batch, Chunk
 
-__all__ = ["JsonRecord", "decode"]
+__all__ = ["decode"]
 
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 
-class JsonRecord(msgspec.Struct, forbid_unknown_fields=False):
-    """One JSONL record: ``{"id": ..., "vector": [...], "ts": ms, "metadata": {...}}``.
-
-    ``{"id": ..., "delete": true}`` deletes the id instead (no vector needed).
-    """
-
-    id: int | str
-    vector: list[float] | None = None
-    ts: float | None = None
-    metadata: dict[str, Any] | None = None
-    delete: bool = False
-
-
-_many = msgspec.json.Decoder(list[JsonRecord])
-_one = msgspec.json.Decoder(JsonRecord)
+_ZERO = "the vector is all zeros and cannot be normalised"
 
 
 class _Decoder:
-    """Per-pipeline decoding state: the stream's dimension, fixed by the first record."""
+    """Per-pipeline decoding state: the stream's dimension, fixed by the first vector."""
 
-    def __init__(self, stage: str, dim: int | None) -> None:
+    def __init__(self, stage: str, dim: int | None, max_bytes: int, reject_zero: bool) -> None:
         self.stage = stage
         self.dim = dim
+        self.max_bytes = max_bytes
+        self.reject_zero = reject_zero
 
-    def bad(self, chunk: Chunk, i: int, reason: str, detail: str) -> BadRecordError:
-        return BadRecordError(reason, f"{self.stage}: {chunk.where(i)}", detail)
-
-    def decode(self, chunk: Chunk) -> Batch:
+    def decode(self, chunk: Chunk) -> tuple[Batch, list[Rejected]]:
         if chunk.vectors is not None:
             return self._numeric(chunk)
-        if chunk.format == "json":
-            return self._json(chunk)
-        raise BadRecordError(
-            "unknown-format",
-            f"{self.stage}: {chunk.source}",
-            f"cannot decode format {chunk.format!r}",
+        cols, dim = decode_payloads(
+            chunk.format, chunk.payloads or [], chunk.keys, max_bytes=self.max_bytes, dim=self.dim
         )
+        if dim is not None and self.dim is None:
+            self.dim = dim
+        return self._assemble(chunk, cols)
+
+    def _reject(self, chunk: Chunk, bad: list[tuple[int, str, str]]) -> list[Rejected]:
+        payloads = chunk.payloads
+        return [
+            Rejected(
+                reason=reason,
+                stage=self.stage,
+                source=chunk.source,
+                partition=chunk.partition,
+                location_kind=chunk.location_kind,
+                location=int(chunk.locations[i]),
+                detail=detail,
+                raw=payloads[i] if payloads is not None else None,
+            )
+            for i, reason, detail in sorted(bad)
+        ]
 
     # -- numeric ------------------------------------------------------------------
 
-    def _numeric(self, chunk: Chunk) -> Batch:
+    def _numeric(self, chunk: Chunk) -> tuple[Batch, list[Rejected]]:
         assert chunk.vectors is not None and chunk.ids is not None
-        vectors = chunk.vectors
-        self._check_dim(chunk, vectors.shape[1], 0)
-        finite = np.isfinite(vectors).all(axis=1)
-        if not finite.all():
-            i = int(np.flatnonzero(~finite)[0])
-            raise self.bad(chunk, i, "not-finite", "the vector holds NaN or Inf")
+        vectors, ids = chunk.vectors, chunk.ids
+        bad: list[tuple[int, str, str]] = []
+        if self.dim is None:
+            self.dim = int(vectors.shape[1])
+        if vectors.shape[1] != self.dim:
+            bad = [
+                (
+                    i,
+                    "wrong-dimension",
+                    f"the vector has {vectors.shape[1]} values, the stream {self.dim}",
+                )
+                for i in range(len(ids))
+            ]
+            keep = np.zeros(len(ids), dtype=bool)
+            vectors = np.zeros((0, self.dim), np.float32)
+        else:
+            keep = np.isfinite(vectors).all(axis=1)
+            if not keep.all():
+                bad = [
+                    (int(i), "not-finite", "the vector holds NaN or Inf")
+                    for i in np.flatnonzero(~keep)
+                ]
+            if self.reject_zero:
+                zero = keep & ~vectors.any(axis=1)
+                bad += [(int(i), "zero-vector", _ZERO) for i in np.flatnonzero(zero)]
+                keep &= ~zero
+            if bad:
+                vectors = vectors[keep]
         ts = chunk.timestamps
         if ts is None:
-            ts = np.full(len(vectors), chunk.read_at, dtype=np.float64)
-        return Batch(
-            ids=chunk.ids,
-            vectors=vectors,
-            timestamps=ts,
-            partition=chunk.partition,
-            position=chunk.position,
-        )
-
-    def _check_dim(self, chunk: Chunk, dim: int, i: int) -> None:
-        if self.dim is None:
-            self.dim = dim
-        elif dim != self.dim:
-            raise self.bad(
-                chunk,
-                i,
-                "wrong-dimension",
-                f"the vector has {dim} values, the stream has {self.dim}",
-            )
-
-    # -- JSON ---------------------------------------------------------------------
-
-    def _json(self, chunk: Chunk) -> Batch:
-        payloads = chunk.payloads or []
-        lines = [p for p in payloads if p is not None]
-        records: list[JsonRecord] | None = None
-        if len(lines) == len(payloads):
-            try:
-                records = _many.decode(b"[" + b",".join(lines) + b"]")
-            except msgspec.DecodeError:
-                records = None
-            if records is not None and len(records) != len(lines):
-                records = None  # a line held two values; find it line by line
-        if records is None:
-            records = [self._json_line(chunk, i, p) for i, p in enumerate(payloads)]
-        n = len(records)
-        ids = np.empty(n, dtype=np.int64)
-        keys: dict[int, str] | None = None
-        ts = np.full(n, chunk.read_at, dtype=np.float64)
-        metadata: list[Any] | None = None
-        for i, r in enumerate(records):
-            rid = r.id
-            if isinstance(rid, str):
-                if not rid:
-                    raise self.bad(chunk, i, "missing-id", "the id is an empty string")
-                k = key_id(rid)
-                ids[i] = k
-                if keys is None:
-                    keys = {}
-                keys[k] = rid
-            elif INT64_MIN <= rid <= INT64_MAX:
-                ids[i] = rid
-            else:
-                raise self.bad(chunk, i, "id-out-of-range", f"integer id {rid} is outside int64")
-            if r.ts is not None:
-                if not math.isfinite(r.ts):
-                    raise self.bad(chunk, i, "bad-timestamp", f"ts {r.ts} is not a number")
-                ts[i] = r.ts / 1000.0
-            if r.metadata is not None:
-                if metadata is None:
-                    metadata = [None] * n
-                metadata[i] = r.metadata
-        deleted: npt.NDArray[np.bool_] | None = None
-        if any(r.delete for r in records):
-            deleted = np.fromiter((r.delete for r in records), dtype=bool, count=n)
-        vectors = self._vectors(chunk, records, deleted)
-        return Batch(
+            ts = np.full(len(chunk), chunk.read_at, dtype=np.float64)
+        if bad:
+            ids, ts = ids[keep], ts[keep]
+        batch = Batch(
             ids=ids,
             vectors=vectors,
             timestamps=ts,
             partition=chunk.partition,
             position=chunk.position,
-            keys=keys,
-            metadata=metadata,
-            deleted=deleted,
         )
+        return batch, self._reject(chunk, bad)
 
-    def _json_line(self, chunk: Chunk, i: int, payload: bytes | None) -> JsonRecord:
-        if payload is None:
-            raise self.bad(chunk, i, "tombstone", "a JSON stream cannot carry deletes as null")
-        try:
-            return _one.decode(payload)
-        except msgspec.ValidationError as exc:
-            raise self.bad(chunk, i, _validation_reason(str(exc)), str(exc)) from None
-        except msgspec.DecodeError as exc:
-            raise self.bad(chunk, i, "not-json", str(exc)) from None
+    # -- encoded ------------------------------------------------------------------
 
-    def _vectors(
-        self,
-        chunk: Chunk,
-        records: list[JsonRecord],
-        deleted: npt.NDArray[np.bool_] | None,
-    ) -> npt.NDArray[np.float32]:
-        if not records:
-            return np.zeros((0, self.dim or 0), dtype=np.float32)
-        rows = records if deleted is None else [r for r in records if not r.delete]
-        where = np.arange(len(records)) if deleted is None else np.flatnonzero(~deleted)
-        for j, r in enumerate(rows):
-            if r.vector is None:
-                raise self.bad(chunk, int(where[j]), "missing-vector", "the record has no vector")
-        lengths = np.fromiter((len(r.vector or ()) for r in rows), dtype=np.int64, count=len(rows))
-        if len(rows):
-            self._check_dim(chunk, int(lengths[0]), int(where[0]))
-        wrong = np.flatnonzero(lengths != self.dim)
-        if wrong.size:
-            j = int(wrong[0])
-            self._check_dim(chunk, int(lengths[j]), int(where[j]))
+    def _assemble(self, chunk: Chunk, cols: Columns) -> tuple[Batch, list[Rejected]]:
+        rows = np.asarray(cols.rows, dtype=np.int64)
+        deleted = np.asarray(cols.deletes, dtype=bool)
+        if cols.dense is not None:
+            assert cols.id_array is not None
+            ids, vectors = cols.id_array, cols.dense
+        else:
+            ids = np.asarray(cols.ids, dtype=np.int64)
+            vectors, wrong = self._dense(cols.vectors, deleted)
+            if wrong.size:
+                cols.bad.extend(
+                    (
+                        int(rows[j]),
+                        "wrong-dimension",
+                        f"the vector has {len(cols.vectors[j])} values, the stream {self.dim}",
+                    )
+                    for j in wrong
+                )
+        keep = np.ones(len(rows), dtype=bool)
+        if cols.dense is None and cols.bad:
+            keep[np.isin(rows, [b[0] for b in cols.bad])] = False
+        live = keep & ~deleted
+        finite = np.isfinite(vectors).all(axis=1) if vectors.shape[1] else np.ones(len(rows), bool)
+        nonfinite = np.flatnonzero(live & ~finite)
+        for j in nonfinite.tolist():
+            cols.bad.append((int(rows[j]), "not-finite", "the vector holds NaN or Inf"))
+        keep[nonfinite] = False
+        if self.reject_zero and vectors.shape[1]:
+            zero = np.flatnonzero(keep & ~deleted & ~vectors.any(axis=1))
+            cols.bad.extend((int(rows[j]), "zero-vector", _ZERO) for j in zero.tolist())
+            keep[zero] = False
+        ts = (
+            chunk.timestamps[rows]
+            if chunk.timestamps is not None
+            else np.full(len(rows), chunk.read_at, dtype=np.float64)
+        )
+        if cols.dense is None:
+            for j, t in enumerate(cols.ts):
+                if t is not None:
+                    ts[j] = t / 1000.0
+        metadata: list[Any] | None = None
+        if any(m is not None for m in cols.metadata):
+            metadata = [m for m, k in zip(cols.metadata, keep.tolist(), strict=True) if k]
+        if not keep.all():
+            ids, vectors, ts, deleted = ids[keep], vectors[keep], ts[keep], deleted[keep]
+        batch = Batch(
+            ids=ids,
+            vectors=vectors,
+            timestamps=ts,
+            partition=chunk.partition,
+            position=chunk.position,
+            deleted=deleted if deleted.any() else None,
+            keys=cols.keys or None,
+            metadata=metadata,
+        )
+        return batch, self._reject(chunk, cols.bad)
+
+    def _dense(
+        self, vectors: list[Any], deleted: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Stack vectors into ``(n, dim)``; deletes and wrong-sized rows stay zero."""
+        n = len(vectors)
+        lengths = np.fromiter((0 if v is None else len(v) for v in vectors), np.int64, count=n)
         if self.dim is None:
-            # Only deletes so far: no dimension to give them; the sink ignores the rows.
-            return np.zeros((len(records), 0), dtype=np.float32)
-        dense = np.array([r.vector for r in rows], dtype=np.float32).reshape(len(rows), self.dim)
-        finite = np.isfinite(dense).all(axis=1)
-        if not finite.all():
-            j = int(np.flatnonzero(~finite)[0])
-            raise self.bad(chunk, int(where[j]), "not-finite", "the vector holds NaN or Inf")
-        if deleted is None:
-            return dense
-        vectors = np.zeros((len(records), self.dim), dtype=np.float32)
-        vectors[~deleted] = dense
-        return vectors
+            first = np.flatnonzero(~deleted)
+            if not first.size:
+                return np.zeros((n, 0), np.float32), np.zeros(0, np.int64)
+            self.dim = int(lengths[first[0]])
+        wrong = np.flatnonzero(~deleted & (lengths != self.dim))
+        ok = ~deleted & (lengths == self.dim)
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        if ok.all():
+            out[:] = np.asarray(vectors, dtype=np.float32).reshape(n, self.dim)
+        elif ok.any():
+            idx = np.flatnonzero(ok)
+            out[idx] = np.asarray([vectors[j] for j in idx.tolist()], dtype=np.float32)
+        return out, wrong
 
 
-def _validation_reason(message: str) -> str:
-    """A stable dead-letter reason for a msgspec validation message."""
-    if "missing required field `id`" in message:
-        return "missing-id"
-    if "missing required field `vector`" in message:
-        return "missing-vector"
-    if "out of range" in message:
-        return "id-out-of-range" if "$.id" in message else "not-finite"
-    return "invalid"
-
-
-def decode(*, dim: int | None = None, name: str = "decode") -> Operator[Chunk, Batch]:
+def decode(
+    *,
+    dim: int | None = None,
+    errors: Rejects | None = None,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    reject_zero: bool = False,
+    name: str = "decode",
+) -> Operator[Chunk, Batch]:
     """Decode chunks into batches.
 
     Args:
-        dim: the expected dimension; by default the first record's.
+        dim: the expected dimension; by default the first vector's.
+        errors: what to do with bad records; by default raise
+            :class:`~streams.errors.BadRecordError` at the first one.
+        max_payload_bytes: a larger payload is rejected before it is decoded.
+        reject_zero: reject all-zero vectors (they have no direction to normalise).
         name: the stage name.
-
-    Raises (in the pipeline, as the stage's error):
-        BadRecordError: a record cannot be decoded or fails a check.
     """
-    state = _Decoder(name, dim)
+    state = _Decoder(name, dim, max_payload_bytes, reject_zero)
+    policy = errors or Rejects("raise")
 
     async def run(inbox: Inbox[Chunk]) -> AsyncIterator[Batch]:
         async for chunk in inbox:
             # In a worker thread so a large chunk never stalls the event loop (and
             # with it searches and metrics) while it decodes.
-            yield await anyio.to_thread.run_sync(state.decode, chunk)
+            batch, bad = await anyio.to_thread.run_sync(state.decode, chunk)
+            await policy.reject(bad)
+            if len(batch) or batch.position:
+                yield batch
 
     return Operator(name, run)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -36,7 +36,7 @@ log = logging.getLogger("embedstream.sink")
 DEFAULT_FACTORY = "Flat"
 DEFAULT_METRIC = "ip"
 
-SnapshotListener = Callable[[int, Positions], Any]
+SnapshotListener = Callable[[int, Positions], Awaitable[None]]
 
 
 class FaissSink(Sink[Batch]):
@@ -125,8 +125,8 @@ class FaissSink(Sink[Batch]):
         return sum(s.ntotal for s in self.shards.values())
 
     def add_snapshot_listener(self, fn: SnapshotListener) -> None:
-        """Call ``fn(seq, positions)`` after every durable snapshot (e.g. to commit
-        Kafka offsets). ``fn`` may be a coroutine function."""
+        """Await ``fn(seq, positions)`` after every durable snapshot (e.g. to commit
+        Kafka offsets)."""
         self._listeners.append(fn)
 
     # -- lifecycle -------------------------------------------------------------------
@@ -299,9 +299,7 @@ class FaissSink(Sink[Batch]):
             )
             positions = self.saved_positions()
             for fn in self._listeners:
-                res = fn(seq, positions)
-                if hasattr(res, "__await__"):
-                    await res
+                await fn(seq, positions)
             return seq
 
     async def _write_snapshot(self, store: SnapshotStore) -> tuple[int, int]:

@@ -37,6 +37,8 @@ class ChannelStatistics:
     peak_depth: int = 0
     items_in: int = 0
     items_out: int = 0
+    records_in: int = 0
+    records_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     send_blocked_seconds: float = 0.0
@@ -47,6 +49,13 @@ class ChannelStatistics:
     def fill(self) -> float:
         """Depth as a fraction of capacity (0.0 to 1.0)."""
         return self.depth / self.capacity if self.capacity else 0.0
+
+
+def _records(item: object) -> int:
+    try:
+        return len(item)  # type: ignore[arg-type]
+    except TypeError:
+        return 1
 
 
 def _nbytes(item: object) -> int:
@@ -115,11 +124,25 @@ class Outbox(Generic[T]):
                 await self._stream.send(item)
             finally:
                 s.send_blocked_seconds += time.perf_counter() - started
+        self._count(item)
+
+    def _count(self, item: T) -> None:
+        s = self._stats
         s.items_in += 1
+        s.records_in += _records(item)
         s.bytes_in += _nbytes(item)
         s.depth = s.items_in - s.items_out
         if s.depth > s.peak_depth:
             s.peak_depth = s.depth
+
+    def try_send(self, item: T) -> bool:
+        """Send ``item`` if there is room now; ``False`` (and nothing sent) if not."""
+        try:
+            self._stream.send_nowait(item)
+        except anyio.WouldBlock:
+            return False
+        self._count(item)
+        return True
 
     async def aclose(self) -> None:
         """Close the sending side; the receiver gets end-of-stream after draining.
@@ -178,6 +201,7 @@ class Inbox(Generic[T]):
                 self._stats.receive_wait_seconds += time.perf_counter() - started
         s = self._stats
         s.items_out += 1
+        s.records_out += _records(item)
         s.bytes_out += _nbytes(item)
         s.depth = s.items_in - s.items_out
         return item

@@ -21,12 +21,16 @@ import click
 import numpy as np
 from rich.console import Console
 
-from operators import batch, decode, normalize
+import operators
+from operators import batch, decode
 from sinks import FaissSink, SnapshotStore, open_snapshot
-from streams.errors import EmbedstreamError, StageError
+from streams.deadletters import Rejects, dead_letter_sink
+from streams.errors import ConfigError, EmbedstreamError, StageError
 from streams.files import FORMATS, FileSource
+from streams.kafka import KAFKA_FORMATS, KafkaSource, parse_kafka_url
 from streams.pipeline import Pipeline, PipelineMetrics
 from streams.progress import channel_table, summary_line, watch
+from streams.source import Source
 
 __all__ = ["main"]
 
@@ -131,9 +135,49 @@ def main(verbose: int) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
+    type=click.Choice([*FORMATS, *KAFKA_FORMATS]),
     default=None,
-    help="File format [default: from the suffix].",
+    help="Files: jsonl|npy|fvecs|bvecs [default: from the suffix]. "
+    "Kafka values: f32|f16|json|msgpack [default: f32].",
+)
+@click.option("--group", default=None, help="Kafka consumer group id (required for Kafka).")
+@click.option(
+    "--until-idle",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Kafka: stop cleanly, with a final snapshot, after this many seconds without new records.",
+)
+@click.option(
+    "--kafka-option",
+    "kafka_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Passed to the aiokafka consumer, e.g. security_protocol=SASL_SSL, "
+    "sasl_mechanism=PLAIN, sasl_plain_username=..., sasl_plain_password=...",
+)
+@click.option("--ssl-cafile", default=None, help="Kafka: CA file for SSL.")
+@click.option("--ssl-certfile", default=None, help="Kafka: client certificate for SSL.")
+@click.option("--ssl-keyfile", default=None, help="Kafka: client key for SSL.")
+@click.option(
+    "--dead-letter",
+    "dead_letter",
+    default=None,
+    metavar="PATH|kafka://HOST:PORT/TOPIC",
+    help="Write bad records here (JSONL file or Kafka topic) and carry on.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["raise", "dead-letter"]),
+    default=None,
+    help="Bad records: stop at the first, or dead-letter them "
+    "[default: dead-letter with --dead-letter, else raise].",
+)
+@click.option(
+    "--max-payload-bytes",
+    default=1 << 20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Reject larger records before decoding them.",
 )
 @click.option(
     "--capacity",
@@ -143,50 +187,41 @@ def main(verbose: int) -> None:
     help="Items per channel.",
 )
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
-def ingest(
-    sources: tuple[str, ...],
-    index_dir: str,
-    factory: str | None,
-    metric: str | None,
-    normalize: bool,
-    batch_size: int,
-    max_latency: float,
-    snapshot_every: float,
-    keep: int,
-    train_size: int,
-    fmt: str | None,
-    capacity: int,
-    progress: bool,
-) -> None:
-    """Ingest embedding files (JSONL, .npy, .fvecs, .bvecs) into the index at DIR."""
+def ingest(sources: tuple[str, ...], index_dir: str, progress: bool, **options: Any) -> None:
+    """Ingest files (JSONL, .npy, .fvecs, .bvecs) or Kafka topics
+    (kafka://HOST:PORT/TOPIC[,TOPIC...]) into the index at DIR."""
     try:
-        pipeline = build_file_pipeline(
-            list(sources),
-            index_dir,
-            factory=factory,
-            metric=metric,
-            normalize_=normalize,
-            batch_size=batch_size,
-            max_latency=max_latency,
-            snapshot_every=snapshot_every,
-            keep=keep,
-            train_size=train_size,
-            fmt=fmt,
-            capacity=capacity,
-        )
+        pipeline = build_ingest_pipeline(list(sources), index_dir, **options)
     except EmbedstreamError as exc:
         _fail(exc, 2)
     metrics = run_pipeline(pipeline, progress=progress)
     click.echo(summary_line(metrics))
 
 
-def build_file_pipeline(
+def _kafka_options(
+    pairs: tuple[str, ...], cafile: str | None, certfile: str | None, keyfile: str | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--kafka-option {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = int(value) if value.isdigit() else value
+    if cafile or certfile or keyfile:
+        from aiokafka.helpers import create_ssl_context
+
+        out["ssl_context"] = create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
+        out.setdefault("security_protocol", "SSL")
+    return out
+
+
+def build_ingest_pipeline(
     sources: list[str],
     index_dir: str,
     *,
     factory: str | None = None,
     metric: str | None = None,
-    normalize_: bool = False,
+    normalize: bool = False,
     batch_size: int = 4096,
     max_latency: float = 0.05,
     snapshot_every: float = 60.0,
@@ -194,23 +229,67 @@ def build_file_pipeline(
     train_size: int = 50_000,
     fmt: str | None = None,
     capacity: int = 4,
+    group: str | None = None,
+    until_idle: float | None = None,
+    kafka_options: tuple[str, ...] = (),
+    ssl_cafile: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    dead_letter: str | None = None,
+    on_error: str | None = None,
+    max_payload_bytes: int = 1 << 20,
 ) -> Pipeline:
-    """The pipeline ``ingest`` runs for files."""
-    flow = FileSource(sources, format=fmt) | decode() | batch(batch_size, max_latency=max_latency)
-    if normalize_:
-        flow = flow | normalize()
+    """The pipeline ``embedstream ingest`` runs."""
+    source: Source
+    kafka = [s for s in sources if s.startswith("kafka://")]
+    if kafka:
+        if len(sources) != 1:
+            raise ConfigError(
+                "give one kafka:// source (list topics comma-separated), not a mix with files"
+            )
+        target = parse_kafka_url(kafka[0])
+        if fmt is not None and fmt not in KAFKA_FORMATS:
+            raise ConfigError(
+                f"--format {fmt} is a file format; Kafka values are {', '.join(KAFKA_FORMATS)}"
+            )
+        if not group:
+            raise ConfigError("a Kafka source needs --group (the consumer group id)")
+        source = KafkaSource(
+            target.bootstrap_servers,
+            target.topics,
+            group=group,
+            format=fmt or "f32",
+            until_idle=until_idle,
+            consumer_options=_kafka_options(kafka_options, ssl_cafile, ssl_certfile, ssl_keyfile),
+        )
+    else:
+        if fmt is not None and fmt not in FORMATS:
+            raise ConfigError(
+                f"--format {fmt} is a Kafka value format; files are {', '.join(FORMATS)}"
+            )
+        source = FileSource(sources, format=fmt)
+    policy = on_error or ("dead-letter" if dead_letter else "raise")
+    if policy == "dead-letter" and not dead_letter:
+        raise ConfigError("--on-error dead-letter needs --dead-letter PATH|kafka://HOST:PORT/TOPIC")
+    rejects = Rejects(policy, dead_letter_sink(dead_letter) if dead_letter else None)
+    flow = source | decode(
+        errors=rejects, max_payload_bytes=max_payload_bytes, reject_zero=normalize
+    )
+    flow = flow | batch(batch_size, max_latency=max_latency)
+    if normalize:
+        flow = flow | operators.normalize()
     sink = FaissSink(
         index_dir,
         factory=factory,
         metric=metric,
         snapshot_every=snapshot_every,
         keep=keep,
-        normalize_queries=normalize_,
+        normalize_queries=normalize,
         train_size=train_size,
     )
     pipeline = flow | sink
-    assert isinstance(pipeline, Pipeline)
     pipeline.capacity = capacity
+    pipeline.closing(rejects)
     return pipeline
 
 
@@ -324,10 +403,10 @@ def demo(rows: int, dim: int) -> None:
         )
         np.save(data, x)
         console.print(f"made {rows:,} x {dim} embeddings in 64 clusters")
-        pipeline = build_file_pipeline(
+        pipeline = build_ingest_pipeline(
             [str(data)],
             str(Path(tmp) / "index"),
-            normalize_=True,
+            normalize=True,
             batch_size=8192,
             snapshot_every=0,
         )

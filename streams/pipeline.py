@@ -52,6 +52,7 @@ class PipelineMetrics:
     stages: dict[str, StageStatistics]
     channels: dict[str, ChannelStatistics]
     sink: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
 
     def bottleneck(self) -> str | None:
         """The stage holding the pipeline back, if any.
@@ -152,6 +153,7 @@ class Pipeline:
         self._stages = {n: StageStatistics(n) for n in names}
         # Channels are made when the pipeline runs (they hold open streams).
         self._channels: list[Channel[Any]] = []
+        self._resources: list[Any] = []
         self._stop_requested = False
         self._source_scope: anyio.CancelScope | None = None
         self._started: float | None = None
@@ -159,6 +161,12 @@ class Pipeline:
         self._ran = False
 
     # -- control -----------------------------------------------------------------
+
+    def closing(self, resource: Any) -> Any:
+        """Close ``resource`` (anything with ``async aclose()``, such as a dead-letter
+        policy) when the run ends, after the sink; returns it."""
+        self._resources.append(resource)
+        return resource
 
     def stop(self) -> None:
         """Stop reading the source; everything already read drains to the sink.
@@ -175,15 +183,23 @@ class Pipeline:
         return self._stop_requested
 
     def metrics(self) -> PipelineMetrics:
-        """The statistics of every stage and channel, and the sink's figures."""
+        """The statistics of every stage and channel, and the source's and sink's."""
         now = time.perf_counter()
         start = self._started if self._started is not None else now
         end = self._finished if self._finished is not None else now
+        stages = {n: StageStatistics(**_fields(s)) for n, s in self._stages.items()}
+        if self._channels:
+            # A source's output is what entered its channel.
+            first = self._channels[0].stats
+            src = stages[self._stage_names[0]]
+            src.items_out, src.records = first.items_in, first.records_in
+            src.busy_seconds = max(end - start - first.send_blocked_seconds, 0.0)
         return PipelineMetrics(
             elapsed_seconds=end - start,
-            stages={n: StageStatistics(**_fields(s)) for n, s in self._stages.items()},
+            stages=stages,
             channels={c.name: c.statistics() for c in self._channels},
             sink=self.sink.statistics(),
+            source=self.source.statistics(),
         )
 
     @property
@@ -238,6 +254,12 @@ class Pipeline:
             with anyio.CancelScope(shield=True):
                 for c in self._channels:
                     await c.aclose()
+                for r in self._resources:
+                    try:
+                        await r.aclose()
+                    except Exception as exc:
+                        if failure is None:
+                            failure = exc
         if failure is not None:
             raise failure
         return self.metrics()
@@ -258,6 +280,7 @@ class Pipeline:
             start = await self.sink.open(outer)
         except Exception as exc:
             return _stage_error(sink_name, exc)
+        self.sink.add_snapshot_listener(self.source.on_snapshot)
         errors: list[BaseException] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -288,18 +311,13 @@ class Pipeline:
 
     async def _run_source(self, start: Positions, outbox: Outbox[Chunk]) -> None:
         name = self._stage_names[0]
-        stats = self._stages[name]
         try:
             async with outbox:
                 with anyio.CancelScope() as scope:
                     self._source_scope = scope
                     if self._stop_requested:
                         scope.cancel()
-                    chunks = self.source.chunks(start)
-                    try:
-                        await self._pump(chunks, stats, None, outbox)
-                    finally:
-                        await _aclose(chunks)
+                    await self.source.run(start, outbox)
         except Exception as exc:
             raise _stage_error(name, exc) from exc
 

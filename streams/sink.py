@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from anyio.abc import TaskGroup
@@ -43,6 +44,12 @@ class Sink(ABC, Generic[T]):
         """Stop background work; when ``ok``, flush and persist the final state.
 
         Called once, also after a failure (``ok=False``).
+        """
+
+    def add_snapshot_listener(self, fn: Callable[[int, Positions], Awaitable[None]]) -> None:
+        """Have ``fn(seq, positions)`` awaited after every durable snapshot.
+
+        Sinks without snapshots never call it (the default keeps nothing).
         """
 
     def statistics(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, overload
 
+from streams.channel import Outbox
 from streams.records import Chunk, Positions
 
 if TYPE_CHECKING:
@@ -19,7 +20,10 @@ __all__ = ["Source"]
 class Source(ABC):
     """Produces :class:`~streams.records.Chunk` objects, resuming from positions.
 
-    Subclasses implement :meth:`chunks`. Compose with ``|``:
+    Subclasses implement :meth:`chunks` (pull: the runtime sends what it yields), or
+    override :meth:`run` to send into the channel themselves (push: for sources that
+    must keep doing something while the channel is full, like a Kafka consumer that
+    must keep polling). Compose with ``|``:
     ``source | decode() | batch() | sink`` makes a :class:`~streams.pipeline.Pipeline`.
     """
 
@@ -36,6 +40,27 @@ class Source(ABC):
         Raises:
             SourceError: the source cannot be read at all.
         """
+
+    async def run(self, start: Positions, outbox: Outbox[Chunk]) -> None:
+        """Send every chunk into ``outbox`` (the default: what :meth:`chunks` yields)."""
+        chunks = self.chunks(start)
+        try:
+            async for chunk in chunks:
+                await outbox.send(chunk)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def on_snapshot(self, seq: int, positions: Positions) -> None:  # noqa: B027
+        """Called after the sink made snapshot ``seq`` holding ``positions`` durable.
+
+        Kafka commits offsets here; the default does nothing.
+        """
+
+    def statistics(self) -> dict[str, Any]:
+        """Source-specific figures for :meth:`Pipeline.metrics` (lag, ...)."""
+        return {}
 
     @overload
     def __or__(self, other: Operator[Any, Any] | Flow) -> Flow: ...

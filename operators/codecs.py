@@ -1,0 +1,326 @@
+"""Record codecs: turn a chunk's encoded payloads into columns, noting bad records.
+
+Formats:
+
+- ``json``: ``{"id": int|str, "vector": [...], "ts": ms, "metadata": {...},
+  "delete": bool, "version": int}``; all records of a chunk are decoded in one
+  msgspec call (a JSON array made by joining the lines), and line by line only when
+  that fails, to find the bad ones.
+- ``msgpack``: the same fields; ``vector`` may also be bytes of little-endian float32.
+- ``f32`` / ``f16``: the value is the vector's little-endian values; the id is the
+  key. Decoded for the whole chunk at once with ``np.frombuffer``.
+
+Ids: an integer id is used as is (it must fit int64); a string id maps to a stable
+63-bit id (:func:`streams.keys.key_id`). Where a record has no id the message key is
+used: a decimal key is an integer id, any other key a string id. A null payload (a
+Kafka tombstone) deletes the key's id.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from streams.keys import INT64_MAX, INT64_MIN, key_id
+
+__all__ = ["SCHEMA_VERSIONS", "Columns", "JsonRecord", "MsgpackRecord", "decode_payloads"]
+
+SCHEMA_VERSIONS = frozenset({1})
+"""Record schema versions this release understands (a missing version means 1)."""
+
+
+class JsonRecord(msgspec.Struct, forbid_unknown_fields=False):
+    """One JSON record. ``{"id": ..., "delete": true}`` deletes the id."""
+
+    id: int | str | None = None
+    vector: list[float] | None = None
+    ts: float | None = None
+    metadata: dict[str, Any] | None = None
+    delete: bool = False
+    version: int | None = None
+
+
+class MsgpackRecord(msgspec.Struct, forbid_unknown_fields=False):
+    """One msgpack record; ``vector`` is a list of numbers or float32 LE bytes."""
+
+    id: int | str | None = None
+    vector: list[float] | bytes | None = None
+    ts: float | None = None
+    metadata: dict[str, Any] | None = None
+    delete: bool = False
+    version: int | None = None
+
+
+_json_many = msgspec.json.Decoder(list[JsonRecord])
+_json_one = msgspec.json.Decoder(JsonRecord)
+_msgpack_one = msgspec.msgpack.Decoder(MsgpackRecord)
+
+
+@dataclass
+class Columns:
+    """The decoded rows of one chunk; ``bad`` lists rejected items.
+
+    ``rows[j]`` is the chunk item index of row ``j``; ``bad`` holds
+    ``(item index, reason, detail)``.
+    """
+
+    rows: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    vectors: list[Any] = field(default_factory=list)  # list[float] | np.ndarray | None
+    deletes: list[bool] = field(default_factory=list)
+    ts: list[float | None] = field(default_factory=list)
+    metadata: list[Any] = field(default_factory=list)
+    keys: dict[int, str] = field(default_factory=dict)
+    bad: list[tuple[int, str, str]] = field(default_factory=list)
+    # Set by the raw formats instead of ``ids`` / ``vectors``: already arrays.
+    id_array: npt.NDArray[np.int64] | None = None
+    dense: npt.NDArray[np.float32] | None = None
+
+
+def _validation_reason(message: str) -> str:
+    if "`$.id`" in message or "at `$.id`" in message:
+        return "id-out-of-range" if "out of range" in message else "bad-id"
+    if "out of range" in message:
+        return "not-finite"
+    if "`$.vector" in message or "at `$.vector" in message:
+        return "bad-vector"
+    return "invalid"
+
+
+def resolve_id(rid: int | str | None, key: bytes | None, cols: Columns) -> tuple[int, str] | str:
+    """The int64 id of a record, or the reason it has none."""
+    if rid is None:
+        if key is None:
+            return "missing-id"
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bad-key"
+        rid = int(text) if text.lstrip("-").isdigit() else text
+    if isinstance(rid, str):
+        if not rid:
+            return "missing-id"
+        k = key_id(rid)
+        cols.keys[k] = rid
+        return k, ""
+    if isinstance(rid, bool) or not INT64_MIN <= rid <= INT64_MAX:
+        return "id-out-of-range"
+    return rid, ""
+
+
+def _add(cols: Columns, i: int, rec: JsonRecord | MsgpackRecord, key: bytes | None) -> None:
+    if rec.version is not None and rec.version not in SCHEMA_VERSIONS:
+        cols.bad.append(
+            (
+                i,
+                "unknown-version",
+                f"schema version {rec.version} is not one of "
+                f"{sorted(SCHEMA_VERSIONS)}; upgrade embedstream",
+            )
+        )
+        return
+    got = resolve_id(rec.id, key, cols)
+    if isinstance(got, str):
+        detail = {
+            "missing-id": "the record has no id and the message no key",
+            "id-out-of-range": f"integer id {rec.id} is outside int64",
+            "bad-key": "the message key is not UTF-8",
+        }.get(got, got)
+        cols.bad.append((i, got, detail))
+        return
+    if rec.ts is not None and not math.isfinite(rec.ts):
+        cols.bad.append((i, "bad-timestamp", f"ts {rec.ts} is not a number"))
+        return
+    vector: Any = rec.vector
+    if rec.delete:
+        vector = None
+    elif vector is None:
+        cols.bad.append((i, "missing-vector", "the record has no vector"))
+        return
+    elif isinstance(vector, bytes):
+        if len(vector) % 4:
+            cols.bad.append((i, "bad-vector", f"{len(vector)} vector bytes are not float32s"))
+            return
+        vector = np.frombuffer(vector, dtype="<f4")
+    cols.rows.append(i)
+    cols.ids.append(got[0])
+    cols.vectors.append(vector)
+    cols.deletes.append(bool(rec.delete))
+    cols.ts.append(rec.ts)
+    cols.metadata.append(rec.metadata)
+
+
+def _json(
+    payloads: list[bytes | None], keys: list[bytes | None] | None, cols: Columns, ok: list[int]
+) -> None:
+    present = [i for i in ok if payloads[i] is not None]
+    records: list[JsonRecord] | None = None
+    if present:
+        try:
+            records = _json_many.decode(b"[" + b",".join(payloads[i] for i in present) + b"]")  # type: ignore[misc]
+        except msgspec.DecodeError:
+            records = None
+        if records is not None and len(records) != len(present):
+            records = None  # a line held two values: find it line by line
+    it = iter(records) if records is not None else None
+    for i in ok:
+        key = keys[i] if keys is not None else None
+        payload = payloads[i]
+        if payload is None:
+            _tombstone(cols, i, key)
+            continue
+        if it is not None:
+            rec = next(it)
+        else:
+            try:
+                rec = _json_one.decode(payload)
+            except msgspec.ValidationError as exc:
+                cols.bad.append((i, _validation_reason(str(exc)), str(exc)))
+                continue
+            except msgspec.DecodeError as exc:
+                cols.bad.append((i, "not-json", str(exc)))
+                continue
+        _add(cols, i, rec, key)
+
+
+def _msgpack(
+    payloads: list[bytes | None], keys: list[bytes | None] | None, cols: Columns, ok: list[int]
+) -> None:
+    for i in ok:
+        key = keys[i] if keys is not None else None
+        payload = payloads[i]
+        if payload is None:
+            _tombstone(cols, i, key)
+            continue
+        try:
+            rec = _msgpack_one.decode(payload)
+        except msgspec.ValidationError as exc:
+            cols.bad.append((i, _validation_reason(str(exc)), str(exc)))
+            continue
+        except msgspec.DecodeError as exc:
+            cols.bad.append((i, "not-msgpack", str(exc)))
+            continue
+        _add(cols, i, rec, key)
+
+
+def _tombstone(cols: Columns, i: int, key: bytes | None) -> None:
+    got = resolve_id(None, key, cols)
+    if isinstance(got, str):
+        cols.bad.append((i, got, "a tombstone (null value) needs a key to delete"))
+        return
+    cols.rows.append(i)
+    cols.ids.append(got[0])
+    cols.vectors.append(None)
+    cols.deletes.append(True)
+    cols.ts.append(None)
+    cols.metadata.append(None)
+
+
+def _raw(
+    payloads: list[bytes | None],
+    keys: list[bytes | None] | None,
+    cols: Columns,
+    ok: list[int],
+    fmt: str,
+    dim: int | None,
+) -> int | None:
+    """Raw little-endian values: vectorised over the chunk. Returns the dimension."""
+    width = 4 if fmt == "f32" else 2
+    dtype = "<f4" if fmt == "f32" else "<f2"
+    good: list[int] = []
+    for i in ok:
+        p = payloads[i]
+        if p is not None and (len(p) % width or not p):
+            cols.bad.append((i, "bad-vector", f"{len(p)} bytes are not whole {fmt} values"))
+        else:
+            good.append(i)
+    values = [i for i in good if payloads[i] is not None]
+    if values and dim is None:
+        dim = len(payloads[values[0]]) // width  # type: ignore[arg-type]
+    if dim is not None:
+        expect = dim * width
+        wrong = [i for i in values if len(payloads[i]) != expect]  # type: ignore[arg-type]
+        for i in wrong:
+            n = len(payloads[i]) // width  # type: ignore[arg-type]
+            cols.bad.append((i, "wrong-dimension", f"the vector has {n} values, the stream {dim}"))
+        if wrong:
+            w = set(wrong)
+            good = [i for i in good if i not in w]
+            values = [i for i in values if i not in w]
+    # Ids from keys, vectorised when every key is a decimal integer (the common case).
+    key_list = [keys[i] if keys is not None else None for i in good]
+    ids = _decimal_keys(key_list)
+    kept: list[int] = []
+    if ids is None:
+        id_list: list[int] = []
+        for i, key in zip(good, key_list, strict=True):
+            got = resolve_id(None, key, cols)
+            if isinstance(got, str):
+                cols.bad.append((i, got, "raw vector messages carry their id in the key"))
+            else:
+                kept.append(i)
+                id_list.append(got[0])
+        ids_arr = np.asarray(id_list, dtype=np.int64)
+    else:
+        kept, ids_arr = good, ids
+    deleted = np.fromiter((payloads[i] is None for i in kept), dtype=bool, count=len(kept))
+    d = dim or 0
+    dense = np.zeros((len(kept), d), dtype=np.float32)
+    live = np.flatnonzero(~deleted)
+    if len(live):
+        blob = b"".join(payloads[kept[j]] for j in live.tolist())  # type: ignore[misc]
+        dense[live] = np.frombuffer(blob, dtype=dtype).reshape(len(live), d)
+    cols.rows = kept
+    cols.id_array = ids_arr
+    cols.dense = dense
+    cols.deletes = deleted.tolist()
+    return dim
+
+
+def _decimal_keys(keys: list[bytes | None]) -> npt.NDArray[np.int64] | None:
+    if not keys or any(k is None for k in keys):
+        return None if keys else np.zeros(0, dtype=np.int64)
+    try:
+        return np.array(keys).astype(np.int64)
+    except (ValueError, OverflowError, TypeError):
+        return None
+
+
+def decode_payloads(
+    fmt: str,
+    payloads: list[bytes | None],
+    keys: list[bytes | None] | None,
+    *,
+    max_bytes: int,
+    dim: int | None,
+) -> tuple[Columns, int | None]:
+    """Decode ``payloads`` of format ``fmt``. Returns the columns and the dimension
+    of raw formats (learned from the first vector when ``dim`` is None)."""
+    cols = Columns()
+    ok = []
+    for i, p in enumerate(payloads):
+        if p is not None and len(p) > max_bytes:
+            cols.bad.append(
+                (
+                    i,
+                    "oversized",
+                    f"{len(p):,} bytes is over the limit of "
+                    f"{max_bytes:,} (max_payload_bytes / --max-payload-bytes)",
+                )
+            )
+        else:
+            ok.append(i)
+    if fmt == "json":
+        _json(payloads, keys, cols, ok)
+    elif fmt == "msgpack":
+        _msgpack(payloads, keys, cols, ok)
+    elif fmt in ("f32", "f16"):
+        dim = _raw(payloads, keys, cols, ok, fmt, dim)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    return cols, dim

@@ -1,0 +1,393 @@
+"""KafkaSource: consume topics with a consumer group, effectively once.
+
+Each topic partition is its own pipeline partition (``"<topic>-<n>"``, position
+``{"offset": next}``) and so its own index shard. The snapshot is the source of
+truth: on assignment every partition seeks to the offset its shard already holds
+(the beginning when there is none); auto-commit is off, and offsets are committed to
+Kafka only after a durable snapshot contains them, so lag tools see progress that a
+crash cannot undo. Tombstones (null values) become deletes of the key's id.
+
+Backpressure: when the next channel is full the source pauses every assigned
+partition (so the fetcher stops fetching) and keeps polling, which keeps the
+consumer inside ``max.poll.interval.ms``; heartbeats run in aiokafka's background
+task all along. Memory stays bounded by the channel capacities and the fetch limits.
+
+aiokafka builds one Python object per message; the source adds only a few list
+comprehensions per partition per fetch, and everything else is vectorised in
+``decode``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import numpy as np
+
+from streams.channel import Outbox
+from streams.errors import ConfigError, SourceError
+from streams.records import Chunk, Positions
+from streams.source import Source
+
+__all__ = ["KAFKA_FORMATS", "KafkaSource", "KafkaTarget", "parse_kafka_url", "partition_name"]
+
+log = logging.getLogger("embedstream.kafka")
+
+KAFKA_FORMATS = ("f32", "f16", "json", "msgpack")
+
+
+def partition_name(topic: str, partition: int) -> str:
+    """The pipeline partition (and shard) name of a topic partition."""
+    return f"{topic}-{partition}"
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """What a ``kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]`` URL names."""
+
+    bootstrap_servers: str
+    topics: tuple[str, ...]
+    options: dict[str, str]
+
+
+def parse_kafka_url(url: str) -> KafkaTarget:
+    """Parse ``kafka://HOST:PORT/TOPIC[,TOPIC...][?option=value]``.
+
+    Raises:
+        ConfigError: the URL has no host or no topic.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "kafka" or not parts.netloc:
+        raise ConfigError(f"{url!r}: expected kafka://HOST:PORT/TOPIC[,TOPIC...]")
+    topics = tuple(t for t in parts.path.strip("/").split(",") if t)
+    if not topics:
+        raise ConfigError(f"{url!r}: names no topic; expected kafka://HOST:PORT/TOPIC")
+    return KafkaTarget(parts.netloc, topics, dict(parse_qsl(parts.query)))
+
+
+class Consumer(Protocol):
+    """The part of ``aiokafka.AIOKafkaConsumer`` the source uses (fakes implement it
+    for unit tests; integration tests use the real broker)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def subscribe(self, topics: Sequence[str], listener: Any = None) -> None: ...
+    def assignment(self) -> Any: ...
+    async def getmany(
+        self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[Any, list[Any]]: ...
+    def seek(self, partition: Any, offset: int) -> None: ...
+    async def seek_to_beginning(self, *partitions: Any) -> None: ...
+    def pause(self, *partitions: Any) -> None: ...
+    def resume(self, *partitions: Any) -> None: ...
+    def highwater(self, partition: Any) -> int | None: ...
+    async def commit(self, offsets: Any = None) -> None: ...
+
+
+@dataclass
+class PartitionLag:
+    """Consumer lag of one partition."""
+
+    topic: str
+    partition: int
+    position: int = 0
+    highwater: int = 0
+    last_timestamp: float = 0.0
+
+    @property
+    def records(self) -> int:
+        return max(self.highwater - self.position, 0)
+
+    def seconds(self, now: float) -> float:
+        """How far behind the newest consumed record is, when records are waiting."""
+        if self.records == 0 or not self.last_timestamp:
+            return 0.0
+        return max(now - self.last_timestamp, 0.0)
+
+
+class KafkaSource(Source):
+    """Consume ``topics`` as group ``group``.
+
+    Args:
+        bootstrap_servers: ``HOST:PORT[,HOST:PORT...]``.
+        topics: topic names.
+        group: the consumer group id; processes with the same group share the
+            partitions.
+        format: value encoding: ``f32`` / ``f16`` (little-endian values, id in the
+            key), ``json`` or ``msgpack`` (records like the JSONL format).
+        until_idle: stop cleanly after this many seconds without a new record
+            (``None``: run until stopped).
+        max_records: most records per poll; a poll becomes one chunk per partition.
+        poll_timeout: seconds one poll waits for records.
+        consumer_options: passed to ``AIOKafkaConsumer`` as they are (SASL/SSL
+            settings, fetch sizes, timeouts...).
+        consumer_factory: makes the consumer; for tests with a fake one.
+        name: the stage name.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Sequence[str],
+        *,
+        group: str,
+        format: str = "f32",
+        until_idle: float | None = None,
+        max_records: int = 50_000,
+        poll_timeout: float = 0.2,
+        consumer_options: dict[str, Any] | None = None,
+        consumer_factory: Any = None,
+        name: str = "kafka",
+    ) -> None:
+        if format not in KAFKA_FORMATS:
+            raise ConfigError(
+                f"unknown Kafka value format {format!r}; use one of {', '.join(KAFKA_FORMATS)}"
+            )
+        if not topics:
+            raise ConfigError("KafkaSource needs at least one topic")
+        if not group:
+            raise ConfigError("KafkaSource needs a consumer group id (--group)")
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = list(topics)
+        self.group = group
+        self.format = format
+        self.until_idle = until_idle
+        self.max_records = max_records
+        self.poll_timeout = poll_timeout
+        self.consumer_options = dict(consumer_options or {})
+        self._factory = consumer_factory
+        self.name = name
+        self.consumer: Consumer | None = None
+        self.lag: dict[str, PartitionLag] = {}
+        self._start: Positions = {}
+        # Next offset after what this process already emitted, per partition: a
+        # partition assigned again after a rebalance resumes there, because those
+        # records are on their way into this process's index.
+        self._emitted: dict[str, int] = {}
+        self._rebalances = 0
+        self._commits = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<KafkaSource {self.bootstrap_servers}/{','.join(self.topics)} "
+            f"group={self.group!r} format={self.format} partitions={len(self.lag)}>"
+        )
+
+    def chunks(self, start: Positions) -> AsyncIterator[Chunk]:  # pragma: no cover
+        raise NotImplementedError("KafkaSource pushes through run()")
+
+    def _make_consumer(self) -> Consumer:
+        if self._factory is not None:
+            consumer: Consumer = self._factory()
+            return consumer
+        from aiokafka import AIOKafkaConsumer
+
+        options: dict[str, Any] = {
+            "max_partition_fetch_bytes": 4 << 20,
+            "fetch_max_bytes": 32 << 20,
+            **self.consumer_options,
+        }
+        # Never reset silently: an offset the broker no longer has is an error.
+        options["enable_auto_commit"] = False
+        options["auto_offset_reset"] = "none"
+        c: Consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers, group_id=self.group, **options
+        )
+        return c
+
+    async def run(self, start: Positions, outbox: Outbox[Chunk]) -> None:
+        from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+
+        self._start = start
+        consumer = self.consumer = self._make_consumer()
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            raise SourceError(
+                f"kafka://{self.bootstrap_servers}",
+                f"cannot connect: {exc}",
+                "check the address and that the broker runs",
+            ) from exc
+        try:
+            consumer.subscribe(self.topics, listener=_listener(self))
+            last_record = time.monotonic()
+            while True:
+                try:
+                    fetched = await consumer.getmany(
+                        timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
+                    )
+                except OffsetOutOfRangeError as exc:
+                    raise self._out_of_range(exc) from None
+                except KafkaError as exc:
+                    raise SourceError(f"kafka://{self.bootstrap_servers}", str(exc)) from exc
+                now = time.monotonic()
+                if not fetched:
+                    if not consumer.assignment():
+                        last_record = now  # idle time counts from having partitions
+                    elif self.until_idle is not None and now - last_record >= self.until_idle:
+                        return
+                    continue
+                last_record = now
+                for tp, messages in fetched.items():
+                    if messages:
+                        await self._send(consumer, outbox, self._chunk(tp, messages))
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await consumer.stop()
+                except Exception as exc:  # pragma: no cover - best effort on shutdown
+                    log.warning("stopping the Kafka consumer failed: %s", exc)
+
+    def _chunk(self, tp: Any, messages: list[Any]) -> Chunk:
+        part = partition_name(tp.topic, tp.partition)
+        offsets = np.fromiter((m.offset for m in messages), dtype=np.int64, count=len(messages))
+        timestamps = (
+            np.fromiter((m.timestamp for m in messages), dtype=np.float64, count=len(messages))
+            / 1000.0
+        )
+        nxt = int(offsets[-1]) + 1
+        self._emitted[part] = nxt
+        lag = self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
+        lag.position = nxt
+        lag.last_timestamp = float(timestamps[-1])
+        hw = self.consumer.highwater(tp) if self.consumer is not None else None
+        if hw is not None:
+            lag.highwater = hw
+        return Chunk(
+            partition=part,
+            source=f"{tp.topic}[{tp.partition}]",
+            format=self.format,
+            position={"offset": nxt},
+            locations=offsets,
+            location_kind="offset",
+            payloads=[m.value for m in messages],
+            keys=[m.key for m in messages],
+            timestamps=timestamps,
+            read_at=time.time(),
+        )
+
+    async def _send(self, consumer: Consumer, outbox: Outbox[Chunk], chunk: Chunk) -> None:
+        if outbox.try_send(chunk):
+            return
+        # The channel is full: pause fetching, and keep polling so the group does
+        # not consider this consumer dead, until the chunk is taken.
+        sent = anyio.Event()
+
+        async def send() -> None:
+            await outbox.send(chunk)
+            sent.set()
+
+        paused: list[Any] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            while not sent.is_set():
+                with anyio.move_on_after(1.0):
+                    await sent.wait()
+                if sent.is_set():
+                    break
+                if not paused:
+                    paused = list(consumer.assignment())
+                    consumer.pause(*paused)
+                await consumer.getmany(timeout_ms=0, max_records=1)
+        if paused:
+            still = set(consumer.assignment())
+            consumer.resume(*[tp for tp in paused if tp in still])
+
+    def _out_of_range(self, exc: Exception) -> SourceError:
+        detail = getattr(exc, "args", [None])[0]
+        where = (
+            ", ".join(
+                f"{tp.topic}[{tp.partition}] offset {off}" for tp, off in (detail or {}).items()
+            )
+            if isinstance(detail, dict)
+            else ""
+        )
+        return SourceError(
+            f"kafka {where or self.topics}",
+            "the offset the index holds is no longer on the broker (retention deleted "
+            "those records, or the topic was recreated)",
+            "re-ingest into a new index directory; offsets are never reset silently",
+        )
+
+    async def _assigned(self, partitions: list[Any]) -> None:
+        consumer = self.consumer
+        assert consumer is not None
+        self._rebalances += 1
+        fresh = []
+        for tp in partitions:
+            part = partition_name(tp.topic, tp.partition)
+            offset = self._emitted.get(part, self._start.get(part, {}).get("offset"))
+            if offset is None:
+                fresh.append(tp)
+            else:
+                consumer.seek(tp, int(offset))
+            self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        log.info("assigned %s", sorted(partition_name(tp.topic, tp.partition) for tp in partitions))
+
+    async def _revoked(self, partitions: list[Any]) -> None:
+        for tp in partitions:
+            self.lag.pop(partition_name(tp.topic, tp.partition), None)
+        log.info("revoked %s", sorted(partition_name(tp.topic, tp.partition) for tp in partitions))
+
+    async def on_snapshot(self, seq: int, positions: Positions) -> None:
+        """Commit the offsets a durable snapshot holds (for lag tools only)."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        from aiokafka.errors import KafkaError
+        from aiokafka.structs import TopicPartition
+
+        assigned = set(consumer.assignment())
+        offsets = {}
+        for tp in assigned:
+            pos = positions.get(partition_name(tp.topic, tp.partition), {}).get("offset")
+            if pos is not None:
+                offsets[TopicPartition(tp.topic, tp.partition)] = int(pos)
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+            self._commits += 1
+        except KafkaError as exc:
+            # Commits only inform lag tools; the snapshot already holds the truth.
+            log.warning("committing offsets of snapshot %s failed: %s", seq, exc)
+
+    def statistics(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "rebalances": self._rebalances,
+            "commits": self._commits,
+            "lag": {
+                name: {
+                    "topic": lag.topic,
+                    "partition": lag.partition,
+                    "records": lag.records,
+                    "seconds": lag.seconds(now),
+                    "position": lag.position,
+                    "highwater": lag.highwater,
+                }
+                for name, lag in self.lag.items()
+            },
+        }
+
+
+def _listener(source: KafkaSource) -> Any:
+    """An aiokafka rebalance listener delegating to the source (aiokafka insists on
+    its own base class, imported only where aiokafka is used)."""
+    from aiokafka.abc import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await source._revoked(list(revoked))
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            await source._assigned(list(assigned))
+
+    return Listener()
