@@ -1,0 +1,187 @@
+"""KafkaSource against a real Apache Kafka broker."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import faiss
+import msgspec
+import numpy as np
+import pytest
+
+from operators import batch, decode
+from sinks import FaissSink, open_snapshot
+from streams import Pipeline
+from streams.kafka import KafkaSource
+from tests.integration.kafka_util import create_topic, produce, read_all
+
+pytestmark = pytest.mark.integration
+
+
+def ingest(kafka: str, topic: str, idx: Path, *extra: str, check: bool = True,
+           timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "ingest", f"kafka://{kafka}/{topic}", "--index",
+         str(idx), "--group", f"g-{topic}", "--until-idle", "2", "--no-progress", *extra],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def inspect(idx: Path) -> dict:
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "inspect", str(idx), "--json"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def vectors_by_id(idx: Path) -> dict[int, np.ndarray]:
+    view = open_snapshot(idx)
+    out: dict[int, np.ndarray] = {}
+    for shard in view.shards:
+        index = shard.index
+        ids = faiss.vector_to_array(index.id_map)
+        assert len(ids) == len(set(ids.tolist())), "an id twice in one shard"
+        vecs = index.reconstruct_batch(ids) if len(ids) else np.zeros((0, view.dim))
+        for i, v in zip(ids.tolist(), vecs, strict=True):
+            assert i not in out, f"id {i} in two shards"
+            out[i] = v
+    return out
+
+
+async def test_ingest_restart_and_pick_up_new_records(kafka: str, topic_name: str,
+                                                      tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6000, 16)).astype(np.float32)
+    await create_topic(kafka, topic_name, 4)
+    await produce(kafka, topic_name, range(4000), x[:4000])
+    idx = tmp_path / "idx"
+    out = ingest(kafka, topic_name, idx).stdout
+    assert "4,000 records" in out
+    info = inspect(idx)
+    assert info["ntotal"] == 4000 and len(info["shards"]) == 4
+    assert sum(s["position"]["offset"] for s in info["shards"]) == 4000
+    # A restart resumes at the snapshot's offsets: nothing again.
+    assert ingest(kafka, topic_name, idx).stdout.startswith("0 records")
+    await produce(kafka, topic_name, range(4000, 6000), x[4000:])
+    assert "2,000 records" in ingest(kafka, topic_name, idx).stdout
+    got = vectors_by_id(idx)
+    assert sorted(got) == list(range(6000))
+    for i in (0, 3999, 4000, 5999):
+        assert np.array_equal(got[i], x[i])
+
+
+async def test_tombstones_delete_and_bad_messages_go_to_dead_letter_topic(
+        kafka: str, topic_name: str, tmp_path: Path) -> None:
+    await create_topic(kafka, topic_name, 2)
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    await produce(kafka, topic_name, range(10), x)
+    await produce(kafka, topic_name, [3, 7], None, values=[None, None])  # tombstones
+    bad_values = [b"\x00\x01\x02", np.ones(5, "<f4").tobytes(), np.full(4, np.nan, "<f4").tobytes()]
+    await produce(kafka, topic_name, [100, 101, 102], None, values=bad_values)
+    no_key = [np.ones(4, "<f4").tobytes()]
+    await produce(kafka, topic_name, [0], None, values=no_key, keys=[None])  # no id at all
+    dl_topic = f"{topic_name}-dl"
+    idx = tmp_path / "idx"
+    ingest(kafka, topic_name, idx, "--dead-letter", f"kafka://{kafka}/{dl_topic}")
+    got = vectors_by_id(idx)
+    assert sorted(got) == [0, 1, 2, 4, 5, 6, 8, 9]
+    letters = await read_all(kafka, dl_topic, 4)
+    assert sorted(r["reason"] for r in letters) == [
+        "bad-vector", "missing-id", "not-finite", "wrong-dimension"]
+    for r in letters:
+        assert r["stage"] == "decode" and topic_name in r["source"]
+        assert "offset" in r["position"]
+        assert r["raw"] is None or isinstance(r["raw"], (str, dict))
+
+
+async def test_two_pipelines_in_one_group_split_partitions_and_lag_reaches_zero(
+        kafka: str, topic_name: str, tmp_path: Path) -> None:
+    await create_topic(kafka, topic_name, 4)
+    x = np.random.default_rng(2).standard_normal((20000, 8)).astype(np.float32)
+    await produce(kafka, topic_name, range(10000), x[:10000])
+
+    def pipeline(i: int) -> tuple[Pipeline, KafkaSource, FaissSink]:
+        src = KafkaSource(kafka, [topic_name], group=f"g-{topic_name}", until_idle=4.0)
+        sink = FaissSink(tmp_path / f"idx{i}", snapshot_every=0.5)
+        p = src | decode() | batch(512) | sink
+        return p, src, sink
+
+    p1, s1, k1 = pipeline(1)
+    p2, s2, k2 = pipeline(2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(p1.run)
+        await anyio.sleep(1.0)
+        tg.start_soon(p2.run)
+        await anyio.sleep(2.0)
+        await produce(kafka, topic_name, range(10000, 20000), x[10000:])
+        # While both run: each holds some partitions, lag drains to 0.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lags = [*s1.statistics()["lag"].values(), *s2.statistics()["lag"].values()]
+            if len(lags) == 4 and all(lag["records"] == 0 for lag in lags) and \
+                    sum(lag["position"] for lag in lags) == 20000:
+                break
+            await anyio.sleep(0.2)
+        else:
+            pytest.fail(f"lag did not reach 0: {s1.statistics()} {s2.statistics()}")
+        own1, own2 = set(s1.statistics()["lag"]), set(s2.statistics()["lag"])
+        assert own1 and own2 and not own1 & own2 and len(own1 | own2) == 4
+    ids = set()
+    for sink in (k1, k2):
+        for shard in sink.shards.values():
+            ids.update(faiss.vector_to_array(shard.index.id_map).tolist())
+    assert ids == set(range(20000))
+
+
+async def test_kill_9_at_random_moments_then_exactly_once(kafka: str, topic_name: str,
+                                                          tmp_path: Path) -> None:
+    n = 60000
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((n, 32)).astype(np.float32)
+    await create_topic(kafka, topic_name, 4)
+    await produce(kafka, topic_name, range(n), x)
+    idx = tmp_path / "idx"
+    argv = [sys.executable, "-m", "streams.cli", "ingest", f"kafka://{kafka}/{topic_name}",
+            "--index", str(idx), "--group", f"g-{topic_name}", "--snapshot-every", "0.2",
+            "--batch-size", "1000", "--no-progress", "--capacity", "2"]
+    chooser = random.Random(4)
+    kills = 0
+    for _ in range(5):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(chooser.uniform(1.0, 3.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 3
+    ingest(kafka, topic_name, idx)
+    got = vectors_by_id(idx)
+    assert len(got) == n and sorted(got) == list(range(n))
+    stacked = np.stack([got[i] for i in range(n)])
+    assert np.array_equal(stacked, x)  # bit-exact
+    assert inspect(idx)["ntotal"] == n
+
+
+def test_out_of_range_offset_is_an_error(kafka: str, topic_name: str, tmp_path: Path) -> None:
+    anyio.run(create_topic, kafka, topic_name, 1)
+    anyio.run(lambda: produce(kafka, topic_name, range(10), np.ones((10, 4), np.float32)))
+    idx = tmp_path / "idx"
+    ingest(kafka, topic_name, idx)
+    # Pretend the index is ahead of the broker (as after the topic was recreated):
+    view = open_snapshot(idx)
+    manifest = view.manifest
+    manifest["shards"][0]["position"] = {"offset": 10_000}
+    seq = manifest["seq"]
+    (idx / "manifests" / f"{seq:08d}.json").write_bytes(msgspec.json.encode(manifest))
+    proc = ingest(kafka, topic_name, idx, check=False)
+    assert proc.returncode == 1
+    assert "no longer on the broker" in proc.stderr or "offset" in proc.stderr
