@@ -43,15 +43,15 @@ def kafka() -> Iterator[str]:
         return
     port = _free_port_pair()
     env = {**os.environ, "KAFKA_PORT": str(port)}
-    proc = subprocess.run(["bash", str(LAUNCHER), "start"], env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(LAUNCHER), "start"], env=env, capture_output=True, text=True, timeout=900
+    )
     if proc.returncode != 0:
         pytest.fail(f"the Kafka broker did not start:\n{proc.stdout}\n{proc.stderr}")
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run(["bash", str(LAUNCHER), "stop"], env=env, capture_output=True,
-                       timeout=60)
+        subprocess.run(["bash", str(LAUNCHER), "stop"], env=env, capture_output=True, timeout=60)
 
 
 @pytest.fixture

@@ -20,12 +20,19 @@ async def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
         await admin.close()
 
 
-async def produce(bootstrap: str, topic: str, ids: Sequence[int], vectors: np.ndarray | None,
-                  *, values: Sequence[bytes | None] | None = None,
-                  keys: Sequence[bytes | None] | None = None) -> None:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    ids: Sequence[int],
+    vectors: np.ndarray | None,
+    *,
+    values: Sequence[bytes | None] | None = None,
+    keys: Sequence[bytes | None] | None = None,
+) -> None:
     """Key = decimal id (so an id always lands in the same partition)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
-                                max_batch_size=1 << 20, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20, acks="all"
+    )
     await producer.start()
     try:
         futures = []
@@ -43,8 +50,9 @@ async def produce(bootstrap: str, topic: str, ids: Sequence[int], vectors: np.nd
 
 
 async def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> list[dict]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     out: list[dict] = []
     try:

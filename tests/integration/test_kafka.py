@@ -25,12 +25,28 @@ from tests.integration.kafka_util import create_topic, produce, read_all
 pytestmark = pytest.mark.integration
 
 
-def ingest(kafka: str, topic: str, idx: Path, *extra: str, check: bool = True,
-           timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def ingest(
+    kafka: str, topic: str, idx: Path, *extra: str, check: bool = True, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "ingest", f"kafka://{kafka}/{topic}", "--index",
-         str(idx), "--group", f"g-{topic}", "--until-idle", "2", "--no-progress", *extra],
-        capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "ingest",
+            f"kafka://{kafka}/{topic}",
+            "--index",
+            str(idx),
+            "--group",
+            f"g-{topic}",
+            "--until-idle",
+            "2",
+            "--no-progress",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -38,8 +54,12 @@ def ingest(kafka: str, topic: str, idx: Path, *extra: str, check: bool = True,
 
 
 def inspect(idx: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "streams.cli", "inspect", str(idx), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "inspect", str(idx), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -57,8 +77,9 @@ def vectors_by_id(idx: Path) -> dict[int, np.ndarray]:
     return out
 
 
-async def test_ingest_restart_and_pick_up_new_records(kafka: str, topic_name: str,
-                                                      tmp_path: Path) -> None:
+async def test_ingest_restart_and_pick_up_new_records(
+    kafka: str, topic_name: str, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6000, 16)).astype(np.float32)
     await create_topic(kafka, topic_name, 4)
@@ -80,7 +101,8 @@ async def test_ingest_restart_and_pick_up_new_records(kafka: str, topic_name: st
 
 
 async def test_tombstones_delete_and_bad_messages_go_to_dead_letter_topic(
-        kafka: str, topic_name: str, tmp_path: Path) -> None:
+    kafka: str, topic_name: str, tmp_path: Path
+) -> None:
     await create_topic(kafka, topic_name, 2)
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
     await produce(kafka, topic_name, range(10), x)
@@ -96,7 +118,11 @@ async def test_tombstones_delete_and_bad_messages_go_to_dead_letter_topic(
     assert sorted(got) == [0, 1, 2, 4, 5, 6, 8, 9]
     letters = await read_all(kafka, dl_topic, 4)
     assert sorted(r["reason"] for r in letters) == [
-        "bad-vector", "missing-id", "not-finite", "wrong-dimension"]
+        "bad-vector",
+        "missing-id",
+        "not-finite",
+        "wrong-dimension",
+    ]
     for r in letters:
         assert r["stage"] == "decode" and topic_name in r["source"]
         assert "offset" in r["position"]
@@ -104,7 +130,8 @@ async def test_tombstones_delete_and_bad_messages_go_to_dead_letter_topic(
 
 
 async def test_two_pipelines_in_one_group_split_partitions_and_lag_reaches_zero(
-        kafka: str, topic_name: str, tmp_path: Path) -> None:
+    kafka: str, topic_name: str, tmp_path: Path
+) -> None:
     await create_topic(kafka, topic_name, 4)
     x = np.random.default_rng(2).standard_normal((20000, 8)).astype(np.float32)
     await produce(kafka, topic_name, range(10000), x[:10000])
@@ -127,8 +154,11 @@ async def test_two_pipelines_in_one_group_split_partitions_and_lag_reaches_zero(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             lags = [*s1.statistics()["lag"].values(), *s2.statistics()["lag"].values()]
-            if len(lags) == 4 and all(lag["records"] == 0 for lag in lags) and \
-                    sum(lag["position"] for lag in lags) == 20000:
+            if (
+                len(lags) == 4
+                and all(lag["records"] == 0 for lag in lags)
+                and sum(lag["position"] for lag in lags) == 20000
+            ):
                 break
             await anyio.sleep(0.2)
         else:
@@ -142,17 +172,33 @@ async def test_two_pipelines_in_one_group_split_partitions_and_lag_reaches_zero(
     assert ids == set(range(20000))
 
 
-async def test_kill_9_at_random_moments_then_exactly_once(kafka: str, topic_name: str,
-                                                          tmp_path: Path) -> None:
+async def test_kill_9_at_random_moments_then_exactly_once(
+    kafka: str, topic_name: str, tmp_path: Path
+) -> None:
     n = 60000
     rng = np.random.default_rng(9)
     x = rng.standard_normal((n, 32)).astype(np.float32)
     await create_topic(kafka, topic_name, 4)
     await produce(kafka, topic_name, range(n), x)
     idx = tmp_path / "idx"
-    argv = [sys.executable, "-m", "streams.cli", "ingest", f"kafka://{kafka}/{topic_name}",
-            "--index", str(idx), "--group", f"g-{topic_name}", "--snapshot-every", "0.2",
-            "--batch-size", "1000", "--no-progress", "--capacity", "2"]
+    argv = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "ingest",
+        f"kafka://{kafka}/{topic_name}",
+        "--index",
+        str(idx),
+        "--group",
+        f"g-{topic_name}",
+        "--snapshot-every",
+        "0.2",
+        "--batch-size",
+        "1000",
+        "--no-progress",
+        "--capacity",
+        "2",
+    ]
     chooser = random.Random(4)
     kills = 0
     for _ in range(5):
