@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import numpy as np
 import numpy.typing as npt
 
@@ -220,7 +219,7 @@ def decode(
         async for chunk in inbox:
             # In a worker thread so a large chunk never stalls the event loop (and
             # with it searches and metrics) while it decodes.
-            batch, bad = await anyio.to_thread.run_sync(state.decode, chunk)
+            batch, bad = state.decode(chunk)
             await policy.reject(bad)
             if len(batch) or batch.position:
                 yield batch

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import anyio
 import numpy as np
 import numpy.typing as npt
 
@@ -39,6 +38,6 @@ def normalize(*, name: str = "normalize") -> Operator[Batch, Batch]:
 
     async def run(inbox: Inbox[Batch]) -> AsyncIterator[Batch]:
         async for b in inbox:
-            yield await anyio.to_thread.run_sync(_apply, b)
+            yield _apply(b)
 
     return Operator(name, run)

@@ -19,6 +19,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from sinks.idset import IdSet
 from sinks.rwlock import RWLock
 from sinks.store import SnapshotStore
 from streams.errors import ConfigError
@@ -98,9 +99,8 @@ class Shard:
         self.saved_version = 0
         self.saved_entry: dict[str, Any] | None = None
         self.searchable_at = 0.0
-        # The range of ids that may be present: a batch entirely outside it holds
-        # only new ids and needs no remove pass (the common append-only case).
-        self._id_lo, self._id_hi = _id_range(index)
+        # Which ids the index holds, so an upsert removes only ids really present.
+        self.ids = IdSet(index_ids(index))
 
     def __repr__(self) -> str:
         return f"<Shard {self.name!r} ntotal={self.index.ntotal} position={self.position}>"
@@ -123,15 +123,12 @@ class Shard:
             deleted = ids[batch.deleted]
         else:
             add_ids, add_vecs, deleted = ids, batch.vectors, None
-        must_remove = (
-            len(ids) > 0
-            and self.index.ntotal > 0
-            and not (int(ids.min()) > self._id_hi or int(ids.max()) < self._id_lo)
-        )
+        held = self.ids.contains(ids)
+        present = ids[held]
         with self.lock.write():
-            if must_remove:
+            if len(present):
                 # The Python wrapper takes an id array (the stubs only know IDSelector).
-                cast(Any, self.index).remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+                cast(Any, self.index).remove_ids(np.ascontiguousarray(present, dtype=np.int64))
             if len(add_ids):
                 self.index.add_with_ids(
                     np.ascontiguousarray(add_vecs), np.ascontiguousarray(add_ids, dtype=np.int64)
@@ -144,9 +141,13 @@ class Shard:
             self.position.update(batch.position)
             self.version += 1
             self.searchable_at = time.time()
-        if len(add_ids):
-            self._id_lo = min(self._id_lo, int(add_ids.min()))
-            self._id_hi = max(self._id_hi, int(add_ids.max()))
+        # Ids held before stay held unless deleted; new ids join the set.
+        if deleted is not None:
+            self.ids.discard(deleted[self.ids.contains(deleted)])
+            fresh = ~held & ~batch.deleted  # type: ignore[operator]
+        else:
+            fresh = ~held
+        self.ids.add(ids[fresh])
 
     def search(
         self, queries: npt.NDArray[np.float32], k: int
@@ -180,11 +181,18 @@ def decode_keys(data: bytes) -> dict[int, str]:
     return _keys_decoder.decode(data)
 
 
-def _id_range(index: Any) -> tuple[int, int]:
+def index_ids(index: Any) -> npt.NDArray[np.int64]:
+    """Every id an index holds (IDMap wrappers and IVF indexes)."""
     if index.ntotal == 0:
-        return (1 << 63) - 1, -(1 << 63)
+        return np.zeros(0, np.int64)
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        ids = faiss.vector_to_array(index.id_map)
-        return int(ids.min()), int(ids.max())
-    # Unknown layout (IVF): assume any id may be present.
-    return -(1 << 63), (1 << 63) - 1
+        return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    if isinstance(index, faiss.IndexIVF):
+        inv = index.invlists
+        parts = [
+            faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+            for i in range(inv.nlist)
+            if inv.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64, copy=False)
+    raise ConfigError(f"cannot list the ids of a {type(index).__name__}")

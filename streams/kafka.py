@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -39,6 +40,12 @@ __all__ = ["KAFKA_FORMATS", "KafkaSource", "KafkaTarget", "parse_kafka_url", "pa
 log = logging.getLogger("embedstream.kafka")
 
 KAFKA_FORMATS = ("f32", "f16", "json", "msgpack")
+
+
+_offset = attrgetter("offset")
+_timestamp = attrgetter("timestamp")
+_value = attrgetter("value")
+_key = attrgetter("key")
 
 
 def partition_name(topic: str, partition: int) -> str:
@@ -245,11 +252,11 @@ class KafkaSource(Source):
 
     def _chunk(self, tp: Any, messages: list[Any]) -> Chunk:
         part = partition_name(tp.topic, tp.partition)
-        offsets = np.fromiter((m.offset for m in messages), dtype=np.int64, count=len(messages))
-        timestamps = (
-            np.fromiter((m.timestamp for m in messages), dtype=np.float64, count=len(messages))
-            / 1000.0
-        )
+        n = len(messages)
+        # attrgetter + map: C-speed passes over aiokafka's record objects.
+        offsets = np.fromiter(map(_offset, messages), dtype=np.int64, count=n)
+        timestamps = np.fromiter(map(_timestamp, messages), dtype=np.float64, count=n) / 1000.0
+        values = list(map(_value, messages))
         nxt = int(offsets[-1]) + 1
         self._emitted[part] = nxt
         lag = self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
@@ -265,8 +272,8 @@ class KafkaSource(Source):
             position={"offset": nxt},
             locations=offsets,
             location_kind="offset",
-            payloads=[m.value for m in messages],
-            keys=[m.key for m in messages],
+            payloads=values,
+            keys=list(map(_key, messages)),
             timestamps=timestamps,
             read_at=time.time(),
         )

@@ -57,6 +57,7 @@ class Chunk:
         timestamps: event time per item, epoch seconds (float64), or ``None``.
         read_at: wall-clock time the source read the chunk (epoch seconds); the
             event time of items that carry none.
+        size: payload bytes when the source knows them (else computed on demand).
     """
 
     partition: str
@@ -71,18 +72,22 @@ class Chunk:
     ids: npt.NDArray[np.int64] | None = None
     timestamps: npt.NDArray[np.float64] | None = None
     read_at: float = 0.0
+    size: int = -1
 
     def __len__(self) -> int:
         return len(self.locations)
 
     @property
     def nbytes(self) -> int:
-        """Approximate payload size, for channel byte counters."""
-        if self.vectors is not None:
-            return int(self.vectors.nbytes)
-        if self.payloads is not None:
-            return sum(len(p) for p in self.payloads if p is not None)
-        return 0
+        """Payload bytes, for channel byte counters (computed once)."""
+        if self.size < 0:
+            if self.vectors is not None:
+                self.size = int(self.vectors.nbytes)
+            elif self.payloads is not None:
+                self.size = sum(map(len, filter(None, self.payloads)))
+            else:
+                self.size = 0
+        return self.size
 
     def where(self, i: int) -> str:
         """Where item ``i`` sits, e.g. ``data.jsonl line 12``."""

@@ -1,0 +1,164 @@
+"""The Kafka job, one contender per invocation:
+
+    python -m benchmarks.kafka_contenders CONTENDER BOOTSTRAP TOPIC N
+
+Consume the topic from the start, L2-normalise, add with ids to ``IDMap2,Flat``
+(inner product), stop when all N are in. Prints ``RESULT {json}`` with the seconds
+from consumer start to the first record and to the last record being searchable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+
+
+def _result(t0: float, first: float, last: float, n: int) -> None:
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "records": n,
+                "first_record_s": first - t0,
+                "wall_s": last - t0,
+                "steady_s": last - first,
+                "steady_rate": n / (last - first) if last > first else 0.0,
+                "wall_rate": n / (last - t0),
+            }
+        )
+    )
+
+
+async def bare_count(bootstrap: str, topic: str, n: int) -> None:
+    """The ceiling: getmany and count, nothing else."""
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=uuid.uuid4().hex,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=32 << 20,
+    )
+    t0 = time.perf_counter()
+    await c.start()
+    got, first = 0, 0.0
+    while got < n:
+        batch = await c.getmany(timeout_ms=500, max_records=50000)
+        for msgs in batch.values():
+            if msgs and not first:
+                first = time.perf_counter()
+            got += len(msgs)
+    last = time.perf_counter()
+    await c.stop()
+    _result(t0, first, last, got)
+
+
+async def hand_batched(bootstrap: str, topic: str, n: int, naive: bool = False) -> None:
+    """What a careful user writes by hand (or, naive, one message at a time)."""
+    import faiss
+    import numpy as np
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=uuid.uuid4().hex,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=32 << 20,
+    )
+    index = None
+    t0 = time.perf_counter()
+    await c.start()
+    got, first = 0, 0.0
+    if naive:
+        async for m in c:
+            if not first:
+                first = time.perf_counter()
+            v = np.frombuffer(m.value, dtype="<f4").reshape(1, -1).copy()
+            faiss.normalize_L2(v)
+            if index is None:
+                index = faiss.IndexIDMap2(faiss.IndexFlatIP(v.shape[1]))
+            index.add_with_ids(v, np.array([int(m.key)], dtype=np.int64))
+            got += 1
+            if got >= n:
+                break
+    else:
+        while got < n:
+            batch = await c.getmany(timeout_ms=500, max_records=50000)
+            for msgs in batch.values():
+                if not msgs:
+                    continue
+                if not first:
+                    first = time.perf_counter()
+                x = np.frombuffer(b"".join(m.value for m in msgs), dtype="<f4")
+                x = x.reshape(len(msgs), -1).copy()
+                ids = np.array([int(m.key) for m in msgs], dtype=np.int64)
+                faiss.normalize_L2(x)
+                if index is None:
+                    index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
+                await asyncio.to_thread(index.add_with_ids, x, ids)
+                got += len(msgs)
+    last = time.perf_counter()
+    await c.stop()
+    _result(t0, first, last, got)
+
+
+async def embedstream(bootstrap: str, topic: str, n: int) -> None:
+    import anyio
+
+    from operators import batch, decode, normalize
+    from sinks import FaissSink
+    from streams.kafka import KafkaSource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source = KafkaSource(bootstrap, [topic], group=uuid.uuid4().hex, format="f32")
+        sink = FaissSink(tmp, factory="IDMap2,Flat", metric="ip", snapshot_every=None)
+        pipeline = source | decode() | batch(8192) | normalize() | sink
+        t0 = time.perf_counter()
+        marks: dict[str, float] = {}
+
+        async def watch() -> None:
+            while True:
+                if (
+                    "first" not in marks
+                    and pipeline.channels
+                    and pipeline.channels[0].stats.items_in
+                ):
+                    marks["first"] = time.perf_counter()
+                if sink.ntotal >= n:
+                    marks["last"] = time.perf_counter()
+                    pipeline.stop()
+                    return
+                await anyio.sleep(0.001)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            await pipeline.run()
+        _result(t0, marks["first"], marks["last"], sink.ntotal)
+
+
+def main() -> None:
+    contender, bootstrap, topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if contender == "bare-getmany":
+        asyncio.run(bare_count(bootstrap, topic, n))
+    elif contender == "hand-batched":
+        asyncio.run(hand_batched(bootstrap, topic, n))
+    elif contender == "naive-per-message":
+        asyncio.run(hand_batched(bootstrap, topic, n, naive=True))
+    elif contender == "embedstream":
+        asyncio.run(embedstream(bootstrap, topic, n))
+    else:
+        raise SystemExit(f"unknown contender {contender}")
+
+
+if __name__ == "__main__":
+    main()
