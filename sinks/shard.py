@@ -188,7 +188,7 @@ def index_ids(index: Any) -> npt.NDArray[np.int64]:
     if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
     if isinstance(index, faiss.IndexIVF):
-        inv = index.invlists
+        inv: Any = index.invlists
         parts = [
             faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
             for i in range(inv.nlist)
