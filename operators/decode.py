@@ -42,14 +42,21 @@ class _Decoder:
         self.reject_zero = reject_zero
 
     def decode(self, chunk: Chunk) -> tuple[Batch, list[Rejected]]:
-        if chunk.vectors is not None:
-            return self._numeric(chunk)
-        cols, dim = decode_payloads(
-            chunk.format, chunk.payloads or [], chunk.keys, max_bytes=self.max_bytes, dim=self.dim
-        )
-        if dim is not None and self.dim is None:
-            self.dim = dim
-        return self._assemble(chunk, cols)
+        # NaN and Inf in input are rejected record by record below; numpy must not
+        # warn about them on the way.
+        with np.errstate(all="ignore"):
+            if chunk.vectors is not None:
+                return self._numeric(chunk)
+            cols, dim = decode_payloads(
+                chunk.format,
+                chunk.payloads or [],
+                chunk.keys,
+                max_bytes=self.max_bytes,
+                dim=self.dim,
+            )
+            if dim is not None and self.dim is None:
+                self.dim = dim
+            return self._assemble(chunk, cols)
 
     def _reject(self, chunk: Chunk, bad: list[tuple[int, str, str]]) -> list[Rejected]:
         payloads = chunk.payloads

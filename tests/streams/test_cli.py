@@ -162,3 +162,71 @@ def test_sigint_drains_and_snapshots(tmp_path: Path) -> None:
     assert "100 records" in out
     info = json.loads(cli("inspect", str(idx), "--json").stdout)
     assert info["ntotal"] == 100
+
+
+def test_dead_letters_for_every_bad_kind(tmp_path: Path) -> None:
+    good = [{"id": i, "vector": [float(i), 1.0, 0.5]} for i in range(10)]
+    bad = [
+        "{not json",  # not-json
+        '{"id": 100, "vector": [1, 2]}',  # wrong-dimension
+        '{"id": 101, "vector": [1, 2, 1e999]}',  # not-finite
+        '{"vector": [1, 2, 3]}',  # missing-id
+        '{"id": 99999999999999999999, "vector": [1, 2, 3]}',  # id-out-of-range
+        '{"id": 102, "vector": [0, 0, 0]}',  # zero-vector (normalising)
+        '{"id": 103, "vector": [1, 2, 3], "version": 9}',  # unknown-version
+        '{"id": 104}',  # missing-vector
+        '{"id": 105, "vector": "abc"}',  # bad-vector
+        '{"id": 106, "vector": [' + ",".join(["0.5"] * 300) + "]}",  # oversized
+    ]
+    lines = [json.dumps(good[0]), *bad[:5], *map(json.dumps, good[1:]), *bad[5:]]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    dl = tmp_path / "dl.jsonl"
+    out = cli(
+        "ingest",
+        str(data),
+        "--index",
+        str(tmp_path / "idx"),
+        "--normalize",
+        "--dead-letter",
+        str(dl),
+        "--max-payload-bytes",
+        "1000",
+        "--no-progress",
+    ).stdout
+    assert "10 records" in out
+    info = json.loads(cli("inspect", str(tmp_path / "idx"), "--json").stdout)
+    assert info["ntotal"] == 10
+    letters = [json.loads(line) for line in dl.read_text().splitlines()]
+    assert sorted(r["reason"] for r in letters) == sorted(
+        [
+            "not-json",
+            "wrong-dimension",
+            "not-finite",
+            "missing-id",
+            "id-out-of-range",
+            "zero-vector",
+            "unknown-version",
+            "missing-vector",
+            "bad-vector",
+            "oversized",
+        ]
+    )
+    for r in letters:
+        assert set(r) >= {"reason", "stage", "source", "position", "raw"}
+        assert r["stage"] == "decode" and r["source"] == str(data)
+        line = r["position"]["line"]
+        assert lines[line - 1] == r["raw"]
+    # Again: nothing new, no new dead letters (positions advanced past them).
+    cli(
+        "ingest",
+        str(data),
+        "--index",
+        str(tmp_path / "idx"),
+        "--dead-letter",
+        str(dl),
+        "--normalize",
+        "--max-payload-bytes",
+        "1000",
+    )
+    assert len(dl.read_text().splitlines()) == 10

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import json
+
+import msgspec
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.decode import _Decoder
+from streams.keys import key_id
+from streams.records import Chunk
+
+
+def chunk(fmt: str, payloads, keys=None) -> Chunk:
+    n = len(payloads)
+    return Chunk(
+        "t-0",
+        "t[0]",
+        fmt,
+        {"offset": n},
+        np.arange(100, 100 + n),
+        "offset",
+        payloads=list(payloads),
+        keys=keys,
+        read_at=1.0,
+    )
+
+
+def decode(fmt: str, payloads, keys=None, dim=None, reject_zero=False):
+    return _Decoder("decode", dim, 1 << 16, reject_zero).decode(chunk(fmt, payloads, keys))
+
+
+def test_f32_fast_path_and_f16() -> None:
+    x = np.arange(12, dtype="<f4").reshape(3, 4)
+    b, bad = decode("f32", [r.tobytes() for r in x], [b"7", b"8", b"9"])
+    assert not bad and b.ids.tolist() == [7, 8, 9]
+    np.testing.assert_array_equal(b.vectors, x)
+    b, bad = decode("f16", [r.astype("<f2").tobytes() for r in x], [b"a", b"b", b"c"])
+    assert not bad and b.ids.tolist() == [key_id("a"), key_id("b"), key_id("c")]
+    assert b.keys == {key_id("a"): "a", key_id("b"): "b", key_id("c"): "c"}
+    np.testing.assert_array_equal(b.vectors, x)
+
+
+def test_f32_tombstones_and_bad_values() -> None:
+    good = np.ones(4, "<f4").tobytes()
+    payloads = [good, None, b"abc", np.ones(3, "<f4").tobytes(), good]
+    b, bad = decode("f32", payloads, [b"1", b"2", b"3", b"4", None])
+    assert b.ids.tolist() == [1, 2]
+    assert b.deleted is not None and b.deleted.tolist() == [False, True]
+    assert [(r.reason, r.location) for r in bad] == [
+        ("bad-vector", 102),
+        ("wrong-dimension", 103),
+        ("missing-id", 104),
+    ]
+
+
+def test_json_with_keys_versions_and_deletes() -> None:
+    lines = [
+        json.dumps({"vector": [1, 2]}).encode(),  # id from the key
+        json.dumps({"id": "doc", "vector": [3, 4], "ts": 5000}).encode(),
+        json.dumps({"id": 9, "delete": True}).encode(),
+        json.dumps({"id": 1, "vector": [1, 2], "version": 7}).encode(),
+        None,  # tombstone of key 12
+    ]
+    b, bad = decode("json", lines, [b"10", b"x", b"y", b"z", b"12"])
+    assert b.ids.tolist() == [10, key_id("doc"), 9, 12]
+    assert b.deleted is not None and b.deleted.tolist() == [False, False, True, True]
+    assert b.timestamps[1] == 5.0
+    assert [r.reason for r in bad] == ["unknown-version"]
+
+
+def test_msgpack_list_and_bytes_vectors() -> None:
+    enc = msgspec.msgpack.encode
+    payloads = [
+        enc({"id": 1, "vector": [1.0, 2.0]}),
+        enc({"id": 2, "vector": np.array([3, 4], "<f4").tobytes()}),
+        b"\xc1",  # never valid msgpack
+        enc({"id": 3}),
+    ]
+    b, bad = decode("msgpack", payloads)
+    assert b.ids.tolist() == [1, 2]
+    np.testing.assert_array_equal(b.vectors, [[1, 2], [3, 4]])
+    assert [r.reason for r in bad] == ["not-msgpack", "missing-vector"]
+    assert bad[0].to_json()["raw"] == {"base64": "wQ=="}
+
+
+def test_oversized_and_zero_vectors() -> None:
+    big = json.dumps({"id": 1, "vector": [0.5] * 20000}).encode()
+    zero = json.dumps({"id": 2, "vector": [0, 0]}).encode()
+    ok = json.dumps({"id": 3, "vector": [0, 1]}).encode()
+    b, bad = decode("json", [big, zero, ok], reject_zero=True)
+    assert b.ids.tolist() == [3]
+    assert [r.reason for r in bad] == ["oversized", "zero-vector"]
+
+
+FORMATS = ["json", "msgpack", "f32", "f16"]
+
+
+def _json_values():
+    leaf = st.one_of(
+        st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=5)
+    )
+    return st.recursive(
+        leaf,
+        lambda c: st.one_of(
+            st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+
+def _record():
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "id": st.one_of(
+                st.integers(min_value=-(2**70), max_value=2**70),
+                st.text(max_size=4),
+                st.none(),
+                st.floats(),
+            ),
+            "vector": st.one_of(
+                st.lists(st.floats(width=32), min_size=0, max_size=5),
+                st.binary(max_size=20),
+                st.none(),
+                st.text(max_size=3),
+            ),
+            "ts": st.one_of(st.integers(), st.floats(), st.none(), st.text(max_size=2)),
+            "delete": st.one_of(st.booleans(), st.integers()),
+            "version": st.one_of(st.integers(min_value=0, max_value=3), st.text(max_size=2)),
+            "metadata": _json_values(),
+        },
+    )
+
+
+def _msgpack(record: dict) -> bytes:
+    try:
+        return msgspec.msgpack.encode(record)
+    except OverflowError:  # ints beyond what msgpack can hold
+        return b"\xc1"
+
+
+def _payload(fmt: str):
+    if fmt == "json":
+        return st.one_of(
+            st.binary(max_size=60),
+            _record().map(
+                lambda r: json.dumps(
+                    {k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.items()}
+                ).encode()
+            ),
+            st.none(),
+        )
+    if fmt == "msgpack":
+        return st.one_of(st.binary(max_size=60), _record().map(_msgpack), st.none())
+    width = 32 if fmt == "f32" else 16
+    return st.one_of(
+        st.binary(max_size=40),
+        st.none(),
+        st.lists(st.floats(width=width), min_size=1, max_size=4).map(
+            lambda v: np.asarray(v, "<f4" if fmt == "f32" else "<f2").tobytes()
+        ),
+    )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_every_record_is_indexed_or_rejected_never_both(fmt: str, data) -> None:
+    n = data.draw(st.integers(min_value=1, max_value=12))
+    payloads = data.draw(st.lists(_payload(fmt), min_size=n, max_size=n))
+    keys = data.draw(
+        st.lists(
+            st.one_of(
+                st.none(),
+                st.binary(max_size=4),
+                st.integers(-5, 10**20).map(lambda i: str(i).encode()),
+            ),
+            min_size=n,
+            max_size=n,
+        )
+    )
+    decoder = _Decoder("decode", None, 1 << 10, data.draw(st.booleans()))
+    b, bad = decoder.decode(chunk(fmt, payloads, keys))
+    # Rows of the batch and rejected records partition the input.
+    assert len(b) + len(bad) == n
+    assert len({r.location for r in bad}) == len(bad)
+    assert b.vectors.shape[0] == len(b) and b.vectors.dtype == np.float32
+    live = ~b.deleted if b.deleted is not None else np.ones(len(b), bool)
+    assert np.isfinite(b.vectors[live]).all()
+    for r in bad:
+        assert r.reason and r.stage == "decode" and 100 <= r.location < 100 + n
+        json.dumps(r.to_json())  # always serialisable
