@@ -1,4 +1,4 @@
-"""Stream operators: decode, batch, normalize.
+"""Stream operators: decode, batch, normalize, quantize.
 
 Each factory returns an :class:`~streams.operator.Operator` with a stable name;
 compose them with ``|``.
@@ -8,5 +8,15 @@ from operators.batch import batch
 from operators.codecs import JsonRecord, MsgpackRecord
 from operators.decode import decode
 from operators.normalize import l2_normalize, normalize
+from operators.quantize import Codec, quantize
 
-__all__ = ["JsonRecord", "MsgpackRecord", "batch", "decode", "l2_normalize", "normalize"]
+__all__ = [
+    "Codec",
+    "JsonRecord",
+    "MsgpackRecord",
+    "batch",
+    "decode",
+    "l2_normalize",
+    "normalize",
+    "quantize",
+]

@@ -21,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 from anyio.abc import TaskGroup
 
+from sinks.floats import FloatStore, floats_path
 from sinks.search import SearchResults, load_shards, prepare_queries, search_shards
-from sinks.shard import Shard, make_index
+from sinks.shard import Capture, Shard, make_index
 from sinks.store import Loaded, SnapshotStore
 from streams.errors import ConfigError, SnapshotError
 from streams.histogram import DEFAULT_SECONDS_BUCKETS, Histogram
@@ -35,6 +36,8 @@ log = logging.getLogger("embedstream.sink")
 
 DEFAULT_FACTORY = "Flat"
 DEFAULT_METRIC = "ip"
+
+WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 SnapshotListener = Callable[[int, Positions], Awaitable[None]]
 
@@ -57,6 +60,14 @@ class FaissSink(Sink[Batch]):
             normalise their queries too.
         train_size: for index types that need training (IVF, PQ), how many vectors
             to buffer before training once; every shard clones the trained index.
+        max_deferred_bytes: while a snapshot writes a shard, up to this many bytes
+            of new batches for it wait in memory instead of stalling ingestion;
+            beyond it, ingestion waits for the snapshot (backpressure).
+        codec: the :class:`operators.quantize.Codec` of a ``quantize`` stage
+            before this sink: shards then hold its codes (``factory`` is ignored),
+            and the trained codec is kept in snapshots.
+        rerank: with a codec, keep the full-precision vectors on disk and re-score
+            this many candidates per shard exactly at search time.
         name: the stage name.
 
     Raises:
@@ -73,6 +84,9 @@ class FaissSink(Sink[Batch]):
         keep: int = 3,
         normalize_queries: bool = False,
         train_size: int = 50_000,
+        max_deferred_bytes: int = 256 << 20,
+        codec: Any = None,
+        rerank: int = 0,
         name: str = "faiss",
     ) -> None:
         if metric is not None and metric not in ("ip", "l2"):
@@ -89,6 +103,12 @@ class FaissSink(Sink[Batch]):
         self.keep = keep
         self.normalize_queries = normalize_queries
         self.train_size = max(1, train_size)
+        self.max_deferred_bytes = max_deferred_bytes
+        self.codec = codec
+        self.rerank = rerank if codec is not None else 0
+        if codec is not None:
+            self.factory = {"sq8": "SQ8", "binary": "BFlat"}.get(codec.kind, f"PQ{codec.pq_m}x8")
+        self._codec_object: str | None = None
         self.dim: int | None = None
         self.shards: dict[str, Shard] = {}
         self.store: SnapshotStore | None = None
@@ -110,7 +130,10 @@ class FaissSink(Sink[Batch]):
             "last_snapshot_seconds": None,
             "last_snapshot_bytes": 0,
             "snapshot_bytes_total": 0,
+            "deferred_batches": 0,
         }
+        # How long each write() took: the ingestion stall, including snapshots.
+        self.write_seconds = Histogram(WRITE_BUCKETS)
         self.snapshot_durations = Histogram(DEFAULT_SECONDS_BUCKETS)
 
     def __repr__(self) -> str:
@@ -137,6 +160,7 @@ class FaissSink(Sink[Batch]):
         if loaded is not None:
             m = loaded.manifest
             self._adopt_config(m)
+            self._adopt_codec(m, store)
             shards = await anyio.to_thread.run_sync(load_shards, store, loaded)
             self.shards = {s.name: s for s in shards}
             if m.get("template"):
@@ -149,6 +173,21 @@ class FaissSink(Sink[Batch]):
         if self.snapshot_every:
             task_group.start_soon(self._snapshot_loop)
         return {name: dict(s.position) for name, s in self.shards.items()}
+
+    def _adopt_codec(self, m: dict[str, Any], store: SnapshotStore) -> None:
+        kind = m.get("quantize")
+        mine = self.codec.kind if self.codec is not None else None
+        if kind != mine:
+            raise ConfigError(
+                f"{self.path} holds {'codes of --quantize ' + kind if kind else 'float vectors'}"
+                f"; this pipeline {'quantizes with ' + mine if mine else 'does not quantize'}. "
+                "Use the same setting, or a new directory."
+            )
+        if self.codec is not None:
+            self.codec.restore((store.objects / m["codec"]).read_bytes())
+            self._codec_object = m["codec"]
+            self._template = self.codec.empty_index()
+            self.rerank = self.rerank or int(m.get("rerank") or 0)
 
     def _adopt_config(self, m: dict[str, Any]) -> None:
         for arg, key in ((self._factory_arg, "factory"), (self._metric_arg, "metric")):
@@ -189,7 +228,10 @@ class FaissSink(Sink[Batch]):
             # Deletes that arrived before any vector: nothing to delete yet, but
             # the position must still advance.
             if item.partition in self.shards:
-                await anyio.to_thread.run_sync(self.shards[item.partition].apply, item)
+                await self._apply(item)
+            return
+        if self.codec is not None:
+            await self._write_codes(item)
             return
         if self.dim is None:
             self.dim = item.dim
@@ -208,16 +250,83 @@ class FaissSink(Sink[Batch]):
             return
         await self._apply(item)
 
+    async def _write_codes(self, item: Batch) -> None:
+        codec = self.codec
+        if item.vectors.dtype != np.uint8 or not codec.is_trained:
+            raise ConfigError(
+                f"the sink at {self.path} has a codec, but a batch of partition "
+                f"{item.partition!r} holds {item.vectors.dtype} vectors: put quantize(codec) "
+                "right before the sink"
+            )
+        if item.vectors.shape[1] != codec.code_size:
+            raise ConfigError(
+                f"a batch of partition {item.partition!r} has {item.vectors.shape[1]}-byte codes;"
+                f" the codec makes {codec.code_size}"
+            )
+        if self.rerank and item.floats is None:
+            raise ConfigError("rerank needs quantize(codec, keep_floats=True)")
+        if self.dim is None:
+            self.dim = codec.dim
+        if self._template is None:
+            self._template = codec.empty_index()
+        await self._apply(item)
+
+    def _new_shard(self, name: str) -> Shard:
+        assert self._template is not None and self.dim is not None
+        if self.codec is None:
+            return Shard(name, faiss.clone_index(self._template))
+        floats = FloatStore(floats_path(self.path, name), self.dim) if self.rerank else None
+        return Shard(name, self.codec.empty_index(), codes=True, floats=floats)
+
     async def _apply(self, item: Batch) -> None:
         shard = self.shards.get(item.partition)
         if shard is None:
-            assert self._template is not None
-            shard = Shard(item.partition, faiss.clone_index(self._template))
+            shard = self._new_shard(item.partition)
             self.shards[item.partition] = shard
+        started = time.perf_counter()
+        while True:
+            async with shard.gate:
+                if not shard.capturing and not shard.deferred:
+                    await self._apply_now(shard, item)
+                    break
+                # A snapshot is writing this shard: queue the batch rather than
+                # stall ingestion, up to a memory bound.
+                if shard.deferred_bytes + item.nbytes <= self.max_deferred_bytes:
+                    shard.deferred.append(item)
+                    shard.deferred_bytes += item.nbytes
+                    self._stats["deferred_batches"] += 1
+                    break
+                drained = shard.drained
+            await drained.wait()
+        self.write_seconds.observe([time.perf_counter() - started])
+
+    async def _apply_now(self, shard: Shard, item: Batch) -> None:
         await anyio.to_thread.run_sync(shard.apply, item)
         self.freshness.observe(shard.searchable_at - item.timestamps)
         self._stats["batches"] += 1
         self._stats["records"] += len(item)
+
+    async def _capture(self, shard: Shard, store: SnapshotStore) -> Capture:
+        """Write ``shard`` into ``store`` while its new batches wait in a queue, then
+        apply them (one at a time, so ingestion can keep queueing meanwhile)."""
+        async with shard.gate:
+            shard.capturing = True
+            shard.drained = anyio.Event()
+        try:
+            return await anyio.to_thread.run_sync(shard.capture, store)
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with shard.gate:
+                    shard.capturing = False
+                while True:
+                    async with shard.gate:
+                        if not shard.deferred:
+                            shard.deferred_bytes = 0
+                            shard.drained.set()
+                            break
+                        queued = shard.deferred.pop(0)
+                        shard.deferred_bytes -= queued.nbytes
+                        await self._apply_now(shard, queued)
 
     async def _train_and_apply(self) -> None:
         assert self._template is not None
@@ -254,8 +363,13 @@ class FaissSink(Sink[Batch]):
             raise ConfigError(f"{self.path}: the index is empty; nothing to search yet")
         q = prepare_queries(queries, self.dim, self.normalize_queries)
         return await anyio.to_thread.run_sync(
-            search_shards, list(self.shards.values()), q, k, self.metric
+            search_shards, list(self.shards.values()), q, k, self.metric, self.rerank
         )
+
+    @property
+    def snapshotting(self) -> bool:
+        """True while a snapshot is being written."""
+        return self._snapshot_lock.locked()
 
     def searchable_positions(self) -> Positions:
         """Per shard, the position up to which records are searchable."""
@@ -276,7 +390,8 @@ class FaissSink(Sink[Batch]):
             store = self.store
             if store is None or self.dim is None:
                 return None
-            if not any(s.dirty for s in self.shards.values()) and self._template_object:
+            saved_config = self._template_object or self._codec_object
+            if not any(s.dirty for s in self.shards.values()) and saved_config:
                 return None
             started = time.perf_counter()
             try:
@@ -307,17 +422,23 @@ class FaissSink(Sink[Batch]):
         entries: list[dict[str, Any]] = []
         shard_entries: dict[str, dict[str, Any]] = {}
         saved: list[tuple[Shard, int]] = []
-        if self._template_object is None and self._template is not None:
+        if self.codec is not None and self._codec_object is None:
+            state = self.codec.state()
+            self._codec_object = await anyio.to_thread.run_sync(store.put_object, state)
+            written += len(state)
+        if self._template_object is None and self._template is not None and self.codec is None:
             data = faiss.serialize_index(self._template)
             self._template_object = await anyio.to_thread.run_sync(store.put_object, data)
             written += len(data)
         for name in sorted(self.shards):
             shard = self.shards[name]
             if shard.dirty:
-                cap = await anyio.to_thread.run_sync(shard.capture, store)
-                keys = None
+                cap = await self._capture(shard, store)
+                keys = floats_map = None
                 if cap.keys_bytes:
                     keys = await anyio.to_thread.run_sync(store.put_object, cap.keys_bytes)
+                if cap.float_map is not None:
+                    floats_map = await anyio.to_thread.run_sync(store.put_object, cap.float_map)
                 written += cap.nbytes + len(cap.keys_bytes or b"")
                 saved.append((shard, cap.version))
                 entry = {
@@ -327,6 +448,8 @@ class FaissSink(Sink[Batch]):
                     "ntotal": cap.ntotal,
                     "position": cap.position,
                 }
+                if floats_map is not None:
+                    entry.update(floats_map=floats_map, float_rows=cap.float_rows)
                 shard_entries[name] = entry
             else:
                 assert shard.saved_entry is not None
@@ -338,6 +461,10 @@ class FaissSink(Sink[Batch]):
             "factory": self.factory,
             "normalize_queries": self.normalize_queries,
             "template": self._template_object,
+            "quantize": self.codec.kind if self.codec is not None else None,
+            "codec": self._codec_object,
+            "binary": bool(self.codec is not None and self.codec.binary),
+            "rerank": self.rerank,
             "ntotal": sum(int(e["ntotal"]) for e in entries),
             "shards": entries,
         }

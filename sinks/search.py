@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from sinks.floats import FloatStore, floats_path
 from sinks.shard import Shard, decode_keys
 from sinks.store import Loaded, SnapshotStore
 from streams.errors import ConfigError, SnapshotError
@@ -60,7 +61,7 @@ def merge_topk(
     parts: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]], k: int, metric: str
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     """Merge per-shard ``(scores, ids)`` into the global top-``k`` per query."""
-    if len(parts) == 1:
+    if len(parts) == 1 and metric != "ip" and not np.isnan(parts[0][0]).any():
         return parts[0]
     scores = np.concatenate([p[0] for p in parts], axis=1)
     ids = np.concatenate([p[1] for p in parts], axis=1)
@@ -87,15 +88,31 @@ def prepare_queries(queries: npt.ArrayLike, dim: int, normalize: bool) -> npt.ND
 
 
 def search_shards(
-    shards: list[Shard], queries: npt.NDArray[np.float32], k: int, metric: str
+    shards: list[Shard],
+    queries: npt.NDArray[np.float32],
+    k: int,
+    metric: str,
+    rerank: int = 0,
 ) -> SearchResults:
-    """Search every shard and merge (blocking; run in a worker thread)."""
+    """Search every shard and merge (blocking; run in a worker thread).
+
+    With ``rerank``, each shard proposes that many candidates from its codes and the
+    full-precision vectors on disk decide the final order and scores.
+    """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     if not shards:
         n = len(queries)
         return SearchResults(np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64))
-    scores, ids = merge_topk([s.search(queries, k) for s in shards], k, metric)
+    if rerank and all(s.floats is not None for s in shards):
+        parts = []
+        for s in shards:
+            _, cand = s.search(queries, max(rerank, k))
+            parts.append((s.exact(queries, cand, metric), cand))
+        scores, ids = merge_topk(parts, k, metric)
+    else:
+        order = "l2" if any(s.binary for s in shards) else metric
+        scores, ids = merge_topk([s.search(queries, k) for s in shards], k, order)
     keys: dict[int, str] = {}
     for s in shards:
         if s.keys:
@@ -106,19 +123,32 @@ def search_shards(
     return SearchResults(scores, ids, keys)
 
 
-def load_shards(store: SnapshotStore, loaded: Loaded) -> list[Shard]:
+def load_shards(store: SnapshotStore, loaded: Loaded, *, readonly: bool = False) -> list[Shard]:
     """Read every shard of a verified manifest (blocking)."""
+    m = loaded.manifest
+    binary = bool(m.get("binary"))
+    codes = bool(m.get("quantize"))
     shards = []
-    for entry in loaded.manifest["shards"]:
+    for entry in m["shards"]:
         path = store.objects / entry["object"]
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
         except RuntimeError as exc:
             raise SnapshotError(f"{path}: faiss cannot read the shard index: {exc}") from None
         keys = (
             decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
         )
-        shard = Shard(entry["name"], index, entry.get("position"), keys)
+        floats = None
+        if entry.get("floats_map"):
+            mapping = FloatStore.read_mapping((store.objects / entry["floats_map"]).read_bytes())
+            floats = FloatStore(
+                floats_path(store.root, entry["name"]),
+                int(m["dim"]),
+                int(entry["float_rows"]),
+                mapping,
+                readonly=readonly,
+            )
+        shard = Shard(entry["name"], index, entry.get("position"), keys, codes=codes, floats=floats)
         shard.saved_entry = dict(entry)
         shards.append(shard)
     return shards
@@ -147,7 +177,7 @@ class SnapshotView:
     def search(self, queries: npt.ArrayLike, k: int = 10) -> SearchResults:
         """Top-``k`` over all shards (queries normalised when the index was)."""
         q = prepare_queries(queries, self.dim, bool(self.manifest.get("normalize_queries")))
-        return search_shards(self.shards, q, k, self.metric)
+        return search_shards(self.shards, q, k, self.metric, int(self.manifest.get("rerank") or 0))
 
 
 def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
@@ -164,7 +194,7 @@ def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
         if loaded is None:
             raise SnapshotError(f"{root}: holds no snapshot yet")
         try:
-            return SnapshotView(str(root), loaded, load_shards(store, loaded))
+            return SnapshotView(str(root), loaded, load_shards(store, loaded, readonly=True))
         except (SnapshotError, FileNotFoundError):
             # A writer pruned this snapshot between our verify and read: take the
             # newer one it committed.

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import anyio
 import faiss
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from sinks.floats import FloatStore
 from sinks.idset import IdSet
 from sinks.rwlock import RWLock
 from sinks.store import SnapshotStore
@@ -69,6 +71,8 @@ class Capture:
     ntotal: int
     version: int
     nbytes: int
+    float_rows: int = 0
+    float_map: bytes | None = None
 
 
 class Shard:
@@ -76,20 +80,29 @@ class Shard:
 
     Args:
         name: the partition name (also the shard's key in manifests).
-        index: an empty or restored index that keeps ids.
+        index: an empty or restored index that keeps ids; for quantised shards an
+            ``IndexIDMap2`` over codes, or an ``IndexBinaryIDMap2``.
         position: the partition position the index holds.
         keys: id -> original string key, for string ids.
+        codes: batches carry codes (``quantize``), not floats.
+        floats: where full-precision vectors go, for exact rerank.
     """
 
     def __init__(
         self,
         name: str,
-        index: faiss.Index,
+        index: Any,
         position: Position | None = None,
         keys: dict[int, str] | None = None,
+        *,
+        codes: bool = False,
+        floats: FloatStore | None = None,
     ) -> None:
         self.name = name
         self.index = index
+        self.binary = isinstance(index, faiss.IndexBinary)
+        self.codes = codes or self.binary
+        self.floats = floats
         self.position: Position = dict(position or {})
         self.keys: dict[int, str] = dict(keys or {})
         self.lock = RWLock()
@@ -101,6 +114,14 @@ class Shard:
         self.searchable_at = 0.0
         # Which ids the index holds, so an upsert removes only ids really present.
         self.ids = IdSet(index_ids(index))
+        # While a snapshot writes this shard, batches wait here instead of blocking
+        # ingestion on the index lock; the snapshot applies them when it is done.
+        self.gate = anyio.Lock()
+        self.capturing = False
+        self.deferred: list[Batch] = []
+        self.deferred_bytes = 0
+        self.drained = anyio.Event()
+        self.drained.set()
 
     def __repr__(self) -> str:
         return f"<Shard {self.name!r} ntotal={self.index.ntotal} position={self.position}>"
@@ -108,6 +129,11 @@ class Shard:
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
+
+    @property
+    def code_bytes(self) -> int:
+        """Bytes per vector the index holds in RAM (codes, or 4 x dim for floats)."""
+        return int(self.index.code_size if self.binary else self.index.sa_code_size())
 
     @property
     def dirty(self) -> bool:
@@ -130,9 +156,17 @@ class Shard:
                 # The Python wrapper takes an id array (the stubs only know IDSelector).
                 cast(Any, self.index).remove_ids(np.ascontiguousarray(present, dtype=np.int64))
             if len(add_ids):
-                self.index.add_with_ids(
-                    np.ascontiguousarray(add_vecs), np.ascontiguousarray(add_ids, dtype=np.int64)
-                )
+                vecs = np.ascontiguousarray(add_vecs)
+                add = np.ascontiguousarray(add_ids, dtype=np.int64)
+                if self.codes and not self.binary:
+                    self.index.add_sa_codes(vecs, add)
+                else:
+                    self.index.add_with_ids(vecs, add)
+                if self.floats is not None and batch.floats is not None:
+                    floats = batch.floats if deleted is None else batch.floats[keep]
+                    self.floats.append(add, floats)
+            if self.floats is not None and deleted is not None:
+                self.floats.discard(deleted)
             if batch.keys:
                 self.keys.update(batch.keys)
             if deleted is not None and self.keys:
@@ -152,13 +186,36 @@ class Shard:
     def search(
         self, queries: npt.NDArray[np.float32], k: int
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Top-``k`` of this shard (blocking); ids -1 where it has fewer than k."""
+        """Top-``k`` of this shard (blocking); ids -1 where it has fewer than k.
+
+        Binary shards search the queries' sign bits and score by Hamming distance.
+        """
         with self.lock.read():
             if self.index.ntotal == 0:
                 n = len(queries)
                 return np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64)
+            if self.binary:
+                dist, ids = self.index.search(np.packbits(queries > 0, axis=1), k)
+                return dist.astype(np.float32), ids
             scores, ids = self.index.search(queries, k)
         return scores, ids
+
+    def exact(
+        self, queries: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], metric: str
+    ) -> npt.NDArray[np.float32]:
+        """Exact scores of ``ids`` (nq x n candidates) from the full-precision floats;
+        NaN where an id has none."""
+        assert self.floats is not None
+        with self.lock.read():
+            vecs, found = self.floats.gather(ids)
+        if metric == "ip":
+            scores = np.einsum("qd,qnd->qn", queries, vecs)
+        else:
+            diff = vecs - queries[:, None, :]
+            scores = np.einsum("qnd,qnd->qn", diff, diff)
+        scores[~found | (ids < 0)] = np.nan
+        out: npt.NDArray[np.float32] = scores.astype(np.float32)
+        return out
 
     def capture(self, store: SnapshotStore) -> Capture:
         """Write the index into ``store`` and take the key map and position, all under
@@ -167,13 +224,21 @@ class Shard:
 
             def produce(write: Callable[[bytes], None]) -> None:
                 writer = faiss.PyCallbackIOWriter(write, 1 << 22)  # type: ignore[attr-defined]
-                faiss.write_index(self.index, writer)
+                if self.binary:
+                    faiss.write_index_binary(self.index, writer)
+                else:
+                    faiss.write_index(self.index, writer)
 
             digest, nbytes = store.put_stream(produce)
             keys = _keys_encoder.encode(self.keys) if self.keys else None
-            return Capture(
+            cap = Capture(
                 digest, keys, dict(self.position), int(self.index.ntotal), self.version, nbytes
             )
+            if self.floats is not None:
+                self.floats.sync()
+                cap.float_rows = self.floats.rows
+                cap.float_map = self.floats.mapping()
+            return cap
 
 
 def decode_keys(data: bytes) -> dict[int, str]:
@@ -181,11 +246,17 @@ def decode_keys(data: bytes) -> dict[int, str]:
     return _keys_decoder.decode(data)
 
 
+_ID_MAPS = (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexBinaryIDMap, faiss.IndexBinaryIDMap2)
+
+
 def index_ids(index: Any) -> npt.NDArray[np.int64]:
     """Every id an index holds (IDMap wrappers and IVF indexes)."""
     if index.ntotal == 0:
         return np.zeros(0, np.int64)
-    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+    if isinstance(
+        index,
+        (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexBinaryIDMap, faiss.IndexBinaryIDMap2),
+    ):
         return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
     if isinstance(index, faiss.IndexIVF):
         inv: Any = index.invlists

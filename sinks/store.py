@@ -366,10 +366,11 @@ class SnapshotStore:
 
 
 def _objects_of(manifest: dict[str, Any]) -> Iterable[str]:
-    if manifest.get("template"):
-        yield manifest["template"]
+    for key in ("template", "codec"):
+        if manifest.get(key):
+            yield manifest[key]
     for shard in manifest.get("shards", []):
-        for key in ("object", "keys"):
+        for key in ("object", "keys", "floats_map"):
             digest = shard.get(key)
             if digest:
                 yield digest

@@ -23,6 +23,7 @@ from rich.console import Console
 
 import operators
 from operators import batch, decode
+from operators.quantize import Codec
 from sinks import FaissSink, SnapshotStore, open_snapshot
 from streams.deadletters import Rejects, dead_letter_sink
 from streams.errors import ConfigError, EmbedstreamError, StageError
@@ -180,6 +181,26 @@ def main(verbose: int) -> None:
     help="Reject larger records before decoding them.",
 )
 @click.option(
+    "--quantize",
+    type=click.Choice(["sq8", "binary", "pq"]),
+    default=None,
+    help="Keep codes in the index: 8-bit scalar, sign bits, or product quantizer.",
+)
+@click.option(
+    "--rerank",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="With --quantize: keep floats on disk and re-score this many candidates exactly.",
+)
+@click.option(
+    "--pq-m",
+    default=48,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Bytes per vector for --quantize pq (must divide the dimension).",
+)
+@click.option(
     "--capacity",
     default=4,
     show_default=True,
@@ -238,6 +259,9 @@ def build_ingest_pipeline(
     dead_letter: str | None = None,
     on_error: str | None = None,
     max_payload_bytes: int = 1 << 20,
+    quantize: str | None = None,
+    rerank: int = 0,
+    pq_m: int = 48,
 ) -> Pipeline:
     """The pipeline ``embedstream ingest`` runs."""
     source: Source
@@ -278,6 +302,14 @@ def build_ingest_pipeline(
     flow = flow | batch(batch_size, max_latency=max_latency)
     if normalize:
         flow = flow | operators.normalize()
+    codec = None
+    if quantize:
+        if factory:
+            raise ConfigError("--quantize chooses the index type; leave out --factory")
+        codec = Codec(quantize, train_size=train_size, pq_m=pq_m, metric=metric or "ip")
+        flow = flow | operators.quantize(codec, keep_floats=rerank > 0)
+    elif rerank:
+        raise ConfigError("--rerank needs --quantize")
     sink = FaissSink(
         index_dir,
         factory=factory,
@@ -286,6 +318,8 @@ def build_ingest_pipeline(
         keep=keep,
         normalize_queries=normalize,
         train_size=train_size,
+        codec=codec,
+        rerank=rerank,
     )
     pipeline = flow | sink
     pipeline.capacity = capacity

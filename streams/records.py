@@ -114,6 +114,8 @@ class Batch:
             used string ids.
         metadata: optional per-row metadata objects.
         created: monotonic time the first record of the batch was decoded.
+        floats: after ``quantize(keep_floats=True)``, the full-precision vectors
+            that ``vectors`` encodes (for the sink's exact rerank).
     """
 
     ids: npt.NDArray[np.int64]
@@ -125,6 +127,7 @@ class Batch:
     keys: dict[int, str] | None = None
     metadata: list[Any] | None = None
     created: float = field(default=0.0)
+    floats: npt.NDArray[np.float32] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

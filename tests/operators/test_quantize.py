@@ -1,0 +1,78 @@
+"""Quantised indexes on the real MiniLM embeddings: recall against exact search."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sinks import open_snapshot
+from tests.conftest import SHARED_DATA
+from tests.streams.test_cli import cli
+
+BASE = SHARED_DATA / "minilm-pypi-base.f16.npy"
+QUERIES = SHARED_DATA / "minilm-pypi-queries.f16.npy"
+TRUTH = SHARED_DATA / "minilm-pypi-groundtruth-ip-top100.i32.npy"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
+    if not BASE.exists():
+        pytest.fail(f"the shared embeddings are missing: {BASE}")
+    d = tmp_path_factory.mktemp("minilm")
+    base = d / "base.npy"
+    np.save(base, np.load(BASE).astype(np.float32))
+    return base, np.load(QUERIES).astype(np.float32), np.load(TRUTH)
+
+
+def recall_at_10(ids: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a[:10]) & set(t[:10])) / 10 for a, t in zip(ids, truth)]))
+
+
+@pytest.mark.parametrize(
+    ("args", "floor", "bytes_per_vector"),
+    [
+        (["--quantize", "sq8"], 0.99, 384),
+        (["--quantize", "binary", "--rerank", "200"], 0.95, 48),
+        (["--quantize", "pq", "--pq-m", "48", "--rerank", "100"], 0.98, 48),
+    ],
+)
+def test_recall_of_quantized_indexes(tmp_path: Path, data, args, floor, bytes_per_vector) -> None:
+    base, queries, truth = data
+    idx = tmp_path / "idx"
+    cli("ingest", str(base), "--index", str(idx), "--train-size", "20000", "--no-progress", *args)
+    info = json.loads(cli("inspect", str(idx), "--json").stdout)
+    assert info["ntotal"] == 20000 and info["quantize"] == args[1]
+    view = open_snapshot(idx)
+    res = view.search(queries, 10)
+    r = recall_at_10(res.ids, truth)
+    code_bytes = view.shards[0].code_bytes
+    print(f"{args}: recall@10 {r:.4f}, {code_bytes} code bytes per vector in RAM")
+    assert r >= floor
+    assert code_bytes == bytes_per_vector
+    # The CLI search answers from the same index, with original order and floats reranked.
+    q = tmp_path / "q.npy"
+    np.save(q, queries[:5])
+    rows = [
+        json.loads(line)
+        for line in cli("search", str(idx), "--queries", str(q)).stdout.splitlines()
+    ]
+    assert [row["ids"] for row in rows] == res.ids[:5].tolist()
+
+
+def test_quantized_index_resumes_with_the_same_codec(tmp_path: Path, data) -> None:
+    base, queries, truth = data
+    x = np.load(base)
+    head = tmp_path / "part.npy"
+    np.save(head, x[:12000])
+    idx = tmp_path / "idx"
+    cli("ingest", str(head), "--index", str(idx), "--quantize", "sq8", "--train-size", "5000")
+    np.save(head, x)  # the same file, grown: resumes at row 12000 with the stored codec
+    cli("ingest", str(head), "--index", str(idx), "--quantize", "sq8")
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 20000
+    assert recall_at_10(view.search(queries, 10).ids, truth) >= 0.99
+    p = cli("ingest", str(head), "--index", str(idx), check=False)
+    assert p.returncode == 1 and "--quantize sq8" in p.stderr
