@@ -28,7 +28,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np
 
 
 def recall_at_10(ids: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a[:10]) & set(t[:10])) / 10 for a, t in zip(ids, truth)]))
+    hits = [len(set(a[:10]) & set(t[:10])) / 10 for a, t in zip(ids, truth, strict=True)]
+    return float(np.mean(hits))
 
 
 @pytest.mark.parametrize(
