@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from operators.codecs import Columns, decode_payloads
 from streams.channel import Inbox
@@ -123,6 +122,7 @@ class _Decoder:
     # -- encoded ------------------------------------------------------------------
 
     def _assemble(self, chunk: Chunk, cols: Columns) -> tuple[Batch, list[Rejected]]:
+        n = len(cols.rows)
         rows = np.asarray(cols.rows, dtype=np.int64)
         deleted = np.asarray(cols.deletes, dtype=bool)
         if cols.dense is not None:
@@ -130,35 +130,29 @@ class _Decoder:
             ids, vectors = cols.id_array, cols.dense
         else:
             ids = np.asarray(cols.ids, dtype=np.int64)
-            vectors, wrong = self._dense(cols.vectors, deleted)
-            if wrong.size:
-                cols.bad.extend(
-                    (
-                        int(rows[j]),
-                        "wrong-dimension",
-                        f"the vector has {len(cols.vectors[j])} values, the stream {self.dim}",
-                    )
-                    for j in wrong
-                )
-        keep = np.ones(len(rows), dtype=bool)
-        if cols.dense is None and cols.bad:
-            keep[np.isin(rows, [b[0] for b in cols.bad])] = False
-        live = keep & ~deleted
-        finite = np.isfinite(vectors).all(axis=1) if vectors.shape[1] else np.ones(len(rows), bool)
-        nonfinite = np.flatnonzero(live & ~finite)
-        for j in nonfinite.tolist():
-            cols.bad.append((int(rows[j]), "not-finite", "the vector holds NaN or Inf"))
-        keep[nonfinite] = False
-        if self.reject_zero and vectors.shape[1]:
-            zero = np.flatnonzero(keep & ~deleted & ~vectors.any(axis=1))
-            cols.bad.extend((int(rows[j]), "zero-vector", _ZERO) for j in zero.tolist())
-            keep[zero] = False
+            if cols.buf is not None:
+                vectors = cols.buf[:n]
+            else:  # deletes only, or nothing
+                vectors = np.zeros((n, self.dim or 0), dtype=np.float32)
+        keep = np.ones(n, dtype=bool)
+        if vectors.shape[1]:
+            live = ~deleted
+            nonfinite = np.flatnonzero(live & ~np.isfinite(vectors).all(axis=1))
+            cols.bad.extend(
+                (int(rows[j]), "not-finite", "the vector holds NaN or Inf")
+                for j in nonfinite.tolist()
+            )
+            keep[nonfinite] = False
+            if self.reject_zero:
+                zero = np.flatnonzero(keep & live & ~vectors.any(axis=1))
+                cols.bad.extend((int(rows[j]), "zero-vector", _ZERO) for j in zero.tolist())
+                keep[zero] = False
         ts = (
             chunk.timestamps[rows]
             if chunk.timestamps is not None
-            else np.full(len(rows), chunk.read_at, dtype=np.float64)
+            else np.full(n, chunk.read_at, dtype=np.float64)
         )
-        if cols.dense is None:
+        if cols.ts:
             for j, t in enumerate(cols.ts):
                 if t is not None:
                     ts[j] = t / 1000.0
@@ -178,27 +172,6 @@ class _Decoder:
             metadata=metadata,
         )
         return batch, self._reject(chunk, cols.bad)
-
-    def _dense(
-        self, vectors: list[Any], deleted: npt.NDArray[np.bool_]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Stack vectors into ``(n, dim)``; deletes and wrong-sized rows stay zero."""
-        n = len(vectors)
-        lengths = np.fromiter((0 if v is None else len(v) for v in vectors), np.int64, count=n)
-        if self.dim is None:
-            first = np.flatnonzero(~deleted)
-            if not first.size:
-                return np.zeros((n, 0), np.float32), np.zeros(0, np.int64)
-            self.dim = int(lengths[first[0]])
-        wrong = np.flatnonzero(~deleted & (lengths != self.dim))
-        ok = ~deleted & (lengths == self.dim)
-        out = np.zeros((n, self.dim), dtype=np.float32)
-        if ok.all():
-            out[:] = np.asarray(vectors, dtype=np.float32).reshape(n, self.dim)
-        elif ok.any():
-            idx = np.flatnonzero(ok)
-            out[idx] = np.asarray([vectors[j] for j in idx.tolist()], dtype=np.float32)
-        return out, wrong
 
 
 def decode(
