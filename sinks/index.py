@@ -488,6 +488,13 @@ class FaissSink(Sink[Batch]):
             if s.saved_entry is not None
         }
 
+    def histograms(self) -> dict[str, Histogram]:
+        return {
+            "freshness_seconds": self.freshness,
+            "snapshot_duration_seconds": self.snapshot_durations,
+            "write_seconds": self.write_seconds,
+        }
+
     def statistics(self) -> dict[str, Any]:
         return {
             **self._stats,

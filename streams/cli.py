@@ -46,12 +46,14 @@ def _fail(exc: BaseException, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-async def _run(pipeline: Pipeline, *, progress: bool) -> PipelineMetrics:
+async def _run(pipeline: Pipeline, *, progress: bool, serve: str | None) -> PipelineMetrics:
     error: EmbedstreamError | None = None
     metrics: PipelineMetrics | None = None
     async with anyio.create_task_group() as tg:
         if progress:
             tg.start_soon(watch, pipeline)
+        if serve:
+            tg.start_soon(_serve_pipeline, pipeline, serve)
         try:
             metrics = await pipeline.run(handle_signals=True)
         except EmbedstreamError as exc:
@@ -65,10 +67,27 @@ async def _run(pipeline: Pipeline, *, progress: bool) -> PipelineMetrics:
     return metrics
 
 
-def run_pipeline(pipeline: Pipeline, *, progress: bool = True) -> PipelineMetrics:
-    """Run ``pipeline`` with signal handling and a progress display; exit on error."""
+async def _serve_pipeline(pipeline: Pipeline, hostport: str) -> None:
+    from streams.http import Server, make_app, parse_hostport
+    from streams.metrics import pipeline_registry
+
+    host, port = parse_hostport(hostport)
+    search = getattr(pipeline.sink, "search", None)
+    app = make_app(
+        pipeline.metrics, pipeline_registry(pipeline), search, healthy=lambda: not pipeline.stopping
+    )
+    server = Server.for_app(app, host, port)
+    log.warning("serving /metrics, /healthz, /stats and POST /search on http://%s:%d", host, port)
+    await server.serve()
+
+
+def run_pipeline(
+    pipeline: Pipeline, *, progress: bool = True, serve: str | None = None
+) -> PipelineMetrics:
+    """Run ``pipeline`` with signal handling, progress and (optionally) the HTTP
+    endpoints; exit on error."""
     try:
-        return anyio.run(lambda: _run(pipeline, progress=progress))
+        return anyio.run(lambda: _run(pipeline, progress=progress, serve=serve))
     except EmbedstreamError as exc:
         _fail(exc)
 
@@ -207,15 +226,24 @@ def main(verbose: int) -> None:
     type=click.IntRange(min=1),
     help="Items per channel.",
 )
+@click.option(
+    "--serve",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz, /stats and POST /search while running "
+    "(binds 127.0.0.1 unless a host is given).",
+)
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
-def ingest(sources: tuple[str, ...], index_dir: str, progress: bool, **options: Any) -> None:
+def ingest(
+    sources: tuple[str, ...], index_dir: str, progress: bool, serve: str | None, **options: Any
+) -> None:
     """Ingest files (JSONL, .npy, .fvecs, .bvecs) or Kafka topics
     (kafka://HOST:PORT/TOPIC[,TOPIC...]) into the index at DIR."""
     try:
         pipeline = build_ingest_pipeline(list(sources), index_dir, **options)
     except EmbedstreamError as exc:
         _fail(exc, 2)
-    metrics = run_pipeline(pipeline, progress=progress)
+    metrics = run_pipeline(pipeline, progress=progress, serve=serve)
     click.echo(summary_line(metrics))
 
 
@@ -397,8 +425,15 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
 
 @main.command()
 @click.argument("pipeline_file", metavar="PIPELINE.py", type=click.Path(dir_okay=False))
+@click.option(
+    "--serve",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz, /stats and POST /search while running "
+    "(binds 127.0.0.1 unless a host is given).",
+)
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
-def run(pipeline_file: str, progress: bool) -> None:
+def run(pipeline_file: str, progress: bool, serve: str | None) -> None:
     """Run the ``pipeline`` object that PIPELINE.py defines."""
     try:
         namespace = runpy.run_path(pipeline_file, run_name="__embedstream__")
@@ -412,7 +447,7 @@ def run(pipeline_file: str, progress: bool) -> None:
             ),
             2,
         )
-    metrics = run_pipeline(pipeline, progress=progress)
+    metrics = run_pipeline(pipeline, progress=progress, serve=serve)
     click.echo(summary_line(metrics))
 
 

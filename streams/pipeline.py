@@ -162,6 +162,11 @@ class Pipeline:
 
     # -- control -----------------------------------------------------------------
 
+    @property
+    def resources(self) -> list[Any]:
+        """What :meth:`closing` registered (dead-letter policies, ...)."""
+        return list(self._resources)
+
     def closing(self, resource: Any) -> Any:
         """Close ``resource`` (anything with ``async aclose()``, such as a dead-letter
         policy) when the run ends, after the sink; returns it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -67,7 +68,7 @@ def channel_table(m: PipelineMetrics, title: str = "") -> Table:
 
 
 def summary_line(m: PipelineMetrics) -> str:
-    """One line: records, seconds, rate, index size and snapshot."""
+    """One line: records, rate, index size, lag, freshness, snapshot, bottleneck."""
     stages = list(m.stages.values())
     records = stages[-1].records if stages else 0
     rate = records / m.elapsed_seconds if m.elapsed_seconds > 0 else 0.0
@@ -75,8 +76,16 @@ def summary_line(m: PipelineMetrics) -> str:
     parts = [f"{records:,} records in {m.elapsed_seconds:.2f}s ({rate:,.0f} records/s)"]
     if "ntotal" in sink:
         parts.append(f"index holds {sink['ntotal']:,} vectors")
+    lag = m.source.get("lag")
+    if lag:
+        parts.append(f"lag {sum(v['records'] for v in lag.values()):,} records")
+    p50 = float(sink.get("freshness_p50_seconds", "nan"))
+    p99 = float(sink.get("freshness_p99_seconds", "nan"))
+    if p50 == p50:  # not NaN
+        parts.append(f"freshness p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     if sink.get("last_snapshot_seq") is not None:
-        parts.append(f"snapshot {sink['last_snapshot_seq']}")
+        age = time.time() - (sink.get("last_snapshot_time") or time.time())
+        parts.append(f"snapshot {sink['last_snapshot_seq']} ({age:.0f}s ago)")
     bottleneck = m.bottleneck()
     if bottleneck:
         parts.append(f"bottleneck {bottleneck}")

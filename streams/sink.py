@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from anyio.abc import TaskGroup
 
+from streams.histogram import Histogram
 from streams.records import Positions
 
 __all__ = ["Sink"]
@@ -51,6 +52,10 @@ class Sink(ABC, Generic[T]):
 
         Sinks without snapshots never call it (the default keeps nothing).
         """
+
+    def histograms(self) -> dict[str, Histogram]:
+        """Histograms for the metrics exporter (``freshness_seconds``, ...)."""
+        return {}
 
     def statistics(self) -> dict[str, Any]:
         """Sink-specific figures for :meth:`Pipeline.metrics`."""

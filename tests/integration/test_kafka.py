@@ -231,3 +231,84 @@ def test_out_of_range_offset_is_an_error(kafka: str, topic_name: str, tmp_path: 
     proc = ingest(kafka, topic_name, idx, check=False)
     assert proc.returncode == 1
     assert "no longer on the broker" in proc.stderr or "offset" in proc.stderr
+
+
+async def test_live_record_is_searchable_within_a_second_over_http(
+    kafka: str, topic_name: str, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.streams.test_http import fetch, free_port
+
+    await create_topic(kafka, topic_name, 2)
+    x = np.random.default_rng(3).standard_normal((101, 16)).astype(np.float32)
+    await produce(kafka, topic_name, range(100), x[:100])
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "ingest",
+            f"kafka://{kafka}/{topic_name}",
+            "--index",
+            str(tmp_path / "idx"),
+            "--group",
+            f"g-{topic_name}",
+            "--metric",
+            "l2",
+            "--max-latency",
+            "0.01",
+            "--serve",
+            f"127.0.0.1:{port}",
+            "--no-progress",
+            "--snapshot-every",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                code, body = await anyio.to_thread.run_sync(
+                    fetch, f"{base}/search", {"vectors": [x[0].tolist()], "k": 1}
+                )
+                if code == 200 and json.loads(body)["results"][0]["ids"] == [0]:
+                    break
+            except OSError:
+                pass
+            await anyio.sleep(0.1)
+        else:
+            pytest.fail("the first records never became searchable")
+        await produce(kafka, topic_name, [100], x[100:])
+        produced = time.monotonic()
+        while True:
+            code, body = await anyio.to_thread.run_sync(
+                fetch, f"{base}/search", {"vectors": [x[100].tolist()], "k": 1}
+            )
+            if json.loads(body)["results"][0]["ids"] == [100]:
+                break
+            assert time.monotonic() - produced < 5, "not searchable after 5 s"
+            await anyio.sleep(0.01)
+        took = time.monotonic() - produced
+        assert took < 1.0, f"searchable after {took:.2f}s"
+        _, text = await anyio.to_thread.run_sync(fetch, f"{base}/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        lag = families["embedstream_kafka_consumer_lag"].samples
+        assert {s.labels["partition"] for s in lag} == {"0", "1"}
+        assert all(s.labels["topic"] == topic_name and s.value == 0 for s in lag)
+        count = [
+            s.value
+            for s in families["embedstream_freshness_seconds"].samples
+            if s.name.endswith("_count")
+        ]
+        assert count == [101.0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "101 records" in out
