@@ -146,3 +146,25 @@ def test_parse_hostport() -> None:
     assert parse_hostport("0.0.0.0:8080") == ("0.0.0.0", 8080)
     assert parse_hostport(":9000") == ("127.0.0.1", 9000)
     assert parse_hostport("9000") == ("127.0.0.1", 9000)
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(make_npy, tmp_path) -> None:
+    import re
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+
+    path, _ = make_npy(100, 4)
+    sink = FaissSink(tmp_path / "idx")
+    p = FileSource(path) | decode() | batch(10) | sink
+    anyio.run(p.run)
+    exported = {
+        f.name
+        for f in text_string_to_metric_families(generate_latest(pipeline_registry(p)).decode())
+    }
+    dashboard = Path(__file__).resolve().parents[2] / "compose/grafana/dashboards/embedstream.json"
+    used = {
+        re.sub(r"_(total|bucket|count|sum)$", "", name)
+        for name in re.findall(r"embedstream_[a-z_]+", dashboard.read_text())
+    }
+    assert used and used <= exported, used - exported
