@@ -39,8 +39,20 @@ def run_child(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
     )
     deadline = started + timeout
+    # Peak RSS from the child's own VmHWM: wait4's ru_maxrss would include the
+    # parent's memory that the child had between fork and exec.
+    hwm_kb = 0
+    status_file = f"/proc/{proc.pid}/status"
     while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        try:
+            with open(status_file) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm_kb = max(hwm_kb, int(line.split()[1]))
+                        break
+        except OSError:
+            pass
+        pid, status, _usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         if time.perf_counter() > deadline:
@@ -57,7 +69,7 @@ def run_child(
     for line in out.splitlines():
         if line.startswith("RESULT "):
             extra.update(json.loads(line[len("RESULT ") :]))
-    return Sample(seconds, usage.ru_maxrss / 1024, extra)
+    return Sample(seconds, hwm_kb / 1024, extra)
 
 
 def summarise(samples: list[Sample], work: float) -> dict[str, Any]:

@@ -122,7 +122,7 @@ async def embedstream(bootstrap: str, topic: str, n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = KafkaSource(bootstrap, [topic], group=uuid.uuid4().hex, format="f32")
         sink = FaissSink(tmp, factory="IDMap2,Flat", metric="ip", snapshot_every=None)
-        pipeline = source | decode() | batch(8192) | normalize() | sink
+        pipeline = source | decode() | batch(32768) | normalize() | sink
         t0 = time.perf_counter()
         marks: dict[str, float] = {}
 

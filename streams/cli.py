@@ -123,10 +123,17 @@ def main(verbose: int) -> None:
 @click.option("--normalize", is_flag=True, help="L2-normalise vectors (and queries).")
 @click.option(
     "--batch-size",
-    default=4096,
+    default=16384,
     show_default=True,
     type=click.IntRange(min=1),
-    help="Rows per batch.",
+    help="Rows per batch (larger batches amortise per-batch costs).",
+)
+@click.option(
+    "--batch-bytes",
+    default=16 << 20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Also close a batch at this many bytes (bounds memory for wide vectors).",
 )
 @click.option(
     "--max-latency",
@@ -271,7 +278,8 @@ def build_ingest_pipeline(
     factory: str | None = None,
     metric: str | None = None,
     normalize: bool = False,
-    batch_size: int = 4096,
+    batch_size: int = 16384,
+    batch_bytes: int | None = 16 << 20,
     max_latency: float = 0.05,
     snapshot_every: float = 60.0,
     keep: int = 3,
@@ -327,7 +335,7 @@ def build_ingest_pipeline(
     flow = source | decode(
         errors=rejects, max_payload_bytes=max_payload_bytes, reject_zero=normalize
     )
-    flow = flow | batch(batch_size, max_latency=max_latency)
+    flow = flow | batch(batch_size, max_latency=max_latency, max_bytes=batch_bytes)
     if normalize:
         flow = flow | operators.normalize()
     codec = None
