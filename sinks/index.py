@@ -23,7 +23,8 @@ from anyio.abc import TaskGroup
 
 from sinks.floats import FloatStore, floats_path
 from sinks.search import SearchResults, load_shards, prepare_queries, search_shards
-from sinks.shard import Capture, Shard, make_index
+from sinks.segment import Segment, make_index
+from sinks.shard import DEFAULT_SEGMENT_SIZE, Capture, Shard
 from sinks.store import Loaded, SnapshotStore
 from streams.errors import ConfigError, SnapshotError
 from streams.histogram import DEFAULT_SECONDS_BUCKETS, Histogram
@@ -68,6 +69,8 @@ class FaissSink(Sink[Batch]):
             and the trained codec is kept in snapshots.
         rerank: with a codec, keep the full-precision vectors on disk and re-score
             this many candidates per shard exactly at search time.
+        segment_size: vectors per segment of a shard; appends go to a small active
+            segment, so adds stay short and snapshots rewrite only changed segments.
         name: the stage name.
 
     Raises:
@@ -87,6 +90,7 @@ class FaissSink(Sink[Batch]):
         max_deferred_bytes: int = 256 << 20,
         codec: Any = None,
         rerank: int = 0,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
         name: str = "faiss",
     ) -> None:
         if metric is not None and metric not in ("ip", "l2"):
@@ -104,6 +108,7 @@ class FaissSink(Sink[Batch]):
         self.normalize_queries = normalize_queries
         self.train_size = max(1, train_size)
         self.max_deferred_bytes = max_deferred_bytes
+        self.segment_size = max(1, segment_size)
         self.codec = codec
         self.rerank = rerank if codec is not None else 0
         if codec is not None:
@@ -163,6 +168,9 @@ class FaissSink(Sink[Batch]):
             self._adopt_codec(m, store)
             shards = await anyio.to_thread.run_sync(load_shards, store, loaded)
             self.shards = {s.name: s for s in shards}
+            for shard in shards:
+                shard.new_index = self._new_index
+                shard.segment_size = self.segment_size
             if m.get("template"):
                 self._template = faiss.read_index(str(store.objects / m["template"]))
                 self._template_object = m["template"]
@@ -271,12 +279,20 @@ class FaissSink(Sink[Batch]):
             self._template = codec.empty_index()
         await self._apply(item)
 
+    def _new_index(self) -> Any:
+        """A new empty segment index: a clone of the (trained) template."""
+        if self.codec is not None:
+            return self.codec.empty_index()
+        assert self._template is not None
+        return faiss.clone_index(self._template)
+
     def _new_shard(self, name: str) -> Shard:
-        assert self._template is not None and self.dim is not None
-        if self.codec is None:
-            return Shard(name, faiss.clone_index(self._template))
+        assert self.dim is not None
         floats = FloatStore(floats_path(self.path, name), self.dim) if self.rerank else None
-        return Shard(name, self.codec.empty_index(), codes=True, floats=floats)
+        segment = Segment(self._new_index(), codes=self.codec is not None)
+        return Shard(
+            name, [segment], self._new_index, floats=floats, segment_size=self.segment_size
+        )
 
     async def _apply(self, item: Batch) -> None:
         shard = self.shards.get(item.partition)
@@ -420,8 +436,7 @@ class FaissSink(Sink[Batch]):
     async def _write_snapshot(self, store: SnapshotStore) -> tuple[int, int]:
         written = 0
         entries: list[dict[str, Any]] = []
-        shard_entries: dict[str, dict[str, Any]] = {}
-        saved: list[tuple[Shard, int]] = []
+        saved: list[tuple[Shard, Capture, dict[str, Any]]] = []
         if self.codec is not None and self._codec_object is None:
             state = self.codec.state()
             self._codec_object = await anyio.to_thread.run_sync(store.put_object, state)
@@ -440,17 +455,16 @@ class FaissSink(Sink[Batch]):
                 if cap.float_map is not None:
                     floats_map = await anyio.to_thread.run_sync(store.put_object, cap.float_map)
                 written += cap.nbytes + len(cap.keys_bytes or b"")
-                saved.append((shard, cap.version))
                 entry = {
                     "name": name,
-                    "object": cap.object,
+                    "segments": cap.segments,
                     "keys": keys,
                     "ntotal": cap.ntotal,
                     "position": cap.position,
                 }
                 if floats_map is not None:
                     entry.update(floats_map=floats_map, float_rows=cap.float_rows)
-                shard_entries[name] = entry
+                saved.append((shard, cap, entry))
             else:
                 assert shard.saved_entry is not None
                 entry = shard.saved_entry
@@ -475,9 +489,8 @@ class FaissSink(Sink[Batch]):
             return seq
 
         seq = await anyio.to_thread.run_sync(commit)
-        for shard, version in saved:
-            shard.saved_version = version
-            shard.saved_entry = shard_entries[shard.name]
+        for shard, cap, entry in saved:
+            shard.saved(cap, entry)
         return seq, written
 
     def saved_positions(self) -> Positions:

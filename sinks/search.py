@@ -17,8 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from sinks.floats import FloatStore, floats_path
+from sinks.segment import Segment
 from sinks.shard import Shard, decode_keys
 from sinks.store import Loaded, SnapshotStore
+from sinks.topk import merge_topk
 from streams.errors import ConfigError, SnapshotError
 
 __all__ = ["SearchResults", "SnapshotView", "load_shards", "merge_topk", "open_snapshot"]
@@ -55,22 +57,6 @@ class SearchResults:
                 hit_scores.append(s)
             out.append({"ids": hit_ids, "scores": hit_scores})
         return out
-
-
-def merge_topk(
-    parts: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]], k: int, metric: str
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-    """Merge per-shard ``(scores, ids)`` into the global top-``k`` per query."""
-    if len(parts) == 1 and metric != "ip" and not np.isnan(parts[0][0]).any():
-        return parts[0]
-    scores = np.concatenate([p[0] for p in parts], axis=1)
-    ids = np.concatenate([p[1] for p in parts], axis=1)
-    # Empty slots sort last whatever the metric.
-    key = -scores if metric == "ip" else scores.copy()
-    key[ids < 0] = np.inf
-    key = np.nan_to_num(key, nan=np.inf)
-    order = np.argsort(key, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def prepare_queries(queries: npt.ArrayLike, dim: int, normalize: bool) -> npt.NDArray[np.float32]:
@@ -130,11 +116,16 @@ def load_shards(store: SnapshotStore, loaded: Loaded, *, readonly: bool = False)
     codes = bool(m.get("quantize"))
     shards = []
     for entry in m["shards"]:
-        path = store.objects / entry["object"]
-        try:
-            index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
-        except RuntimeError as exc:
-            raise SnapshotError(f"{path}: faiss cannot read the shard index: {exc}") from None
+        segments = []
+        for seg in entry["segments"]:
+            path = store.objects / seg["object"]
+            try:
+                index = (
+                    faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
+                )
+            except RuntimeError as exc:
+                raise SnapshotError(f"{path}: faiss cannot read the segment: {exc}") from None
+            segments.append(Segment(index, codes=codes, saved_object=seg["object"]))
         keys = (
             decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
         )
@@ -148,7 +139,7 @@ def load_shards(store: SnapshotStore, loaded: Loaded, *, readonly: bool = False)
                 mapping,
                 readonly=readonly,
             )
-        shard = Shard(entry["name"], index, entry.get("position"), keys, codes=codes, floats=floats)
+        shard = Shard(entry["name"], segments, None, entry.get("position"), keys, floats=floats)
         shard.saved_entry = dict(entry)
         shards.append(shard)
     return shards

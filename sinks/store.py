@@ -370,6 +370,8 @@ def _objects_of(manifest: dict[str, Any]) -> Iterable[str]:
         if manifest.get(key):
             yield manifest[key]
     for shard in manifest.get("shards", []):
+        for seg in shard.get("segments", []):
+            yield seg["object"]
         for key in ("object", "keys", "floats_map"):
             digest = shard.get(key)
             if digest:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import anyio
-import faiss
 import msgspec
 import numpy as np
 import pytest
@@ -67,10 +66,9 @@ def vectors_by_id(idx: Path) -> dict[int, np.ndarray]:
     view = open_snapshot(idx)
     out: dict[int, np.ndarray] = {}
     for shard in view.shards:
-        index = shard.index
-        ids = faiss.vector_to_array(index.id_map)
+        ids = shard.ids()
         assert len(ids) == len(set(ids.tolist())), "an id twice in one shard"
-        vecs = index.reconstruct_batch(ids) if len(ids) else np.zeros((0, view.dim))
+        vecs = shard.reconstruct(ids) if len(ids) else np.zeros((0, view.dim))
         for i, v in zip(ids.tolist(), vecs, strict=True):
             assert i not in out, f"id {i} in two shards"
             out[i] = v
@@ -168,7 +166,7 @@ async def test_two_pipelines_in_one_group_split_partitions_and_lag_reaches_zero(
     ids = set()
     for sink in (k1, k2):
         for shard in sink.shards.values():
-            ids.update(faiss.vector_to_array(shard.index.id_map).tolist())
+            ids.update(shard.ids().tolist())
     assert ids == set(range(20000))
 
 

@@ -1,0 +1,149 @@
+"""Segments: the FAISS indexes a shard is made of, and how to build and fill them.
+
+A shard appends to one small *active* segment and seals it at ``segment_size``
+vectors, then starts a new one (as Lucene and LevelDB do). Appends therefore only
+ever grow a small index, so no add has to copy hundreds of megabytes when FAISS
+grows its storage (which stalled searches behind the shard lock); and a snapshot
+rewrites only segments that changed, while sealed, untouched ones are referenced.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from sinks.idset import IdSet
+from streams.errors import ConfigError
+
+__all__ = ["Segment", "index_ids", "make_index", "metric_code"]
+
+
+def metric_code(metric: str) -> int:
+    """The FAISS metric constant for ``"ip"`` or ``"l2"``."""
+    if metric == "ip":
+        return int(faiss.METRIC_INNER_PRODUCT)
+    if metric == "l2":
+        return int(faiss.METRIC_L2)
+    raise ConfigError(f"unknown metric {metric!r}: use 'ip' (inner product) or 'l2'")
+
+
+def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
+    """An empty index from a ``faiss.index_factory`` string, able to keep ids.
+
+    Index types without ids of their own (Flat, HNSW, PQ...) are wrapped in an
+    ``IndexIDMap2``, which keeps ids, supports removal where the inner index does,
+    and can be reconstructed by id.
+    """
+    try:
+        index = faiss.index_factory(dim, factory, metric_code(metric))
+    except RuntimeError as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
+        raise ConfigError(
+            f"faiss cannot build index {factory!r} at dimension {dim}: {msg}"
+        ) from None
+    if not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexIVF)):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+_ID_MAPS = (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexBinaryIDMap, faiss.IndexBinaryIDMap2)
+
+
+def index_ids(index: Any) -> npt.NDArray[np.int64]:
+    """Every id an index holds (IDMap wrappers and IVF indexes)."""
+    if index.ntotal == 0:
+        return np.zeros(0, np.int64)
+    if isinstance(index, _ID_MAPS):
+        return faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    if isinstance(index, faiss.IndexIVF):
+        inv: Any = index.invlists
+        parts = [
+            faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+            for i in range(inv.nlist)
+            if inv.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64, copy=False)
+    raise ConfigError(f"cannot list the ids of a {type(index).__name__}")
+
+
+class Segment:
+    """One FAISS index of a shard, with the ids it holds and its snapshot state.
+
+    Mutated only under the owning shard's write lock.
+    """
+
+    __slots__ = ("binary", "codes", "ids", "index", "saved_object", "saved_version", "version")
+
+    def __init__(self, index: Any, *, codes: bool = False, saved_object: str | None = None) -> None:
+        self.index = index
+        self.binary = isinstance(index, faiss.IndexBinary)
+        self.codes = codes or self.binary
+        self.ids = IdSet(index_ids(index))
+        self.version = 0
+        self.saved_version = 0
+        # The object this segment was last written to; reused while unchanged.
+        self.saved_object = saved_object
+
+    def __repr__(self) -> str:
+        return f"<Segment ntotal={self.ntotal} saved={self.saved_object is not None}>"
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dirty(self) -> bool:
+        return self.saved_object is None or self.version != self.saved_version
+
+    def add(self, vectors: npt.NDArray[Any], ids: npt.NDArray[np.int64]) -> None:
+        """Add rows (floats, or codes for quantised segments) with ``ids``."""
+        vecs = np.ascontiguousarray(vectors)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.codes and not self.binary:
+            self.index.add_sa_codes(vecs, ids)
+        else:
+            self.index.add_with_ids(vecs, ids)
+        self.ids.add(ids)
+        self.version += 1
+
+    def remove(self, ids: npt.NDArray[np.int64]) -> None:
+        """Remove ``ids``, all of which this segment holds.
+
+        Raises:
+            ConfigError: the index type cannot remove (HNSW): upserts and deletes of
+                ids it holds are impossible.
+        """
+        try:
+            # The Python wrapper takes an id array (the stubs only know IDSelector).
+            cast(Any, self.index).remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
+        except RuntimeError as exc:
+            if "not implemented" not in str(exc):
+                raise
+            raise ConfigError(
+                f"a {type(self.index).__name__} index cannot remove ids, so it cannot take "
+                f"an upsert or delete of an id it holds (id {int(ids[0])}); use a removable "
+                "index type (Flat, IVF..., PQ, SQ8) or an append-only stream"
+            ) from None
+        self.ids.discard(ids)
+        self.version += 1
+
+    def search(
+        self, queries: npt.NDArray[np.float32], k: int
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """Top-``k`` of this segment; binary segments search the queries' sign bits
+        and score by Hamming distance."""
+        if self.binary:
+            dist, ids = self.index.search(np.packbits(queries > 0, axis=1), k)
+            return dist.astype(np.float32), ids
+        scores, ids = self.index.search(queries, k)
+        return scores, ids
+
+    def write(self, writer: Any) -> None:
+        """Serialise into a FAISS IOWriter (plain ``read_index`` format)."""
+        if self.binary:
+            faiss.write_index_binary(self.index, writer)
+        else:
+            faiss.write_index(self.index, writer)
