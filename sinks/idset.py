@@ -73,6 +73,11 @@ class IdSet:
         if len(self._runs) > 16 or self._run_total > max(65536, len(self._main) // 4):
             self._merge()
 
+    def to_array(self) -> Ids:
+        """The ids, sorted."""
+        self._merge()
+        return self._main
+
     def discard(self, ids: Ids) -> None:
         """Remove ``ids`` where present."""
         if not len(ids):

@@ -136,6 +136,7 @@ class FaissSink(Sink[Batch]):
             "last_snapshot_bytes": 0,
             "snapshot_bytes_total": 0,
             "deferred_batches": 0,
+            "compactions": 0,
         }
         # How long each write() took: the ingestion stall, including snapshots.
         self.write_seconds = Histogram(WRITE_BUCKETS)
@@ -217,6 +218,19 @@ class FaissSink(Sink[Batch]):
             while True:
                 await anyio.sleep(self.snapshot_every)
                 await self.snapshot()
+                await self.compact()
+
+    async def compact(self) -> int:
+        """Rebuild segments of indexes that cannot remove ids (HNSW) whose replaced
+        and deleted entries pile up; in a worker thread while ingestion goes on.
+
+        Returns how many segments were rebuilt.
+        """
+        rebuilt = 0
+        for shard in list(self.shards.values()):
+            rebuilt += await anyio.to_thread.run_sync(shard.compact)
+        self._stats["compactions"] += rebuilt
+        return rebuilt
 
     async def close(self, *, ok: bool) -> None:
         if self._loop_scope is not None:

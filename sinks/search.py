@@ -125,7 +125,18 @@ def load_shards(store: SnapshotStore, loaded: Loaded, *, readonly: bool = False)
                 )
             except RuntimeError as exc:
                 raise SnapshotError(f"{path}: faiss cannot read the segment: {exc}") from None
-            segments.append(Segment(index, codes=codes, saved_object=seg["object"]))
+            dead = None
+            if seg.get("dead"):
+                dead = np.frombuffer((store.objects / seg["dead"]).read_bytes(), dtype="<i8")
+            segments.append(
+                Segment(
+                    index,
+                    codes=codes,
+                    saved_object=seg["object"],
+                    dead=dead,
+                    saved_dead=seg.get("dead"),
+                )
+            )
         keys = (
             decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
         )

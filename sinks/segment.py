@@ -21,6 +21,15 @@ from streams.errors import ConfigError
 __all__ = ["Segment", "index_ids", "make_index", "metric_code"]
 
 
+def _can_remove(index: Any) -> bool:
+    """Whether ``remove_ids`` works on this index type (HNSW: no)."""
+    try:
+        cast(Any, index).remove_ids(np.zeros(0, dtype=np.int64))
+    except RuntimeError:
+        return False
+    return True
+
+
 def metric_code(metric: str) -> int:
     """The FAISS metric constant for ``"ip"`` or ``"l2"``."""
     if metric == "ip":
@@ -75,24 +84,56 @@ class Segment:
     Mutated only under the owning shard's write lock.
     """
 
-    __slots__ = ("binary", "codes", "ids", "index", "saved_object", "saved_version", "version")
+    __slots__ = (
+        "binary",
+        "codes",
+        "dead",
+        "ids",
+        "index",
+        "removable",
+        "saved_dead",
+        "saved_object",
+        "saved_version",
+        "version",
+    )
 
-    def __init__(self, index: Any, *, codes: bool = False, saved_object: str | None = None) -> None:
+    def __init__(
+        self,
+        index: Any,
+        *,
+        codes: bool = False,
+        saved_object: str | None = None,
+        dead: npt.NDArray[np.int64] | None = None,
+        saved_dead: str | None = None,
+    ) -> None:
         self.index = index
         self.binary = isinstance(index, faiss.IndexBinary)
         self.codes = codes or self.binary
+        self.removable = _can_remove(index)
+        # Ids an index that cannot remove (HNSW) still holds but that were replaced
+        # or deleted: searches filter them out; compaction drops them for good.
+        self.dead = IdSet(dead)
         self.ids = IdSet(index_ids(index))
+        if dead is not None and len(dead):
+            self.ids.discard(dead)
         self.version = 0
         self.saved_version = 0
-        # The object this segment was last written to; reused while unchanged.
+        # The objects this segment was last written to; reused while unchanged.
         self.saved_object = saved_object
+        self.saved_dead = saved_dead
 
     def __repr__(self) -> str:
         return f"<Segment ntotal={self.ntotal} saved={self.saved_object is not None}>"
 
     @property
     def ntotal(self) -> int:
+        """Entries in the index, dead ones included."""
         return int(self.index.ntotal)
+
+    @property
+    def live(self) -> int:
+        """Entries searches can return."""
+        return self.ntotal - len(self.dead)
 
     @property
     def dirty(self) -> bool:
@@ -116,19 +157,25 @@ class Segment:
             ConfigError: the index type cannot remove (HNSW): upserts and deletes of
                 ids it holds are impossible.
         """
-        try:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self.removable:
             # The Python wrapper takes an id array (the stubs only know IDSelector).
-            cast(Any, self.index).remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
-        except RuntimeError as exc:
-            if "not implemented" not in str(exc):
-                raise
+            cast(Any, self.index).remove_ids(ids)
+        elif self.hnsw:
+            self.dead.add(ids)
+        else:
             raise ConfigError(
                 f"a {type(self.index).__name__} index cannot remove ids, so it cannot take "
                 f"an upsert or delete of an id it holds (id {int(ids[0])}); use a removable "
-                "index type (Flat, IVF..., PQ, SQ8) or an append-only stream"
-            ) from None
+                "index type (Flat, IVF..., PQ, SQ8, HNSW) or an append-only stream"
+            )
         self.ids.discard(ids)
         self.version += 1
+
+    @property
+    def hnsw(self) -> bool:
+        inner = getattr(self.index, "index", self.index)
+        return isinstance(faiss.downcast_index(inner), faiss.IndexHNSW)
 
     def search(
         self, queries: npt.NDArray[np.float32], k: int
@@ -138,8 +185,23 @@ class Segment:
         if self.binary:
             dist, ids = self.index.search(np.packbits(queries > 0, axis=1), k)
             return dist.astype(np.float32), ids
+        if len(self.dead):
+            dead = self.dead.to_array()
+            batch = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
+            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorNot(batch))  # type: ignore[attr-defined]
+            scores, ids = self.index.search(queries, k, params=params)
+            del batch  # kept alive until the search is done
+            return scores, ids
         scores, ids = self.index.search(queries, k)
         return scores, ids
+
+    def compacted(self, new_index: Any) -> Segment:
+        """A copy without the dead entries, in ``new_index`` (blocking, slow for
+        HNSW: run it off the lock; the caller swaps it in)."""
+        live = self.ids.to_array()
+        if len(live):
+            new_index.add_with_ids(self.index.reconstruct_batch(live), live)
+        return Segment(new_index, codes=self.codes)
 
     def write(self, writer: Any) -> None:
         """Serialise into a FAISS IOWriter (plain ``read_index`` format)."""

@@ -49,7 +49,7 @@ class Capture:
     ntotal: int
     version: int
     nbytes: int
-    written: list[tuple[Segment, str, int]] = field(default_factory=list)
+    written: list[tuple[Segment, str, int, str | None]] = field(default_factory=list)
     float_rows: int = 0
     float_map: bytes | None = None
 
@@ -112,7 +112,8 @@ class Shard:
 
     @property
     def ntotal(self) -> int:
-        return sum(s.ntotal for s in self.segments)
+        """Vectors searches can return."""
+        return sum(s.live for s in self.segments)
 
     @property
     def code_bytes(self) -> int:
@@ -161,7 +162,12 @@ class Shard:
                     seg.remove(ids[mask])
             if len(add_ids):
                 active = self.segments[-1]
-                if active.ntotal and active.ntotal + len(add_ids) > self.segment_size:
+                # An index that cannot remove keeps replaced entries as tombstones;
+                # a new entry for the same id must then go to another segment.
+                replaced_here = bool(held) and not active.removable and held[-1][1].any()
+                if replaced_here or (
+                    active.ntotal and active.ntotal + len(add_ids) > self.segment_size
+                ):
                     assert self.new_index is not None, "read-only shard"
                     active = Segment(self.new_index(), codes=self.codes)
                     self.segments.append(active)
@@ -225,21 +231,30 @@ class Shard:
         position, all under the read lock so they agree (blocking; searches go on)."""
         with self.lock.read():
             entries: list[dict[str, Any]] = []
-            written: list[tuple[Segment, str, int]] = []
+            written: list[tuple[Segment, str, int, str | None]] = []
             nbytes = 0
             for seg in self.segments:
+                dead = seg.saved_dead
                 if seg.dirty:
 
                     def produce(write: Callable[[bytes], None], seg: Segment = seg) -> None:
                         seg.write(faiss.PyCallbackIOWriter(write, 1 << 22))  # type: ignore[attr-defined]
 
                     digest, size = store.put_stream(produce)
-                    written.append((seg, digest, seg.version))
+                    dead = None
+                    if len(seg.dead):
+                        data = seg.dead.to_array().astype("<i8").tobytes()
+                        dead = store.put_object(data)
+                        size += len(data)
+                    written.append((seg, digest, seg.version, dead))
                     nbytes += size
                 else:
                     assert seg.saved_object is not None
                     digest = seg.saved_object
-                entries.append({"object": digest, "ntotal": seg.ntotal})
+                entry = {"object": digest, "ntotal": seg.live}
+                if dead:
+                    entry["dead"] = dead
+                entries.append(entry)
             keys = _keys_encoder.encode(self.keys) if self.keys else None
             cap = Capture(
                 entries, keys, dict(self.position), self.ntotal, self.version, nbytes, written
@@ -252,11 +267,42 @@ class Shard:
 
     def saved(self, cap: Capture, entry: dict[str, Any]) -> None:
         """Record that the snapshot holding ``cap`` is durable."""
-        for seg, digest, version in cap.written:
+        for seg, digest, version, dead in cap.written:
             seg.saved_object = digest
+            seg.saved_dead = dead
             seg.saved_version = version
         self.saved_version = cap.version
         self.saved_entry = entry
+
+    def compact(self, min_dead_fraction: float = 0.25) -> int:
+        """Rebuild sealed segments whose tombstones exceed ``min_dead_fraction``
+        (indexes that cannot remove, like HNSW). Blocking and slow: the rebuild runs
+        without the lock (sealed segments of such indexes are never mutated, only
+        their tombstone sets grow); only the swap takes the write lock.
+
+        Returns how many segments were rebuilt.
+        """
+        if self.new_index is None:
+            return 0
+        rebuilt = 0
+        for seg in list(self.segments[:-1]):
+            if seg.removable or len(seg.dead) <= min_dead_fraction * max(seg.ntotal, 1):
+                continue
+            with self.lock.read():
+                live_before = seg.ids.to_array().copy()
+            fresh = seg.compacted(self.new_index())
+            with self.lock.write():
+                if seg not in self.segments:
+                    continue
+                # Ids replaced or deleted while we rebuilt: tombstone them again.
+                gone = live_before[~seg.ids.contains(live_before)]
+                if len(gone):
+                    fresh.dead.add(gone)
+                    fresh.ids.discard(gone)
+                self.segments[self.segments.index(seg)] = fresh
+                self.version += 1
+            rebuilt += 1
+        return rebuilt
 
 
 def decode_keys(data: bytes) -> dict[int, str]:

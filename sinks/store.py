@@ -372,6 +372,8 @@ def _objects_of(manifest: dict[str, Any]) -> Iterable[str]:
     for shard in manifest.get("shards", []):
         for seg in shard.get("segments", []):
             yield seg["object"]
+            if seg.get("dead"):
+                yield seg["dead"]
         for key in ("object", "keys", "floats_map"):
             digest = shard.get(key)
             if digest:

@@ -234,3 +234,45 @@ async def test_segments_seal_search_together_and_snapshot_only_what_changed(
     got = view.search(q, 10)
     np.testing.assert_allclose(got.scores, want_d, rtol=1e-4, atol=1e-4)
     assert (got.ids == want_i).mean() > 0.99  # ties may swap
+
+
+async def test_hnsw_upserts_and_deletes_with_tombstones_and_compaction(tmp_path: Path, rng) -> None:
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    sink = FaissSink(
+        tmp_path / "idx", factory="HNSW16", metric="l2", snapshot_every=None, segment_size=1000
+    )
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        for start in range(0, 3000, 500):
+            ids = np.arange(start, start + 500)
+            await sink.write(Batch(ids, x[ids], np.zeros(500), "p", {"offset": start + 500}))
+        # Replace ids 0-599 (sealed segment 0) with new vectors; delete 700-799.
+        y = rng.standard_normal((600, 16)).astype(np.float32)
+        await sink.write(Batch(np.arange(600), y, np.zeros(600), "p", {"offset": 3600}))
+        dels = np.arange(700, 800)
+        await sink.write(
+            Batch(
+                dels,
+                np.zeros((100, 16), np.float32),
+                np.zeros(100),
+                "p",
+                {"offset": 3700},
+                deleted=np.ones(100, bool),
+            )
+        )
+        assert sink.ntotal == 2900
+        res = await sink.search(np.vstack([x[:5], y[:5], x[700:705]]), 1)
+        top = res.ids[:, 0].tolist()
+        assert top[5:10] == [0, 1, 2, 3, 4]  # the new vectors answer for ids 0-4
+        assert all(top[j] != j for j in range(5))  # old vectors of 0-4 are gone
+        assert not set(top[10:]) & set(dels.tolist())
+        await sink.snapshot()
+        assert await sink.compact() >= 1  # segment 0 was 70% tombstones
+        assert sink.ntotal == 2900
+        res2 = await sink.search(y[:5], 1)
+        assert res2.ids[:, 0].tolist() == [0, 1, 2, 3, 4]
+        await sink.close(ok=True)
+    view = open_snapshot(tmp_path / "idx")
+    assert view.manifest["ntotal"] == 2900
+    again = view.search(np.vstack([y[:3], x[700:703]]), 1).ids[:, 0].tolist()
+    assert again[:3] == [0, 1, 2] and not set(again[3:]) & set(dels.tolist())
