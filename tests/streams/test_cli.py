@@ -230,3 +230,90 @@ def test_dead_letters_for_every_bad_kind(tmp_path: Path) -> None:
         "1000",
     )
     assert len(dl.read_text().splitlines()) == 10
+
+
+def test_search_and_inspect_while_another_process_ingests(tmp_path: Path) -> None:
+    import os
+    import threading
+    import time
+
+    fifo = tmp_path / "live.jsonl"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def writer() -> None:
+        rng = np.random.default_rng(0)
+        with open(fifo, "w") as f:
+            i = 0
+            while not stop.is_set() and i < 20000:
+                for _ in range(200):
+                    f.write(json.dumps({"id": i, "vector": rng.standard_normal(8).tolist()}) + "\n")
+                    i += 1
+                f.flush()
+                time.sleep(0.02)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    idx = tmp_path / "idx"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "ingest",
+            str(fifo),
+            "--index",
+            str(idx),
+            "--metric",
+            "l2",
+            "--snapshot-every",
+            "0.2",
+            "--keep",
+            "2",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    q = tmp_path / "q.npy"
+    np.save(q, np.zeros((2, 8), np.float32))
+    seen: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(seen) < 8 and time.monotonic() < deadline:
+            if not (idx / "CURRENT").exists():
+                time.sleep(0.05)
+                continue
+            out = cli("search", str(idx), "--queries", str(q), "-k", "3").stdout.splitlines()
+            assert len(out) == 2 and all(len(json.loads(line)["ids"]) == 3 for line in out)
+            seen.append(json.loads(cli("inspect", str(idx), "--json").stdout)["seq"])
+    finally:
+        stop.set()
+        proc.send_signal(2)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert len(seen) == 8 and seen == sorted(seen) and seen[-1] > seen[0]
+
+
+def test_inspect_reports_fallback_from_a_corrupt_snapshot(tmp_path: Path) -> None:
+    data = tmp_path / "a.npy"
+    np.save(data, np.random.default_rng(0).standard_normal((100, 4)).astype(np.float32))
+    idx = tmp_path / "idx"
+    cli("ingest", str(data), "--index", str(idx), "--metric", "l2")
+    np.save(data, np.random.default_rng(0).standard_normal((200, 4)).astype(np.float32))
+    cli("ingest", str(data), "--index", str(idx))
+    info = json.loads(cli("inspect", str(idx), "--json").stdout)
+    assert info["seq"] == 2 and info["ntotal"] == 200
+    newest = {s["object"] for s in info["shards"][0]["segments"]}
+    first = json.loads((idx / "manifests" / "00000001.json").read_text())
+    changed = newest - {s["object"] for s in first["shards"][0]["segments"]}
+    victim = idx / "objects" / changed.pop()
+    victim.write_bytes(victim.read_bytes()[:-10])  # torn
+    info = json.loads(cli("inspect", str(idx), "--json").stdout)
+    assert info["seq"] == 1 and info["ntotal"] == 100
+    assert info["fallbacks"][0]["seq"] == 2 and "corrupt" in info["fallbacks"][0]["reason"]
+    assert "fell back past snapshot 2" in cli("inspect", str(idx)).stdout
+    q = tmp_path / "q.npy"
+    np.save(q, np.zeros((1, 4), np.float32))
+    assert len(json.loads(cli("search", str(idx), "--queries", str(q)).stdout)["ids"]) == 10
