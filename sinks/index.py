@@ -316,7 +316,7 @@ class FaissSink(Sink[Batch]):
         started = time.perf_counter()
         while True:
             async with shard.gate:
-                if not shard.capturing and not shard.deferred:
+                if not shard.capturing and not shard.draining:
                     await self._apply_now(shard, item)
                     break
                 # A snapshot is writing this shard: queue the batch rather than
@@ -340,7 +340,7 @@ class FaissSink(Sink[Batch]):
         """Write ``shard`` into ``store`` while its new batches wait in a queue, then
         apply them (one at a time, so ingestion can keep queueing meanwhile)."""
         async with shard.gate:
-            shard.capturing = True
+            shard.capturing = shard.draining = True
             shard.drained = anyio.Event()
         try:
             return await anyio.to_thread.run_sync(shard.capture, store)
@@ -348,15 +348,18 @@ class FaissSink(Sink[Batch]):
             with anyio.CancelScope(shield=True):
                 async with shard.gate:
                     shard.capturing = False
+                # Apply the queue in order; new batches keep queueing behind it
+                # (``draining``), so a write never waits for an apply here.
                 while True:
                     async with shard.gate:
                         if not shard.deferred:
                             shard.deferred_bytes = 0
+                            shard.draining = False
                             shard.drained.set()
                             break
                         queued = shard.deferred.pop(0)
                         shard.deferred_bytes -= queued.nbytes
-                        await self._apply_now(shard, queued)
+                    await self._apply_now(shard, queued)
 
     async def _train_and_apply(self) -> None:
         assert self._template is not None

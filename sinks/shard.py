@@ -99,6 +99,7 @@ class Shard:
         # ingestion on the index lock; the snapshot applies them when it is done.
         self.gate = anyio.Lock()
         self.capturing = False
+        self.draining = False
         self.deferred: list[Batch] = []
         self.deferred_bytes = 0
         self.drained = anyio.Event()
