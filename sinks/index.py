@@ -137,6 +137,7 @@ class FaissSink(Sink[Batch]):
             "snapshot_bytes_total": 0,
             "deferred_batches": 0,
             "compactions": 0,
+            "snapshot_failures": 0,
         }
         # How long each write() took: the ingestion stall, including snapshots.
         self.write_seconds = Histogram(WRITE_BUCKETS)
@@ -217,7 +218,15 @@ class FaissSink(Sink[Batch]):
             self._loop_scope = scope
             while True:
                 await anyio.sleep(self.snapshot_every)
-                await self.snapshot()
+                try:
+                    await self.snapshot()
+                except SnapshotError as exc:
+                    # A full disk or a failing device must not stop ingestion: the
+                    # previous snapshot stays in force, no offset is committed, and
+                    # the next interval tries again.
+                    self._stats["snapshot_failures"] += 1
+                    log.warning("%s (will retry in %ss)", exc, self.snapshot_every)
+                    continue
                 await self.compact()
 
     async def compact(self) -> int:
@@ -429,7 +438,7 @@ class FaissSink(Sink[Batch]):
             started = time.perf_counter()
             try:
                 seq, written = await self._write_snapshot(store)
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:
                 raise SnapshotError(
                     f"{self.path}: writing a snapshot failed ({exc}); the previous snapshot "
                     "is intact"

@@ -66,13 +66,19 @@ def atomic_write(path: Path, data: BytesLike, hook: Hook | None = None) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     step = hook or (lambda _s: None)
     label = f"{path.parent.name}/{path.name}" if path.parent.name in _SUBDIRS else path.name
-    with open(tmp, "wb") as f:
-        f.write(data)
-        step(f"{label}:written")
-        f.flush()
-        os.fsync(f.fileno())
-    step(f"{label}:synced")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            step(f"{label}:written")
+            f.flush()
+            os.fsync(f.fileno())
+        step(f"{label}:synced")
+        os.replace(tmp, path)
+    except OSError:
+        # A full disk must not also leak the half-written temp file.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     step(f"{label}:renamed")
 
 
@@ -169,19 +175,25 @@ class SnapshotStore:
         h = hashlib.sha256()
         tmp = self.objects / f".stream.{os.getpid()}.{threading.get_ident()}.tmp"
         size = 0
-        with open(tmp, "wb") as f:
+        try:
+            with open(tmp, "wb") as f:
 
-            def write(block: bytes) -> None:
-                nonlocal size
-                h.update(block)
-                f.write(block)
-                size += len(block)
+                def write(block: bytes) -> None:
+                    nonlocal size
+                    h.update(block)
+                    f.write(block)
+                    size += len(block)
 
-            produce(write)
-            digest = h.hexdigest()
-            self._step(f"objects/{digest}:written")
-            f.flush()
-            os.fsync(f.fileno())
+                produce(write)
+                digest = h.hexdigest()
+                self._step(f"objects/{digest}:written")
+                f.flush()
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError):
+            # RuntimeError: FAISS reports the failing write of its writer callback.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         self._step(f"objects/{digest}:synced")
         path = self.objects / digest
         if path.exists() and path.stat().st_size == size:

@@ -276,3 +276,43 @@ async def test_hnsw_upserts_and_deletes_with_tombstones_and_compaction(tmp_path:
     assert view.manifest["ntotal"] == 2900
     again = view.search(np.vstack([y[:3], x[700:703]]), 1).ids[:, 0].tolist()
     assert again[:3] == [0, 1, 2] and not set(again[3:]) & set(dels.tolist())
+
+
+async def test_disk_full_during_snapshots_loses_nothing_and_recovers(tmp_path: Path, rng) -> None:
+    import errno
+
+    x = rng.standard_normal((4000, 8)).astype(np.float32)
+    sink = FaissSink(tmp_path / "idx", metric="l2", snapshot_every=0.02)
+    full = True
+    commits: list[int] = []
+
+    def hook(step: str) -> None:
+        if full and step.endswith(":written"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def listener(seq: int, positions: dict) -> None:
+        commits.append(seq)
+
+    sink.add_snapshot_listener(listener)
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        assert sink.store is not None
+        sink.store.hook = hook
+        for start in range(0, 2000, 200):
+            ids = np.arange(start, start + 200)
+            await sink.write(Batch(ids, x[ids], np.zeros(200), "p", {"offset": start + 200}))
+            await anyio.sleep(0.02)
+        failures = sink.statistics()["snapshot_failures"]
+        assert failures >= 3 and commits == []  # nothing committed while the disk is full
+        assert not list((tmp_path / "idx" / "objects").glob(".*.tmp"))  # no leaked temp files
+        assert sink.ntotal == 2000  # ingestion went on
+        full = False
+        for start in range(2000, 4000, 200):
+            ids = np.arange(start, start + 200)
+            await sink.write(Batch(ids, x[ids], np.zeros(200), "p", {"offset": start + 200}))
+            await anyio.sleep(0.02)
+        await sink.close(ok=True)
+    assert commits
+    view = open_snapshot(tmp_path / "idx")
+    assert view.manifest["ntotal"] == 4000
+    assert view.manifest["shards"][0]["position"] == {"offset": 4000}

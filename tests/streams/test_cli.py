@@ -317,3 +317,23 @@ def test_inspect_reports_fallback_from_a_corrupt_snapshot(tmp_path: Path) -> Non
     q = tmp_path / "q.npy"
     np.save(q, np.zeros((1, 4), np.float32))
     assert len(json.loads(cli("search", str(idx), "--queries", str(q)).stdout)["ids"]) == 10
+
+
+def test_poison_message_flood_is_counted_not_logged_10000_times(tmp_path: Path) -> None:
+    data = tmp_path / "poison.jsonl"
+    good = [json.dumps({"id": i, "vector": [1.0, float(i)]}) for i in range(10)]
+    poison = ['{"id": 1, "vector": "poison"}'] * 10_000
+    data.write_text("\n".join(good[:5] + poison + good[5:]) + "\n")
+    dl = tmp_path / "dl.jsonl"
+    proc = cli(
+        "ingest",
+        str(data),
+        "--index",
+        str(tmp_path / "idx"),
+        "--dead-letter",
+        str(dl),
+        "--no-progress",
+    )
+    assert "10 records" in proc.stdout
+    assert len(dl.read_text().splitlines()) == 10_000
+    assert len(proc.stderr.splitlines()) <= 3, proc.stderr
