@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import runpy
+import signal
 import sys
 import tempfile
 import time
@@ -68,13 +69,16 @@ async def _run(pipeline: Pipeline, *, progress: bool, serve: str | None) -> Pipe
 
 
 async def _serve_pipeline(pipeline: Pipeline, hostport: str) -> None:
-    from streams.http import Server, make_app, parse_hostport
+    from streams.http import Server, make_app, parse_hostport, stats_json
     from streams.metrics import pipeline_registry
 
     host, port = parse_hostport(hostport)
     search = getattr(pipeline.sink, "search", None)
     app = make_app(
-        pipeline.metrics, pipeline_registry(pipeline), search, healthy=lambda: not pipeline.stopping
+        lambda: stats_json(pipeline.metrics()),
+        pipeline_registry(pipeline),
+        search,
+        healthy=lambda: not pipeline.stopping,
     )
     server = Server.for_app(app, host, port)
     log.warning("serving /metrics, /healthz, /stats and POST /search on http://%s:%d", host, port)
@@ -429,6 +433,55 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
         state = "ok" if h["ok"] else f"BROKEN: {h['error']}"
         mark = "*" if h["current"] else " "
         click.echo(f" {mark}{h['seq']}: {state}")
+
+
+@main.command()
+@click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.option(
+    "--http",
+    "hostport",
+    default="127.0.0.1:8000",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to listen.",
+)
+@click.option(
+    "--reload-every",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="Seconds between checks for a new snapshot.",
+)
+def serve(index_dir: str, hostport: str, reload_every: float) -> None:
+    """Serve POST /search, /stats, /healthz and /metrics over the snapshots in DIR,
+    read-only, picking up each new snapshot as ingestion publishes it."""
+    from sinks.live import LiveView
+    from streams.http import Server, make_app, parse_hostport
+
+    try:
+        host, port = parse_hostport(hostport)
+        live = LiveView(index_dir)
+    except EmbedstreamError as exc:
+        _fail(exc)
+
+    async def main_() -> None:
+        app = make_app(live.stats, live.registry(), live.search)
+        server = Server.for_app(app, host, port)
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    server.should_exit = True
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(live.follow, reload_every)
+            tg.start_soon(stop_on_signal)
+            click.echo(f"serving {index_dir} on http://{host}:{port}", err=True)
+            await server.serve()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main_)
 
 
 @main.command()

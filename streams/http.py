@@ -76,12 +76,19 @@ def stats_json(m: PipelineMetrics) -> dict[str, Any]:
 
 
 def make_app(
-    metrics: Callable[[], PipelineMetrics],
+    stats: Callable[[], dict[str, Any]],
     registry: CollectorRegistry,
     search: SearchFn | None,
     healthy: Callable[[], bool] = lambda: True,
 ) -> Starlette:
-    """The Starlette app serving a pipeline (or, for ``serve``, a snapshot view)."""
+    """The Starlette app serving a pipeline (or, for ``serve``, a snapshot view).
+
+    Args:
+        stats: the JSON body of ``/stats``.
+        registry: what ``/metrics`` exports.
+        search: ``await search(vectors, k)`` returning search results.
+        healthy: ``/healthz`` answers 503 when this is false.
+    """
 
     async def get_metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -91,7 +98,7 @@ def make_app(
         return JSONResponse({"status": "ok" if ok else "stopping"}, status_code=200 if ok else 503)
 
     async def get_stats(_: Request) -> Response:
-        return JSONResponse(stats_json(metrics()))
+        return JSONResponse(stats())
 
     async def post_search(request: Request) -> Response:
         if search is None:

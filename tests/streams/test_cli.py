@@ -337,3 +337,47 @@ def test_poison_message_flood_is_counted_not_logged_10000_times(tmp_path: Path) 
     assert "10 records" in proc.stdout
     assert len(dl.read_text().splitlines()) == 10_000
     assert len(proc.stderr.splitlines()) <= 3, proc.stderr
+
+
+def test_serve_follows_new_snapshots(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from tests.streams.test_http import fetch, free_port
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    data = tmp_path / "v.npy"
+    np.save(data, x[:100])
+    idx = tmp_path / "idx"
+    cli("ingest", str(data), "--index", str(idx), "--metric", "l2")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "serve", str(idx), "--http", f"127.0.0.1:{port}",
+         "--reload-every", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                code, body = fetch(f"{base}/stats")
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert json.loads(body)["ntotal"] == 100
+        code, body = fetch(f"{base}/search", {"vectors": [x[250].tolist()], "k": 1})
+        assert code == 200 and json.loads(body)["results"][0]["ids"] != [250]
+        np.save(data, x)  # grow the file; a second ingest publishes snapshot 2
+        cli("ingest", str(data), "--index", str(idx))
+        while time.monotonic() < deadline:
+            if json.loads(fetch(f"{base}/stats")[1])["seq"] == 2:
+                break
+            time.sleep(0.05)
+        code, body = fetch(f"{base}/search", {"vectors": [x[250].tolist()], "k": 1})
+        assert json.loads(body)["results"][0]["ids"] == [250]
+        code, text = fetch(f"{base}/metrics")
+        assert b'embedstream_index_vectors{shard="files"} 300.0' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0

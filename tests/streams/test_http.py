@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from operators import batch, decode
 from sinks import FaissSink
 from streams import Batch, FileSource, Pipeline, Sink
-from streams.http import Server, make_app, parse_hostport
+from streams.http import Server, make_app, parse_hostport, stats_json
 from streams.metrics import pipeline_registry
 from streams.progress import summary_line
 from streams.records import Positions
@@ -49,7 +49,7 @@ class SlowSink(Sink[Batch]):
 
 async def serve(pipeline: Pipeline, search: Any = None) -> tuple[str, Server]:
     port = free_port()
-    app = make_app(pipeline.metrics, pipeline_registry(pipeline), search)
+    app = make_app(lambda: stats_json(pipeline.metrics()), pipeline_registry(pipeline), search)
     server = Server.for_app(app, "127.0.0.1", port)
     return f"http://127.0.0.1:{port}", server
 

@@ -1,0 +1,123 @@
+"""A read-only view of a snapshot directory that follows new snapshots.
+
+``embedstream serve DIR`` answers searches from the latest complete snapshot while
+other processes ingest into DIR: it checks ``CURRENT`` every so often and, when it
+changed, loads the new snapshot in a worker thread (verifying it, falling back as a
+restart would) and swaps it in. Searches in flight finish on the view they started
+with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sinks.search import SearchResults, SnapshotView, open_snapshot
+from streams.errors import SnapshotError
+
+__all__ = ["LiveView"]
+
+log = logging.getLogger("embedstream.serve")
+
+
+class LiveView:
+    """The latest snapshot of ``root``, reloaded when a newer one is committed.
+
+    Raises:
+        SnapshotError: the directory holds no loadable snapshot at start.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = str(root)
+        self.view: SnapshotView = open_snapshot(root)
+        self.loaded_at = time.time()
+        self.reloads = 0
+        self.reload_failures = 0
+        self._current = self._current_text()
+
+    def __repr__(self) -> str:
+        return f"<LiveView {self.root!r} seq={self.view.manifest['seq']}>"
+
+    def _current_text(self) -> str:
+        try:
+            with open(os.path.join(self.root, "CURRENT")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    async def follow(self, every: float = 1.0) -> None:
+        """Reload whenever ``CURRENT`` changes (runs until cancelled)."""
+        while True:
+            await anyio.sleep(every)
+            text = self._current_text()
+            if text == self._current:
+                continue
+            try:
+                view = await anyio.to_thread.run_sync(open_snapshot, self.root)
+            except SnapshotError as exc:
+                self.reload_failures += 1
+                log.warning(
+                    "%s: keeping snapshot %s: %s", self.root, self.view.manifest["seq"], exc
+                )
+                continue
+            self._current = text
+            self.view = view
+            self.loaded_at = time.time()
+            self.reloads += 1
+
+    async def search(self, queries: npt.ArrayLike, k: int) -> SearchResults:
+        view = self.view
+        return await anyio.to_thread.run_sync(view.search, queries, k)
+
+    def stats(self) -> dict[str, Any]:
+        m = self.view.manifest
+        return {
+            "dir": self.root,
+            "seq": m["seq"],
+            "created": m.get("created"),
+            "ntotal": m["ntotal"],
+            "dim": m["dim"],
+            "metric": m["metric"],
+            "factory": m["factory"],
+            "shards": [
+                {"name": s["name"], "ntotal": s["ntotal"], "position": s["position"]}
+                for s in m["shards"]
+            ],
+            "fallbacks": self.view.loaded.fallbacks,
+            "loaded_at": self.loaded_at,
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
+        }
+
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(_ViewCollector(self))
+        return registry
+
+
+class _ViewCollector(Collector):
+    def __init__(self, live: LiveView) -> None:
+        self.live = live
+
+    def collect(self) -> Any:
+        m = self.live.view.manifest
+        vectors = GaugeMetricFamily(
+            "embedstream_index_vectors", "Vectors a shard holds", labels=["shard"]
+        )
+        for s in m["shards"]:
+            vectors.add_metric([s["name"]], s["ntotal"])
+        yield vectors
+        seq = GaugeMetricFamily("embedstream_snapshot_seq", "Seq of the snapshot being served")
+        seq.add_metric([], m["seq"])
+        yield seq
+        reloads = CounterMetricFamily("embedstream_snapshot_reloads", "Snapshots loaded")
+        reloads.add_metric([], self.live.reloads)
+        yield reloads
