@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The real embeddings live beside the repository (../shared/data), as in CI;
+# EMBEDSTREAM_SHARED_DATA points elsewhere.
+SHARED_DATA = Path(
+    os.environ.get("EMBEDSTREAM_SHARED_DATA")
+    or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 
 
 @pytest.fixture

@@ -353,8 +353,21 @@ def test_serve_follows_new_snapshots(tmp_path: Path) -> None:
     cli("ingest", str(data), "--index", str(idx), "--metric", "l2")
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "serve", str(idx), "--http", f"127.0.0.1:{port}",
-         "--reload-every", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "serve",
+            str(idx),
+            "--http",
+            f"127.0.0.1:{port}",
+            "--reload-every",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
