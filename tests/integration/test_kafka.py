@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -16,8 +17,7 @@ import numpy as np
 import pytest
 
 from operators import batch, decode
-from sinks import FaissSink, open_snapshot
-from streams import Pipeline
+from sinks import open_snapshot
 from streams.kafka import KafkaSource
 from tests.integration.kafka_util import create_topic, produce, read_all
 
@@ -127,47 +127,120 @@ async def test_tombstones_delete_and_bad_messages_go_to_dead_letter_topic(
         assert r["raw"] is None or isinstance(r["raw"], (str, dict))
 
 
-async def test_two_pipelines_in_one_group_split_partitions_and_lag_reaches_zero(
+async def test_two_processes_in_one_group_split_partitions_and_lag_reaches_zero(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.streams.test_http import fetch, free_port
+
     await create_topic(kafka, topic_name, 4)
     x = np.random.default_rng(2).standard_normal((20000, 8)).astype(np.float32)
     await produce(kafka, topic_name, range(10000), x[:10000])
+    ports = [free_port(), free_port()]
+    procs = []
 
-    def pipeline(i: int) -> tuple[Pipeline, KafkaSource, FaissSink]:
-        src = KafkaSource(kafka, [topic_name], group=f"g-{topic_name}", until_idle=4.0)
-        sink = FaissSink(tmp_path / f"idx{i}", snapshot_every=0.5)
-        p = src | decode() | batch(512) | sink
-        return p, src, sink
+    def lag_of(port: int) -> dict[str, float]:
+        _, text = fetch(f"http://127.0.0.1:{port}/metrics")
+        fams = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        return {
+            s.labels["partition"]: s.value for s in fams["embedstream_kafka_consumer_lag"].samples
+        }
 
-    p1, s1, k1 = pipeline(1)
-    p2, s2, k2 = pipeline(2)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(p1.run)
-        await anyio.sleep(1.0)
-        tg.start_soon(p2.run)
-        await anyio.sleep(2.0)
+    try:
+        for i, port in enumerate(ports):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "streams.cli",
+                        "ingest",
+                        f"kafka://{kafka}/{topic_name}",
+                        "--index",
+                        str(tmp_path / f"idx{i}"),
+                        "--group",
+                        f"g-{topic_name}",
+                        "--serve",
+                        f"127.0.0.1:{port}",
+                        "--snapshot-every",
+                        "0.5",
+                        "--no-progress",
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            await anyio.sleep(1.5)
         await produce(kafka, topic_name, range(10000, 20000), x[10000:])
-        # While both run: each holds some partitions, lag drains to 0.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
+        lags: list[dict[str, float]] = [{}, {}]
         while time.monotonic() < deadline:
-            lags = [*s1.statistics()["lag"].values(), *s2.statistics()["lag"].values()]
+            try:
+                lags = [await anyio.to_thread.run_sync(lag_of, p) for p in ports]
+            except OSError:
+                await anyio.sleep(0.2)
+                continue
+            parts = [set(lag) for lag in lags]
             if (
-                len(lags) == 4
-                and all(lag["records"] == 0 for lag in lags)
-                and sum(lag["position"] for lag in lags) == 20000
+                all(parts)
+                and not parts[0] & parts[1]
+                and len(parts[0] | parts[1]) == 4
+                and all(v == 0 for lag in lags for v in lag.values())
             ):
                 break
             await anyio.sleep(0.2)
         else:
-            pytest.fail(f"lag did not reach 0: {s1.statistics()} {s2.statistics()}")
-        own1, own2 = set(s1.statistics()["lag"]), set(s2.statistics()["lag"])
-        assert own1 and own2 and not own1 & own2 and len(own1 | own2) == 4
-    ids = set()
-    for sink in (k1, k2):
-        for shard in sink.shards.values():
-            ids.update(shard.ids().tolist())
+            pytest.fail(f"partitions not split or lag not 0: {lags}")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.communicate(timeout=60)
+    assert all(proc.returncode == 0 for proc in procs)
+    ids: set[int] = set()
+    for i in range(2):
+        ids.update(vectors_by_id(tmp_path / f"idx{i}"))
     assert ids == set(range(20000))
+
+
+async def test_a_slow_sink_pauses_fetching_without_leaving_the_group(
+    kafka: str, topic_name: str, tmp_path: Path
+) -> None:
+    """The sink takes longer than max.poll.interval.ms per batch: the source pauses its
+    partitions and keeps polling, so the consumer is never thrown out of the group."""
+    from tests.streams.test_http import SlowSink
+
+    await create_topic(kafka, topic_name, 2)
+    await produce(kafka, topic_name, range(3000), np.ones((3000, 4), np.float32))
+
+    class VerySlow(SlowSink):
+        async def write(self, item: Any) -> None:
+            await anyio.sleep(2.5)
+
+    source = KafkaSource(
+        kafka,
+        [topic_name],
+        group=f"g-{topic_name}",
+        max_records=200,
+        consumer_options={
+            "max_poll_interval_ms": 2000,
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 500,
+            "max_partition_fetch_bytes": 4096,
+        },
+    )
+    p = source | decode() | batch(100, max_latency=0.01) | VerySlow()
+    p.capacity = 1
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(p.run)
+        await anyio.sleep(9)  # several max.poll.interval.ms with the channel full
+        stats = source.statistics()
+        p.stop()
+        tg.cancel_scope.cancel()
+    assert stats["rebalances"] == 1, stats  # assigned once, never kicked out
+    assert p.metrics().channels["kafka->decode"].send_blocked_seconds > 5
 
 
 async def test_kill_9_at_random_moments_then_exactly_once(
