@@ -13,9 +13,11 @@
 #   KAFKA_VERSION          Apache Kafka version from Maven Central (default 4.1.1)
 #   KAFKA_LOCAL_DIR        state: jars, config, data, log, pid (default compose/.kafka)
 #   KAFKA_HEAP             JVM heap (default 768m)
+#   KAFKA_KEEP_DATA        1: start on the data of the previous run on this port
+#                          (a broker restart) instead of fresh storage
 #
-# Every start formats fresh storage: this is a throwaway broker for a test box (one
-# replica everywhere, no rebalance delay), not a production setup.
+# By default every start formats fresh storage: this is a throwaway broker for a test
+# box (one replica everywhere, no rebalance delay), not a production setup.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -71,6 +73,15 @@ start() {
     exit 1
   fi
   fetch_jars
+  if [ "${KAFKA_KEEP_DATA:-0}" = "1" ] && [ -f "$run/server.properties" ]; then
+    log "restarting on the data of the previous run"
+    nohup java "-Xms128m" "-Xmx$heap" "-XX:+UseG1GC" "-Djava.awt.headless=true" \
+      "-Dlog4j2.configurationFile=$run/log4j2.properties" -cp "$libs/*" \
+      kafka.Kafka "$run/server.properties" >>"$run/stdout.log" 2>&1 &
+    echo $! >"$pidfile"
+    wait_started
+    return 0
+  fi
   rm -rf "$run"
   mkdir -p "$run/data"
   cat >"$run/server.properties" <<PROPS
@@ -118,8 +129,20 @@ LOG
     >"$run/format.log" 2>&1 || { log "formatting storage failed:"; cat "$run/format.log" >&2; exit 1; }
   nohup "${jvm[@]}" kafka.Kafka "$run/server.properties" >"$run/stdout.log" 2>&1 &
   echo $! >"$pidfile"
+  wait_started
+}
+
+count_started() {
+  local n
+  n="$(grep -c "Kafka Server started" "$run/server.log" 2>/dev/null)"
+  echo "${n:-0}"
+}
+
+wait_started() {
   local waited=0
-  until grep -q "Kafka Server started" "$run/server.log" 2>/dev/null && port_open "$port"; do
+  local mark
+  mark="$(count_started)"
+  until [ "$(count_started)" -gt "$mark" ] && port_open "$port"; do
     if ! is_running; then
       log "the broker exited during start-up; last lines of its log:"
       tail -n 30 "$run/server.log" "$run/stdout.log" >&2 2>/dev/null || true

@@ -457,6 +457,7 @@ class FaissSink(Sink[Batch]):
             positions = self.saved_positions()
             for fn in self._listeners:
                 await fn(seq, positions)
+            store._step("snapshot:listeners-done")
             return seq
 
     async def _write_snapshot(self, store: SnapshotStore) -> tuple[int, int]:

@@ -20,6 +20,7 @@ it never silently returns an empty index when snapshots exist.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -46,6 +47,30 @@ BytesLike = Any
 (``collections.abc.Buffer`` needs Python 3.12)."""
 
 _SUBDIRS = ("objects", "manifests")
+
+
+CRASH_EXIT_CODE = 97
+
+
+def crash_hook_from_env() -> Hook | None:
+    """Fault injection for the reliability suite: with ``EMBEDSTREAM_CRASH_AT`` set to
+    a step pattern (``fnmatch``, e.g. ``CURRENT:renamed`` or ``objects/*:synced``),
+    the process dies with exit code 97 at that step, after skipping
+    ``EMBEDSTREAM_CRASH_SKIP`` earlier matches. Unset in normal use."""
+    pattern = os.environ.get("EMBEDSTREAM_CRASH_AT")
+    if not pattern:
+        return None
+    skip = int(os.environ.get("EMBEDSTREAM_CRASH_SKIP", "0"))
+    seen = 0
+
+    def hook(step: str) -> None:
+        nonlocal seen
+        if fnmatch.fnmatchcase(step, pattern):
+            seen += 1
+            if seen > skip:
+                os._exit(CRASH_EXIT_CODE)
+
+    return hook
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,7 +152,7 @@ class SnapshotStore:
         self.manifests = self.root / "manifests"
         self.current = self.root / "CURRENT"
         self.readonly = readonly
-        self.hook = hook
+        self.hook = hook or crash_hook_from_env()
         if not readonly:
             try:
                 self.objects.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from streams.deadletters import Rejects, dead_letter_sink
 from streams.errors import ConfigError, EmbedstreamError, StageError
 from streams.files import FORMATS, FileSource
 from streams.kafka import KAFKA_FORMATS, KafkaSource, parse_kafka_url
+from streams.logs import configure as configure_logging
 from streams.pipeline import Pipeline, PipelineMetrics
 from streams.progress import channel_table, summary_line, watch
 from streams.source import Source
@@ -101,9 +102,7 @@ def run_pipeline(
 @click.version_option(package_name="embedstream")
 def main(verbose: int) -> None:
     """Keep FAISS indexes continuously fresh from streams of embeddings."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedstream.progress").setLevel(logging.INFO)
+    configure_logging(verbose)
 
 
 @main.command()

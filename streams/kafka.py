@@ -19,12 +19,13 @@ comprehensions per partition per fetch, and everything else is vectorised in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
@@ -39,6 +40,8 @@ from streams.source import Source
 __all__ = ["KAFKA_FORMATS", "KafkaSource", "KafkaTarget", "parse_kafka_url", "partition_name"]
 
 log = logging.getLogger("embedstream.kafka")
+
+T = TypeVar("T")
 
 KAFKA_FORMATS = ("f32", "f16", "json", "msgpack")
 
@@ -95,6 +98,7 @@ class Consumer(Protocol):
     def resume(self, *partitions: Any) -> None: ...
     def highwater(self, partition: Any) -> int | None: ...
     async def commit(self, offsets: Any = None) -> None: ...
+    async def end_offsets(self, partitions: Any) -> dict[Any, int]: ...
 
 
 @dataclass
@@ -137,6 +141,9 @@ class KafkaSource(Source):
         consumer_factory: makes the consumer; for tests with a fake one.
         raw_records: take aiokafka's raw records instead of ``ConsumerRecord``
             objects (about twice the rate; see :mod:`streams.kafka_records`).
+        stall_timeout: when nothing arrived for this long, ask the broker whether
+            records are waiting; if so (or if it cannot be asked), replace the
+            consumer, which resumes at what was already emitted.
         name: the stage name.
     """
 
@@ -153,6 +160,7 @@ class KafkaSource(Source):
         consumer_options: dict[str, Any] | None = None,
         consumer_factory: Any = None,
         raw_records: bool = True,
+        stall_timeout: float = 10.0,
         name: str = "kafka",
     ) -> None:
         if format not in KAFKA_FORMATS:
@@ -173,6 +181,7 @@ class KafkaSource(Source):
         self.consumer_options = dict(consumer_options or {})
         self._factory = consumer_factory
         self.raw_records = raw_records
+        self.stall_timeout = stall_timeout
         self.name = name
         self.consumer: Consumer | None = None
         self.lag: dict[str, PartitionLag] = {}
@@ -183,6 +192,8 @@ class KafkaSource(Source):
         self._emitted: dict[str, int] = {}
         self._rebalances = 0
         self._commits = 0
+        self._transient_errors = 0
+        self._restarts = 0
 
     def __repr__(self) -> str:
         return (
@@ -217,10 +228,32 @@ class KafkaSource(Source):
         return c
 
     async def run(self, start: Positions, outbox: Outbox[Chunk]) -> None:
-        from aiokafka.errors import KafkaError, OffsetOutOfRangeError
-
         self._start = start
-        consumer = self.consumer = self._make_consumer()
+        while True:
+            consumer = self.consumer = self._make_consumer()
+            await self._start_consumer(consumer)
+            try:
+                consumer.subscribe(self.topics, listener=_listener(self))
+                if not await self._consume(consumer, outbox):
+                    return
+                # The client stopped making progress while records wait on the
+                # broker (aiokafka can stay stuck after the whole cluster was down):
+                # start a new one. It seeks to what this process already emitted.
+                self._restarts += 1
+                log.warning(
+                    "Kafka: the consumer made no progress for %ss; restarting it",
+                    self.stall_timeout,
+                )
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await _within(30, consumer.stop())
+                    except Exception as exc:  # pragma: no cover - best effort on shutdown
+                        log.warning("stopping the Kafka consumer failed: %s", exc)
+
+    async def _start_consumer(self, consumer: Consumer) -> None:
+        from aiokafka.errors import KafkaError
+
         try:
             await consumer.start()
         except KafkaError as exc:
@@ -229,35 +262,61 @@ class KafkaSource(Source):
                 f"cannot connect: {exc}",
                 "check the address and that the broker runs",
             ) from exc
-        try:
-            consumer.subscribe(self.topics, listener=_listener(self))
-            last_record = time.monotonic()
-            while True:
-                try:
-                    fetched = await consumer.getmany(
-                        timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
-                    )
-                except OffsetOutOfRangeError as exc:
-                    raise self._out_of_range(exc) from None
-                except KafkaError as exc:
+
+    async def _consume(self, consumer: Consumer, outbox: Outbox[Chunk]) -> bool:
+        """Poll and send until idle (False) or the client is stuck (True)."""
+        from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+
+        last_record = last_probe = time.monotonic()
+        while True:
+            try:
+                fetched = await consumer.getmany(
+                    timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
+                )
+            except OffsetOutOfRangeError as exc:
+                raise self._out_of_range(exc) from None
+            except KafkaError as exc:
+                if not _transient(exc):
                     raise SourceError(f"kafka://{self.bootstrap_servers}", str(exc)) from exc
-                now = time.monotonic()
-                if not fetched:
-                    if not consumer.assignment():
-                        last_record = now  # idle time counts from having partitions
-                    elif self.until_idle is not None and now - last_record >= self.until_idle:
-                        return
-                    continue
+                # A broker restart or leader move: aiokafka reconnects; wait and poll
+                # again (positions are unaffected, nothing is lost).
+                self._transient_errors += 1
+                log.warning("Kafka: %s; retrying", exc)
+                await anyio.sleep(min(0.2 * self._transient_errors, 2.0))
+                continue
+            self._transient_errors = 0
+            now = time.monotonic()
+            if fetched:
                 last_record = now
                 for tp, messages in fetched.items():
                     if messages:
                         await self._send(consumer, outbox, self._chunk(tp, messages))
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await consumer.stop()
-                except Exception as exc:  # pragma: no cover - best effort on shutdown
-                    log.warning("stopping the Kafka consumer failed: %s", exc)
+                continue
+            if not consumer.assignment():
+                last_record = now  # idle time counts from having partitions
+                continue
+            if self.until_idle is not None and now - last_record >= self.until_idle:
+                return False
+            if now - last_record >= self.stall_timeout and now - last_probe >= self.stall_timeout:
+                last_probe = now
+                if await self._stuck(consumer):
+                    return True
+
+    async def _stuck(self, consumer: Consumer) -> bool:
+        """True when records wait on the broker but this client fetches none (or the
+        broker cannot even be asked)."""
+        from aiokafka.errors import KafkaError
+
+        assigned = list(consumer.assignment())
+        try:
+            ends = await _within(self.stall_timeout, consumer.end_offsets(assigned))
+        except (KafkaError, TimeoutError):
+            return True
+        for tp in assigned:
+            done = self._emitted.get(partition_name(tp.topic, tp.partition))
+            if done is not None and ends.get(tp, 0) > done:
+                return True
+        return False
 
     def _chunk(self, tp: Any, messages: list[Any]) -> Chunk:
         part = partition_name(tp.topic, tp.partition)
@@ -380,6 +439,7 @@ class KafkaSource(Source):
         return {
             "rebalances": self._rebalances,
             "commits": self._commits,
+            "consumer_restarts": self._restarts,
             "lag": {
                 name: {
                     "topic": lag.topic,
@@ -392,6 +452,30 @@ class KafkaSource(Source):
                 for name, lag in self.lag.items()
             },
         }
+
+
+async def _within(seconds: float, coro: Awaitable[T]) -> T:
+    """Await ``coro`` for at most ``seconds``, then abandon it.
+
+    Unlike a cancel scope, this returns even when the awaited aiokafka call swallows
+    its cancellation (seen when a consumer is stuck after a broker restart).
+
+    Raises:
+        TimeoutError: it did not finish in time.
+    """
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        raise TimeoutError(f"gave up after {seconds}s")
+    return task.result()
+
+
+def _transient(exc: Exception) -> bool:
+    """Errors a retry can outlive (lost connection, leader election...)."""
+    from aiokafka.errors import KafkaConnectionError
+
+    return bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
 
 
 def _listener(source: KafkaSource) -> Any:

@@ -35,14 +35,50 @@ def _free_port_pair() -> int:
     raise RuntimeError("no free pair of ports for the broker")
 
 
+class Broker:
+    """The broker the suite started, so a test can restart it (keeping its data)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def stop(self) -> None:
+        subprocess.run(
+            ["bash", str(LAUNCHER), "stop"],
+            env=self.env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+
+    def start(self) -> None:
+        subprocess.run(
+            ["bash", str(LAUNCHER), "start"],
+            env={**self.env, "KAFKA_KEEP_DATA": "1"},
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
+
+
+_broker: Broker | None = None
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(kafka: str) -> Broker | None:
+    """Control of the broker, or None when the tests use one given from outside."""
+    return _broker
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[str]:
+    global _broker
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
         yield given
         return
     port = _free_port_pair()
     env = {**os.environ, "KAFKA_PORT": str(port)}
+    _broker = Broker(env)
     proc = subprocess.run(
         ["bash", str(LAUNCHER), "start"], env=env, capture_output=True, text=True, timeout=900
     )
