@@ -113,3 +113,127 @@ def kill_cycles(
             kills += 1
         proc.wait()
     return kills
+
+
+async def search_soak(tmp_path: Path, seconds: float) -> tuple[int, int, list[int]]:
+    """Upserts, deletes and searches at once for ``seconds``.
+
+    Every batch rewrites a whole block of ids with one new one-hot direction (or
+    deletes the block): a search for a direction must see the whole block or none.
+    Returns (searches, batches, hit counts that saw part of a block).
+    """
+    import anyio
+    import anyio.lowlevel
+
+    from sinks import FaissSink
+    from streams import Batch
+
+    dim, block = 32, 400
+    sink = FaissSink(tmp_path / "soak-idx", snapshot_every=0.1, segment_size=3000)
+    half: list[int] = []
+    searches = 0
+    done = anyio.Event()
+
+    async def searcher() -> None:
+        nonlocal searches
+        q = np.eye(dim, dtype=np.float32)
+        while not done.is_set():
+            if sink.dim is not None:
+                res = await sink.search(q, block + 1)
+                hits = (res.scores > 0.5).sum(axis=1)
+                half.extend(h for h in hits.tolist() if h not in (0, block))
+                searches += 1
+            await anyio.lowlevel.checkpoint()
+
+    rng = np.random.default_rng(5)
+    n = 0
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        tg.start_soon(searcher)
+        tg.start_soon(searcher)
+        start = time.monotonic()
+        used: dict[int, int] = {}  # direction -> block holding it
+        while time.monotonic() - start < seconds:
+            b = int(rng.integers(0, 8))
+            ids = np.arange(b * block, (b + 1) * block)
+            vec = np.zeros((block, dim), np.float32)
+            for d, holder in list(used.items()):
+                if holder == b:
+                    del used[d]
+            deleted = None
+            if rng.random() < 0.2:
+                deleted = np.ones(block, bool)
+            else:
+                direction = int(rng.choice([d for d in range(dim) if d not in used]))
+                vec[:, direction] = 1.0
+                used[direction] = b
+            await sink.write(Batch(ids, vec, np.zeros(block), "p", {"offset": n}, deleted=deleted))
+            n += 1
+        done.set()
+        await sink.close(ok=True)
+    return searches, n, half
+
+
+def slow_sink_rss(tmp_path: Path, seconds: float) -> dict[str, float]:
+    """A fast source and a sink throttled to ~2 MB/s for ``seconds``: RSS over time.
+
+    The bound: interpreter, numpy and faiss (~150 MB), the index after ``seconds`` at
+    2 MB/s, 3 channels x capacity 2 x 2 MB batches, memory-mapped input chunks in
+    flight, and 100 MB of slack for allocator noise.
+    """
+    import threading
+
+    data = tmp_path / "big.npy"
+    rows = 2_000_000 if seconds > 60 else 400_000
+    np.save(data, np.random.default_rng(0).standard_normal((rows, 128)).astype(np.float32))
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import anyio\n"
+        "from streams import FileSource, Operator\n"
+        "from operators import decode, batch\n"
+        "from sinks import FaissSink\n"
+        "async def throttle(inbox):\n"
+        "    async for b in inbox:\n"
+        "        await anyio.sleep(b.nbytes / 2e6)\n"
+        "        yield b\n"
+        f"pipeline = (FileSource({str(data)!r}, chunk_bytes=1 << 20) | decode() | batch(4096)"
+        " | Operator('throttle', throttle)"
+        f" | FaissSink({str(tmp_path / 'slow-idx')!r}, snapshot_every=0))\n"
+        "pipeline.capacity = 2\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "run", str(script), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    samples: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                text = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmRSS:"):
+                    samples.append(int(line.split()[1]) / 1024)
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    time.sleep(seconds)
+    stop.set()
+    t.join()
+    proc.kill()
+    proc.wait()
+    index_mb = seconds * 2.0
+    bound = 150 + index_mb + 3 * 2 * 2 + 16 + 100
+    return {
+        "seconds": seconds,
+        "samples": float(len(samples)),
+        "early_mb": float(np.median(samples[20:40])) if len(samples) > 40 else float("nan"),
+        "late_mb": float(np.median(samples[-20:])) if samples else float("nan"),
+        "peak_mb": max(samples) if samples else float("nan"),
+        "bound_mb": bound,
+    }

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,11 +14,16 @@ import anyio
 import numpy as np
 import pytest
 
-from sinks import FaissSink
 from sinks.store import CRASH_EXIT_CODE
-from streams import Batch
 from tests.integration.kafka_util import create_topic, produce
-from tests.reliability.oracle import check, ingest_argv, kill_cycles, run_to_idle
+from tests.reliability.oracle import (
+    check,
+    ingest_argv,
+    kill_cycles,
+    run_to_idle,
+    search_soak,
+    slow_sink_rss,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -131,114 +134,13 @@ async def test_broker_restart_mid_stream(
 
 
 async def test_searches_during_adds_upserts_and_deletes(tmp_path: Path) -> None:
-    """Every batch rewrites a whole block of ids with one new one-hot direction (or
-    deletes the block): a search for a direction sees the whole block or none."""
-    dim, block, seconds = 32, 400, 3.0
-    sink = FaissSink(tmp_path / "idx", snapshot_every=0.1, segment_size=3000)
-    half: list[int] = []
-    searches = 0
-    done = anyio.Event()
-
-    async def searcher() -> None:
-        nonlocal searches
-        q = np.eye(dim, dtype=np.float32)
-        while not done.is_set():
-            if sink.dim is not None:
-                res = await sink.search(q, block + 1)
-                hits = (res.scores > 0.5).sum(axis=1)
-                half.extend(h for h in hits.tolist() if h not in (0, block))
-                searches += 1
-            await anyio.lowlevel.checkpoint()
-
-    rng = np.random.default_rng(5)
-    async with anyio.create_task_group() as tg:
-        await sink.open(tg)
-        tg.start_soon(searcher)
-        tg.start_soon(searcher)
-        start = time.monotonic()
-        n = 0
-        used: dict[int, int] = {}  # direction -> block now holding it
-        while time.monotonic() - start < seconds:
-            b = int(rng.integers(0, 8))
-            ids = np.arange(b * block, (b + 1) * block)
-            if rng.random() < 0.2:
-                vec = np.zeros((block, dim), np.float32)
-                deleted = np.ones(block, bool)
-                direction = None
-            else:
-                # A direction no other block holds, so hits count one block only.
-                free = [d for d in range(dim) if d not in used]
-                direction = int(rng.choice(free))
-                vec = np.zeros((block, dim), np.float32)
-                vec[:, direction] = 1.0
-                deleted = None
-            for d, holder in list(used.items()):
-                if holder == b:
-                    del used[d]
-            if direction is not None:
-                used[direction] = b
-            await sink.write(Batch(ids, vec, np.zeros(block), "p", {"offset": n}, deleted=deleted))
-            n += 1
-        done.set()
-        await sink.close(ok=True)
-    assert searches > 20 and n > 20
+    searches, batches, half = await search_soak(tmp_path, 3.0)
+    assert searches > 20 and batches > 20
     assert half == []
 
 
 def test_rss_stays_bounded_with_a_slow_sink(tmp_path: Path) -> None:
-    """A fast source and a sink throttled to ~2 MB/s for 15 s: peak RSS stays within
-    what the channel capacities imply (no queue grows without bound)."""
-    data = tmp_path / "big.npy"
-    np.save(data, np.random.default_rng(0).standard_normal((400_000, 128)).astype(np.float32))
-    script = tmp_path / "slow.py"
-    script.write_text(
-        "import anyio\n"
-        "from streams import FileSource, Operator\n"
-        "from operators import decode, batch\n"
-        "from sinks import FaissSink\n"
-        "async def throttle(inbox):\n"
-        "    async for b in inbox:\n"
-        "        await anyio.sleep(b.nbytes / 2e6)\n"
-        "        yield b\n"
-        f"pipeline = (FileSource({str(data)!r}, chunk_bytes=1 << 20) | decode() | batch(4096)"
-        " | Operator('throttle', throttle)"
-        f" | FaissSink({str(tmp_path / 'idx')!r}, snapshot_every=0))\n"
-        "pipeline.capacity = 2\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "run", str(script), "--no-progress"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    peak = 0
-    samples = []
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                text = Path(f"/proc/{proc.pid}/status").read_text()
-            except OSError:
-                return
-            for line in text.splitlines():
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) / 1024
-                    samples.append(rss)
-                    peak = max(peak, rss)
-            time.sleep(0.1)
-
-    t = threading.Thread(target=sample)
-    t.start()
-    time.sleep(15)
-    stop.set()
-    t.join()
-    proc.kill()
-    proc.wait()
-    assert len(samples) > 50
-    # Index after 15 s at 2 MB/s: ~30 MB. Channels: 3 x capacity 2 x ~2 MB batches,
-    # plus the memory-mapped chunks in flight. Interpreter, numpy, faiss: ~150 MB.
-    early = float(np.median(samples[20:40]))
-    late = float(np.median(samples[-20:]))
-    assert late - early < 60, (early, late)
-    assert peak < 400, peak
+    r = slow_sink_rss(tmp_path, 15.0)
+    assert r["samples"] > 50
+    assert r["late_mb"] - r["early_mb"] < 60, r
+    assert r["peak_mb"] < r["bound_mb"], r
