@@ -75,6 +75,49 @@ def ingest_argv(kafka: str, topic: str, idx: Path, *extra: str) -> list[str]:
     ]
 
 
+CRASH_POINTS = [
+    "objects/*:written",
+    "objects/*:synced",
+    "objects/*:renamed",
+    "objects:dir-synced",
+    "manifests/*:written",
+    "manifests/*:synced",
+    "manifests/*:renamed",
+    "manifests:dir-synced",
+    "CURRENT:written",
+    "CURRENT:synced",
+    "CURRENT:renamed",
+    "CURRENT:dir-synced",
+    "snapshot:listeners-done",
+    "prune:manifest *",
+    "prune:object *",
+]
+
+
+def crash_rounds(kafka: str, topic: str, idx: Path, x: np.ndarray) -> list[tuple[str, int]]:
+    """For every crash point: produce the next slice of ``x`` (id = row), ingest with a
+    crash injected at that point, and note the exit code. Blocking."""
+    import asyncio
+
+    from tests.integration.kafka_util import produce
+
+    per = len(x) // len(CRASH_POINTS)
+    died = []
+    for i, point in enumerate(CRASH_POINTS):
+        ids = range(i * per, (i + 1) * per)
+        asyncio.run(produce(kafka, topic, ids, x[list(ids)]))
+        proc = subprocess.run(
+            ingest_argv(
+                kafka, topic, idx, "--snapshot-every", "0.2", "--keep", "2", "--until-idle", "1.5"
+            ),
+            env={**os.environ, "EMBEDSTREAM_CRASH_AT": point},
+            capture_output=True,
+            timeout=120,
+        )
+        died.append((point, proc.returncode))
+    return died
+
+
 def run_to_idle(kafka: str, topic: str, idx: Path) -> None:
     subprocess.run(
         ingest_argv(kafka, topic, idx, "--until-idle", "2"),

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -28,14 +26,14 @@ from benchmarks.kafka_env import broker
 from sinks.store import CRASH_EXIT_CODE
 from tests.integration.kafka_util import create_topic, produce
 from tests.reliability.oracle import (
+    CRASH_POINTS,
     check,
-    ingest_argv,
+    crash_rounds,
     kill_cycles,
     run_to_idle,
     search_soak,
     slow_sink_rss,
 )
-from tests.reliability.test_crashes import CRASH_POINTS
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
@@ -84,27 +82,8 @@ def main() -> None:
             .astype(np.float32)
         )
         idx2 = Path(tmp) / "idx2"
-        died = 0
-        for i, point in enumerate(CRASH_POINTS):
-            ids = range(i * per, (i + 1) * per)
-            asyncio.run(produce(kafka, topic2, ids, y[list(ids)]))
-            proc = subprocess.run(
-                ingest_argv(
-                    kafka,
-                    topic2,
-                    idx2,
-                    "--snapshot-every",
-                    "0.2",
-                    "--keep",
-                    "2",
-                    "--until-idle",
-                    "1.5",
-                ),
-                env={**os.environ, "EMBEDSTREAM_CRASH_AT": point},
-                capture_output=True,
-                timeout=120,
-            )
-            died += proc.returncode == CRASH_EXIT_CODE
+        rounds = crash_rounds(kafka, topic2, idx2, y)
+        died = sum(code == CRASH_EXIT_CODE for _, code in rounds)
         run_to_idle(kafka, topic2, idx2)
         v2 = check(idx2, y)
         figures["crash_points"] = {

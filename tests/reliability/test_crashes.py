@@ -5,7 +5,6 @@ The soak (``python -m tests.reliability.soak``) runs the same checks at scale.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +16,9 @@ import pytest
 from sinks.store import CRASH_EXIT_CODE
 from tests.integration.kafka_util import create_topic, produce
 from tests.reliability.oracle import (
+    CRASH_POINTS,
     check,
+    crash_rounds,
     ingest_argv,
     kill_cycles,
     run_to_idle,
@@ -26,24 +27,6 @@ from tests.reliability.oracle import (
 )
 
 pytestmark = pytest.mark.integration
-
-CRASH_POINTS = [
-    "objects/*:written",
-    "objects/*:synced",
-    "objects/*:renamed",
-    "objects:dir-synced",
-    "manifests/*:written",
-    "manifests/*:synced",
-    "manifests/*:renamed",
-    "manifests:dir-synced",
-    "CURRENT:written",
-    "CURRENT:synced",
-    "CURRENT:renamed",
-    "CURRENT:dir-synced",
-    "snapshot:listeners-done",
-    "prune:manifest *",
-    "prune:object *",
-]
 
 
 async def test_crash_at_every_step_of_the_snapshot_protocol(
@@ -54,29 +37,7 @@ async def test_crash_at_every_step_of_the_snapshot_protocol(
     x = rng.standard_normal((per_round * len(CRASH_POINTS), 16)).astype(np.float32)
     await create_topic(kafka, topic_name, 4)
     idx = tmp_path / "idx"
-    died = []
-    for i, point in enumerate(CRASH_POINTS):
-        ids = range(i * per_round, (i + 1) * per_round)
-        await produce(kafka, topic_name, ids, x[list(ids)])
-        proc = await anyio.to_thread.run_sync(
-            lambda point=point: subprocess.run(
-                ingest_argv(
-                    kafka,
-                    topic_name,
-                    idx,
-                    "--snapshot-every",
-                    "0.2",
-                    "--keep",
-                    "2",
-                    "--until-idle",
-                    "1.5",
-                ),
-                env={**os.environ, "EMBEDSTREAM_CRASH_AT": point},
-                capture_output=True,
-                timeout=120,
-            )
-        )
-        died.append((point, proc.returncode))
+    died = await anyio.to_thread.run_sync(crash_rounds, kafka, topic_name, idx, x)
     assert all(code == CRASH_EXIT_CODE for _, code in died), died
     await anyio.to_thread.run_sync(run_to_idle, kafka, topic_name, idx)
     verdict = check(idx, x)
