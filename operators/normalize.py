@@ -1,7 +1,10 @@
-"""normalize: L2-normalise batch vectors in place, in a worker thread.
+"""normalize: L2-normalise batch vectors in place.
 
 With normalised vectors, inner product equals cosine similarity. A zero vector has
-no direction and stays zero.
+no direction and stays zero. Runs on the event loop: about a millisecond for a
+16,384 x 128 batch, less than a worker-thread hop costs on a busy 2-core machine
+(measured on the Kafka path: 0.66 s of stage time per 200,000 records in a thread,
+0.01 s inline).
 """
 
 from __future__ import annotations
