@@ -109,10 +109,14 @@ def main() -> None:
         print("searches:", figures["searches_during_upserts"], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "soak.json").write_text(json.dumps(figures, indent=2) + "\n")
+    exact = [figures["kill_9"], figures["crash_points"]]
     ok = all(
         f["lost"] == 0 and f["duplicated"] == 0 and f["wrong_vectors"] == 0  # type: ignore[index]
-        for f in figures.values()
+        for f in exact
     )
+    ok = ok and figures["searches_during_upserts"]["half_applied_seen"] == 0  # type: ignore[index]
+    ok = ok and rss["peak_mb"] < rss["bound_mb"]
+    print("soak:", "passed" if ok else "FAILED", flush=True)
     raise SystemExit(0 if ok else 1)
 
 
