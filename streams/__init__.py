@@ -1,13 +1,9 @@
 """embedstream runtime: channels, pipelines, records, sources and errors.
 
-Build a pipeline by composing a source, operators and a sink with ``|``::
-
-    from streams import FileSource
-    from operators import decode, batch, normalize
-    from sinks import FaissSink
-
-    pipeline = FileSource("vectors.npy") | decode() | batch(4096) | normalize() | FaissSink("idx")
-    metrics = anyio.run(pipeline.run)
+Build a pipeline by composing a source, the ``operators`` package's stages and a
+sink from ``sinks`` with ``|``, e.g. ``FileSource("vectors.npy") | decode() |
+batch(4096) | normalize() | FaissSink("idx")``, then ``anyio.run(pipeline.run)``.
+This package never imports ``operators`` or ``sinks`` (the CLI modules excepted).
 """
 
 from streams.channel import Channel, ChannelStatistics, Inbox, Outbox

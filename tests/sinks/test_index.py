@@ -162,39 +162,12 @@ async def test_unchanged_shards_are_referenced_not_rewritten(tmp_path: Path) -> 
 
 
 async def test_search_during_ingest_never_sees_half_a_batch(tmp_path: Path) -> None:
-    """Batches of identical one-hot vectors: a query sees all of a batch or none."""
-    dim, per = 64, 500
-    sink = FaissSink(tmp_path / "idx", snapshot_every=0.05)
-    seen_partial = []
-    searches = 0
-    done = anyio.Event()
+    """Adds, upserts and deletes of whole blocks while two tasks search."""
+    from tests.reliability.oracle import search_soak
 
-    async def searcher() -> None:
-        nonlocal searches
-        q = np.eye(dim, dtype=np.float32)
-        while not done.is_set():
-            if sink.dim is not None:
-                res = await sink.search(q, per + 1)
-                hits = (res.scores > 0.5).sum(axis=1)
-                seen_partial.extend(h for h in hits.tolist() if h not in (0, per))
-                searches += 1
-            await anyio.lowlevel.checkpoint()
-
-    async with anyio.create_task_group() as tg:
-        await sink.open(tg)
-        tg.start_soon(searcher)
-        tg.start_soon(searcher)
-        for j in range(dim):
-            v = np.zeros((per, dim), np.float32)
-            v[:, j] = 1.0
-            ids = np.arange(j * per, (j + 1) * per)
-            await sink.write(Batch(ids, v, np.zeros(per), "p", {"offset": j + 1}))
-            await anyio.sleep(0.002)
-        done.set()
-        await sink.close(ok=True)
-    assert searches > 20
-    assert seen_partial == []
-    assert sink.ntotal == dim * per
+    searches, batches, half = await search_soak(tmp_path, 2.0)
+    assert searches > 20 and batches > 20
+    assert half == []
 
 
 async def test_segments_seal_search_together_and_snapshot_only_what_changed(
