@@ -174,13 +174,20 @@ def _add(cols: Columns, i: int, rec: JsonRecord | MsgpackRecord, key: bytes | No
     cols.metadata.append(rec.metadata)
 
 
-def _json(
-    payloads: list[bytes | None], keys: list[bytes | None] | None, cols: Columns, ok: list[int]
+def _records(
+    payloads: list[bytes | None],
+    keys: list[bytes | None] | None,
+    cols: Columns,
+    ok: list[int],
+    decode_one: Any,
+    undecodable: str,
 ) -> None:
-    # One decode per line, its vector copied into float32 at once: measured faster
-    # than one decode of the whole chunk as an array, whose millions of live Python
-    # floats cost allocation and garbage-collector time.
-    decode_one = _json_one.decode
+    """Decode record payloads (JSON or msgpack) one by one into ``cols``.
+
+    One decode per record, its vector copied into float32 at once: measured faster
+    than one decode of the whole chunk as an array, whose millions of live Python
+    floats cost allocation and garbage-collector time.
+    """
     for i in ok:
         key = keys[i] if keys is not None else None
         payload = payloads[i]
@@ -193,27 +200,7 @@ def _json(
             cols.bad.append((i, _validation_reason(str(exc)), str(exc)))
             continue
         except msgspec.DecodeError as exc:
-            cols.bad.append((i, "not-json", str(exc)))
-            continue
-        _add(cols, i, rec, key)
-
-
-def _msgpack(
-    payloads: list[bytes | None], keys: list[bytes | None] | None, cols: Columns, ok: list[int]
-) -> None:
-    for i in ok:
-        key = keys[i] if keys is not None else None
-        payload = payloads[i]
-        if payload is None:
-            _tombstone(cols, i, key)
-            continue
-        try:
-            rec = _msgpack_one.decode(payload)
-        except msgspec.ValidationError as exc:
-            cols.bad.append((i, _validation_reason(str(exc)), str(exc)))
-            continue
-        except msgspec.DecodeError as exc:
-            cols.bad.append((i, "not-msgpack", str(exc)))
+            cols.bad.append((i, undecodable, str(exc)))
             continue
         _add(cols, i, rec, key)
 
@@ -362,10 +349,10 @@ def decode_payloads(
         else:
             ok.append(i)
     if fmt == "json":
-        _json(payloads, keys, cols, ok)
+        _records(payloads, keys, cols, ok, _json_one.decode, "not-json")
         dim = cols.dim
     elif fmt == "msgpack":
-        _msgpack(payloads, keys, cols, ok)
+        _records(payloads, keys, cols, ok, _msgpack_one.decode, "not-msgpack")
         dim = cols.dim
     elif fmt in ("f32", "f16"):
         dim = _raw(payloads, keys, cols, ok, fmt, dim)
