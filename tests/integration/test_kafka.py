@@ -27,22 +27,10 @@ pytestmark = pytest.mark.integration
 def ingest(
     kafka: str, topic: str, idx: Path, *extra: str, check: bool = True, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
+    from tests.reliability.oracle import ingest_argv
+
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "ingest",
-            f"kafka://{kafka}/{topic}",
-            "--index",
-            str(idx),
-            "--group",
-            f"g-{topic}",
-            "--until-idle",
-            "2",
-            "--no-progress",
-            *extra,
-        ],
+        ingest_argv(kafka, topic, idx, "--until-idle", "2", *extra),
         capture_output=True,
         text=True,
         timeout=timeout,
