@@ -130,6 +130,11 @@ class _Batcher:
             limit = min(limit, max(1, self.max_bytes // max(1, b.nbytes // len(b))))
         out: list[Batch] = []
         start, n = 0, len(b)
+        if n == 0 and not p.parts and b.position:
+            # All of an input was rejected (or it held nothing): pass its position on
+            # at once, so the sink moves past those records.
+            p.position = b.position
+            return [b]
         while start < n:
             take = min(max(limit - p.rows, 1), n - start)
             whole = start == 0 and take == n

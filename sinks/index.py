@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -22,11 +21,15 @@ import numpy.typing as npt
 from anyio.abc import TaskGroup
 
 from sinks.floats import FloatStore, floats_path
-from sinks.search import SearchResults, load_shards, prepare_queries, search_shards
+from sinks.handover import HandOver
+from sinks.ownership import Ownership
+from sinks.search import SearchResults, prepare_queries, search_shards
 from sinks.segment import Segment, make_index
-from sinks.shard import DEFAULT_SEGMENT_SIZE, Capture, Shard
-from sinks.store import Loaded, SnapshotStore
-from streams.errors import ConfigError, SnapshotError
+from sinks.shard import DEFAULT_SEGMENT_SIZE, Shard
+from sinks.shared import combine
+from sinks.snapshots import SnapshotListener, Snapshots
+from sinks.store import DEFAULT_GRACE_SECONDS, SnapshotStore
+from streams.errors import ConfigError
 from streams.histogram import DEFAULT_SECONDS_BUCKETS, Histogram
 from streams.records import Batch, Positions
 from streams.sink import Sink
@@ -40,10 +43,8 @@ DEFAULT_METRIC = "ip"
 
 WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
-SnapshotListener = Callable[[int, Positions], Awaitable[None]]
 
-
-class FaissSink(Sink[Batch]):
+class FaissSink(HandOver, Snapshots, Sink[Batch]):
     """Writes batches into FAISS shards in a snapshot directory.
 
     Args:
@@ -71,6 +72,16 @@ class FaissSink(Sink[Batch]):
             this many candidates per shard exactly at search time.
         segment_size: vectors per segment of a shard; appends go to a small active
             segment, so adds stay short and snapshots rewrite only changed segments.
+        worker: this process's name when several processes share ``path`` (Kafka
+            consumer groups): it then writes its own manifest chain, holds only the
+            shards of the partitions it is given (:meth:`claim`) and hands them
+            over when they are taken away (:meth:`release`). ``None``: the only
+            writer, holding every shard.
+        release_timeout: seconds :meth:`release` waits for a partition's in-flight
+            records before handing its shard over as of the last snapshot.
+        gc_grace: in a directory shared by workers, unreferenced objects younger than
+            this (seconds) are kept (another worker may be about to commit them),
+            and chains of workers gone this long are removed.
         name: the stage name.
 
     Raises:
@@ -91,6 +102,9 @@ class FaissSink(Sink[Batch]):
         codec: Any = None,
         rerank: int = 0,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        worker: str | None = None,
+        release_timeout: float = 20.0,
+        gc_grace: float = DEFAULT_GRACE_SECONDS,
         name: str = "faiss",
     ) -> None:
         if metric is not None and metric not in ("ip", "l2"):
@@ -111,13 +125,16 @@ class FaissSink(Sink[Batch]):
         self.segment_size = max(1, segment_size)
         self.codec = codec
         self.rerank = rerank if codec is not None else 0
+        self.worker = worker
+        self.release_timeout = release_timeout
+        self.gc_grace = gc_grace
+        self.ownership = Ownership(worker)
         if codec is not None:
             self.factory = {"sq8": "SQ8", "binary": "BFlat"}.get(codec.kind, f"PQ{codec.pq_m}x8")
         self._codec_object: str | None = None
         self.dim: int | None = None
         self.shards: dict[str, Shard] = {}
         self.store: SnapshotStore | None = None
-        self.loaded: Loaded | None = None
         self._template: faiss.Index | None = None
         self._template_object: str | None = None
         self._training: list[Batch] = []
@@ -138,6 +155,10 @@ class FaissSink(Sink[Batch]):
             "deferred_batches": 0,
             "compactions": 0,
             "snapshot_failures": 0,
+            "claimed_shards": 0,
+            "released_shards": 0,
+            "release_timeouts": 0,
+            "unowned_batches": 0,
         }
         # How long each write() took: the ingestion stall, including snapshots.
         self.write_seconds = Histogram(WRITE_BUCKETS)
@@ -162,72 +183,25 @@ class FaissSink(Sink[Batch]):
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self, task_group: TaskGroup) -> Positions:
-        store = self.store = SnapshotStore(self.path)
-        loaded = self.loaded = await anyio.to_thread.run_sync(store.load)
-        if loaded is not None:
-            m = loaded.manifest
-            self._adopt_config(m)
-            self._adopt_codec(m, store)
-            shards = await anyio.to_thread.run_sync(load_shards, store, loaded)
-            self.shards = {s.name: s for s in shards}
-            for shard in shards:
-                shard.new_index = self._new_index
-                shard.segment_size = self.segment_size
-            if m.get("template"):
-                self._template = faiss.read_index(str(store.objects / m["template"]))
-                self._template_object = m["template"]
-            for fb in loaded.fallbacks:
+        self.store = SnapshotStore(self.path, chain=self.worker)
+        combined = await anyio.to_thread.run_sync(combine, self.path)
+        positions: Positions = {}
+        if combined is not None:
+            self._adopt(combined)
+            for fb in combined.fallbacks:
                 log.warning(
-                    "%s: fell back past snapshot %s: %s", self.path, fb["seq"], fb["reason"]
+                    "%s: fell back past snapshot %s of %s: %s",
+                    self.path,
+                    fb["seq"],
+                    fb["worker"] or "-",
+                    fb["reason"],
                 )
+            if self.worker is None:
+                # The only writer: every shard is ours.
+                positions = await self._take(combined, sorted(combined.shards))
         if self.snapshot_every:
             task_group.start_soon(self._snapshot_loop)
-        return {name: dict(s.position) for name, s in self.shards.items()}
-
-    def _adopt_codec(self, m: dict[str, Any], store: SnapshotStore) -> None:
-        kind = m.get("quantize")
-        mine = self.codec.kind if self.codec is not None else None
-        if kind != mine:
-            raise ConfigError(
-                f"{self.path} holds {'codes of --quantize ' + kind if kind else 'float vectors'}"
-                f"; this pipeline {'quantizes with ' + mine if mine else 'does not quantize'}. "
-                "Use the same setting, or a new directory."
-            )
-        if self.codec is not None:
-            self.codec.restore((store.objects / m["codec"]).read_bytes())
-            self._codec_object = m["codec"]
-            self._template = self.codec.empty_index()
-            self.rerank = self.rerank or int(m.get("rerank") or 0)
-
-    def _adopt_config(self, m: dict[str, Any]) -> None:
-        for arg, key in ((self._factory_arg, "factory"), (self._metric_arg, "metric")):
-            if arg is not None and arg != m.get(key):
-                raise ConfigError(
-                    f"{self.path} holds a {m.get('factory')!r} index with metric "
-                    f"{m.get('metric')!r}; you asked for {key} {arg!r}. Drop the option to "
-                    "keep the existing index, or use a new directory."
-                )
-        self.factory = str(m["factory"])
-        self.metric = str(m["metric"])
-        self.dim = int(m["dim"])
-        self.normalize_queries = self.normalize_queries or bool(m.get("normalize_queries"))
-
-    async def _snapshot_loop(self) -> None:
-        assert self.snapshot_every
-        with anyio.CancelScope() as scope:
-            self._loop_scope = scope
-            while True:
-                await anyio.sleep(self.snapshot_every)
-                try:
-                    await self.snapshot()
-                except SnapshotError as exc:
-                    # A full disk or a failing device must not stop ingestion: the
-                    # previous snapshot stays in force, no offset is committed, and
-                    # the next interval tries again.
-                    self._stats["snapshot_failures"] += 1
-                    log.warning("%s (will retry in %ss)", exc, self.snapshot_every)
-                    continue
-                await self.compact()
+        return positions
 
     async def compact(self) -> int:
         """Rebuild segments of indexes that cannot remove ids (HNSW) whose replaced
@@ -253,7 +227,18 @@ class FaissSink(Sink[Batch]):
     # -- writing ---------------------------------------------------------------------
 
     async def write(self, item: Batch) -> None:
+        own = self.ownership
+        if own.owned is not None:
+            if item.partition not in own.owned:
+                # Its partition was handed over: the new owner reads these records
+                # again from the position our last snapshot of the shard holds.
+                self._stats["unowned_batches"] += 1
+                return
+            own.arrive(item.partition, item.position)
         if len(item) == 0:
+            if item.partition in self.shards and item.position:
+                # Every record of it was rejected: still move the position past them.
+                await self._apply(item)
             return
         if item.dim == 0 and item.deleted is not None and item.deleted.all():
             # Deletes that arrived before any vector: nothing to delete yet, but
@@ -345,31 +330,6 @@ class FaissSink(Sink[Batch]):
         self._stats["batches"] += 1
         self._stats["records"] += len(item)
 
-    async def _capture(self, shard: Shard, store: SnapshotStore) -> Capture:
-        """Write ``shard`` into ``store`` while its new batches wait in a queue, then
-        apply them (one at a time, so ingestion can keep queueing meanwhile)."""
-        async with shard.gate:
-            shard.capturing = shard.draining = True
-            shard.drained = anyio.Event()
-        try:
-            return await anyio.to_thread.run_sync(shard.capture, store)
-        finally:
-            with anyio.CancelScope(shield=True):
-                async with shard.gate:
-                    shard.capturing = False
-                # Apply the queue in order; new batches keep queueing behind it
-                # (``draining``), so a write never waits for an apply here.
-                while True:
-                    async with shard.gate:
-                        if not shard.deferred:
-                            shard.deferred_bytes = 0
-                            shard.draining = False
-                            shard.drained.set()
-                            break
-                        queued = shard.deferred.pop(0)
-                        shard.deferred_bytes -= queued.nbytes
-                    await self._apply_now(shard, queued)
-
     async def _train_and_apply(self) -> None:
         assert self._template is not None
         batches, self._training, self._training_rows = self._training, [], 0
@@ -416,117 +376,6 @@ class FaissSink(Sink[Batch]):
     def searchable_positions(self) -> Positions:
         """Per shard, the position up to which records are searchable."""
         return {name: dict(s.position) for name, s in self.shards.items()}
-
-    # -- snapshots -------------------------------------------------------------------
-
-    async def snapshot(self) -> int | None:
-        """Write a snapshot of every shard now (only changed shards cost I/O).
-
-        Returns the new seq, or ``None`` when nothing changed since the last one.
-
-        Raises:
-            SnapshotError: the snapshot could not be written; the previous one stays
-                in force.
-        """
-        async with self._snapshot_lock:
-            store = self.store
-            if store is None or self.dim is None:
-                return None
-            saved_config = self._template_object or self._codec_object
-            if not any(s.dirty for s in self.shards.values()) and saved_config:
-                return None
-            started = time.perf_counter()
-            try:
-                seq, written = await self._write_snapshot(store)
-            except (OSError, RuntimeError) as exc:
-                raise SnapshotError(
-                    f"{self.path}: writing a snapshot failed ({exc}); the previous snapshot "
-                    "is intact"
-                ) from exc
-            seconds = time.perf_counter() - started
-            self.snapshot_durations.observe([seconds])
-            st = self._stats
-            st.update(
-                snapshots=st["snapshots"] + 1,
-                last_snapshot_seq=seq,
-                last_snapshot_time=time.time(),
-                last_snapshot_seconds=seconds,
-                last_snapshot_bytes=written,
-                snapshot_bytes_total=st["snapshot_bytes_total"] + written,
-            )
-            positions = self.saved_positions()
-            for fn in self._listeners:
-                await fn(seq, positions)
-            store._step("snapshot:listeners-done")
-            return seq
-
-    async def _write_snapshot(self, store: SnapshotStore) -> tuple[int, int]:
-        written = 0
-        entries: list[dict[str, Any]] = []
-        saved: list[tuple[Shard, Capture, dict[str, Any]]] = []
-        if self.codec is not None and self._codec_object is None:
-            state = self.codec.state()
-            self._codec_object = await anyio.to_thread.run_sync(store.put_object, state)
-            written += len(state)
-        if self._template_object is None and self._template is not None and self.codec is None:
-            data = faiss.serialize_index(self._template)
-            self._template_object = await anyio.to_thread.run_sync(store.put_object, data)
-            written += len(data)
-        for name in sorted(self.shards):
-            shard = self.shards[name]
-            if shard.dirty:
-                cap = await self._capture(shard, store)
-                keys = floats_map = None
-                if cap.keys_bytes:
-                    keys = await anyio.to_thread.run_sync(store.put_object, cap.keys_bytes)
-                if cap.float_map is not None:
-                    floats_map = await anyio.to_thread.run_sync(store.put_object, cap.float_map)
-                written += cap.nbytes + len(cap.keys_bytes or b"")
-                entry = {
-                    "name": name,
-                    "segments": cap.segments,
-                    "keys": keys,
-                    "ntotal": cap.ntotal,
-                    "position": cap.position,
-                }
-                if floats_map is not None:
-                    entry.update(floats_map=floats_map, float_rows=cap.float_rows)
-                saved.append((shard, cap, entry))
-            else:
-                assert shard.saved_entry is not None
-                entry = shard.saved_entry
-            entries.append(entry)
-        manifest = {
-            "dim": self.dim,
-            "metric": self.metric,
-            "factory": self.factory,
-            "normalize_queries": self.normalize_queries,
-            "template": self._template_object,
-            "quantize": self.codec.kind if self.codec is not None else None,
-            "codec": self._codec_object,
-            "binary": bool(self.codec is not None and self.codec.binary),
-            "rerank": self.rerank,
-            "ntotal": sum(int(e["ntotal"]) for e in entries),
-            "shards": entries,
-        }
-
-        def commit() -> int:
-            seq = store.commit(manifest)
-            store.prune(self.keep)
-            return seq
-
-        seq = await anyio.to_thread.run_sync(commit)
-        for shard, cap, entry in saved:
-            shard.saved(cap, entry)
-        return seq, written
-
-    def saved_positions(self) -> Positions:
-        """Per shard, the position held by the last durable snapshot."""
-        return {
-            name: dict(s.saved_entry["position"])
-            for name, s in self.shards.items()
-            if s.saved_entry is not None
-        }
 
     def histograms(self) -> dict[str, Histogram]:
         return {

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sinks.search import SearchResults, SnapshotView, open_snapshot
+from sinks.store import chain_names, chain_root
 from streams.errors import SnapshotError
 
 __all__ = ["LiveView"]
@@ -47,14 +49,18 @@ class LiveView:
         return f"<LiveView {self.root!r} seq={self.view.manifest['seq']}>"
 
     def _current_text(self) -> str:
-        try:
-            with open(os.path.join(self.root, "CURRENT")) as f:
-                return f.read()
-        except OSError:
-            return ""
+        # Every chain's CURRENT: a new snapshot of any worker changes it.
+        parts = []
+        for chain in chain_names(self.root):
+            try:
+                with open(chain_root(Path(self.root), chain) / "CURRENT") as f:
+                    parts.append(f"{chain}:{f.read()}")
+            except OSError:
+                continue
+        return "|".join(parts)
 
     async def follow(self, every: float = 1.0) -> None:
-        """Reload whenever ``CURRENT`` changes (runs until cancelled)."""
+        """Reload whenever a ``CURRENT`` changes (runs until cancelled)."""
         while True:
             await anyio.sleep(every)
             text = self._current_text()
@@ -82,6 +88,7 @@ class LiveView:
         return {
             "dir": self.root,
             "seq": m["seq"],
+            "workers": m["workers"],
             "created": m.get("created"),
             "ntotal": m["ntotal"],
             "dim": m["dim"],
@@ -91,7 +98,7 @@ class LiveView:
                 {"name": s["name"], "ntotal": s["ntotal"], "position": s["position"]}
                 for s in m["shards"]
             ],
-            "fallbacks": self.view.loaded.fallbacks,
+            "fallbacks": self.view.fallbacks,
             "loaded_at": self.loaded_at,
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
@@ -115,8 +122,11 @@ class _ViewCollector(Collector):
         for s in m["shards"]:
             vectors.add_metric([s["name"]], s["ntotal"])
         yield vectors
-        seq = GaugeMetricFamily("embedstream_snapshot_seq", "Seq of the snapshot being served")
-        seq.add_metric([], m["seq"])
+        seq = GaugeMetricFamily(
+            "embedstream_snapshot_seq",
+            "Seq of the snapshot being served (the highest over workers' chains)",
+        )
+        seq.add_metric([], max(w["seq"] for w in m["workers"].values()))
         yield seq
         reloads = CounterMetricFamily("embedstream_snapshot_reloads", "Snapshots loaded")
         reloads.add_metric([], self.live.reloads)

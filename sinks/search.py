@@ -1,7 +1,8 @@
 """Searching shards: merging per-shard top-k, and read-only snapshot views.
 
-:func:`open_snapshot` loads exactly what a restarting pipeline would load: the
-newest committed manifest whose objects verify, falling back the same way, so
+:func:`open_snapshot` loads exactly what a restarting pipeline would load: per
+chain the newest committed manifest whose objects verify, falling back the same
+way, and per shard the newest state over all chains (:mod:`sinks.shared`), so
 ``embedstream search`` and ``embedstream inspect`` can run against a directory that
 another process is ingesting into.
 """
@@ -19,11 +20,12 @@ import numpy.typing as npt
 from sinks.floats import FloatStore, floats_path
 from sinks.segment import Segment
 from sinks.shard import Shard, decode_keys
-from sinks.store import Loaded, SnapshotStore
+from sinks.shared import Combined, combine
+from sinks.store import SnapshotStore
 from sinks.topk import merge_topk
 from streams.errors import ConfigError, SnapshotError
 
-__all__ = ["SearchResults", "SnapshotView", "load_shards", "merge_topk", "open_snapshot"]
+__all__ = ["SearchResults", "SnapshotView", "load_shard", "merge_topk", "open_snapshot"]
 
 
 @dataclass(slots=True)
@@ -109,64 +111,68 @@ def search_shards(
     return SearchResults(scores, ids, keys)
 
 
-def load_shards(store: SnapshotStore, loaded: Loaded, *, readonly: bool = False) -> list[Shard]:
-    """Read every shard of a verified manifest (blocking)."""
-    m = loaded.manifest
-    binary = bool(m.get("binary"))
-    codes = bool(m.get("quantize"))
-    shards = []
-    for entry in m["shards"]:
-        segments = []
-        for seg in entry["segments"]:
-            path = store.objects / seg["object"]
-            try:
-                index = (
-                    faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
-                )
-            except RuntimeError as exc:
-                raise SnapshotError(f"{path}: faiss cannot read the segment: {exc}") from None
-            dead = None
-            if seg.get("dead"):
-                dead = np.frombuffer((store.objects / seg["dead"]).read_bytes(), dtype="<i8")
-            segments.append(
-                Segment(
-                    index,
-                    codes=codes,
-                    saved_object=seg["object"],
-                    dead=dead,
-                    saved_dead=seg.get("dead"),
-                )
+def load_shard(
+    store: SnapshotStore, entry: dict[str, Any], config: dict[str, Any], *, readonly: bool = False
+) -> Shard:
+    """Read one shard of a verified manifest (blocking).
+
+    ``config`` is the manifest (or a combined view's configuration) the entry
+    belongs to: it says whether segments are binary or codes, and the dimension.
+    """
+    binary = bool(config.get("binary"))
+    codes = bool(config.get("quantize"))
+    segments = []
+    for seg in entry["segments"]:
+        path = store.objects / seg["object"]
+        try:
+            index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise SnapshotError(f"{path}: faiss cannot read the segment: {exc}") from None
+        dead = None
+        if seg.get("dead"):
+            dead = np.frombuffer((store.objects / seg["dead"]).read_bytes(), dtype="<i8")
+        segments.append(
+            Segment(
+                index,
+                codes=codes,
+                saved_object=seg["object"],
+                dead=dead,
+                saved_dead=seg.get("dead"),
             )
-        keys = (
-            decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
         )
-        floats = None
-        if entry.get("floats_map"):
-            mapping = FloatStore.read_mapping((store.objects / entry["floats_map"]).read_bytes())
-            floats = FloatStore(
-                floats_path(store.root, entry["name"]),
-                int(m["dim"]),
-                int(entry["float_rows"]),
-                mapping,
-                readonly=readonly,
-            )
-        shard = Shard(entry["name"], segments, None, entry.get("position"), keys, floats=floats)
-        shard.saved_entry = dict(entry)
-        shards.append(shard)
-    return shards
+    keys = decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
+    floats = None
+    if entry.get("floats_map"):
+        mapping = FloatStore.read_mapping((store.objects / entry["floats_map"]).read_bytes())
+        floats = FloatStore(
+            floats_path(store.root, entry["name"]),
+            int(config["dim"]),
+            int(entry["float_rows"]),
+            mapping,
+            readonly=readonly,
+        )
+    shard = Shard(entry["name"], segments, None, entry.get("position"), keys, floats=floats)
+    shard.saved_entry = dict(entry)
+    return shard
 
 
 @dataclass
 class SnapshotView:
-    """A loaded snapshot, for read-only search and inspection."""
+    """The combined state of a snapshot directory, for read-only search and
+    inspection (one chain, or several workers' chains; see :mod:`sinks.shared`)."""
 
     root: str
-    loaded: Loaded
+    combined: Combined
     shards: list[Shard]
+    manifest: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.manifest = self.combined.manifest()
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return self.loaded.manifest
+    def fallbacks(self) -> list[dict[str, Any]]:
+        """Snapshots skipped because they did not load, and why."""
+        return self.combined.fallbacks
 
     @property
     def dim(self) -> int:
@@ -183,7 +189,8 @@ class SnapshotView:
 
 
 def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
-    """Load a snapshot directory read-only.
+    """Load a snapshot directory read-only: every shard's newest state over all
+    workers' chains, verified, falling back as a restart would.
 
     Raises:
         SnapshotError: the directory holds no snapshot, or none that loads.
@@ -191,14 +198,19 @@ def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
     if not os.path.isdir(root):
         raise SnapshotError(f"{root}: no such directory")
     store = SnapshotStore(root, readonly=True)
-    for _attempt in range(3):
-        loaded = store.load()
-        if loaded is None:
+    for _attempt in range(5):
+        combined = combine(root)
+        if combined is None:
             raise SnapshotError(f"{root}: holds no snapshot yet")
         try:
-            return SnapshotView(str(root), loaded, load_shards(store, loaded, readonly=True))
+            config = combined.config
+            shards = [
+                load_shard(store, s.entry, config, readonly=True)
+                for _, s in sorted(combined.shards.items())
+            ]
         except (SnapshotError, FileNotFoundError):
             # A writer pruned this snapshot between our verify and read: take the
             # newer one it committed.
             continue
+        return SnapshotView(str(root), combined, shards)
     raise SnapshotError(f"{root}: snapshots kept changing while loading; try again")

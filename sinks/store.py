@@ -5,6 +5,8 @@ Layout of a snapshot directory::
     DIR/objects/<sha256>        index and key-map files, named by their content hash
     DIR/manifests/<seq>.json    one immutable manifest per snapshot
     DIR/CURRENT                 the seq of the latest committed manifest
+    DIR/workers/<name>/...      the manifest chain (manifests/, CURRENT) of one worker
+                                when several processes share DIR (sinks.shared)
 
 Write order: every object to a temp file, fsync, rename; the manifest the same way;
 then ``CURRENT`` the same way, then fsync the directory. The rename of ``CURRENT`` is
@@ -27,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,15 @@ from typing import Any
 
 from streams.errors import SnapshotError
 
-__all__ = ["SCHEMA_VERSION", "Loaded", "SnapshotStore", "atomic_write"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "WORKERS",
+    "Loaded",
+    "SnapshotStore",
+    "atomic_write",
+    "chain_names",
+    "chain_root",
+]
 
 log = logging.getLogger("embedstream.snapshot")
 
@@ -88,7 +99,7 @@ def atomic_write(path: Path, data: BytesLike, hook: Hook | None = None) -> None:
     the step names ``"<name>:written"``, ``":synced"`` and ``":renamed"`` (fault
     injection in tests).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{_unique()}.tmp")
     step = hook or (lambda _s: None)
     label = f"{path.parent.name}/{path.name}" if path.parent.name in _SUBDIRS else path.name
     try:
@@ -105,6 +116,11 @@ def atomic_write(path: Path, data: BytesLike, hook: Hook | None = None) -> None:
             tmp.unlink()
         raise
     step(f"{label}:renamed")
+
+
+def _unique() -> str:
+    # Unique across the processes and hosts that may share a directory.
+    return f"{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
 
 
 def sha256_file(path: Path) -> str:
@@ -134,23 +150,74 @@ class Loaded:
         return store.objects / digest
 
 
+WORKERS = "workers"
+
+DEFAULT_GRACE_SECONDS = 600.0
+"""How old an unreferenced object must be before garbage collection removes it in a
+directory shared by several workers: another worker may have just written it for a
+snapshot it has not committed yet."""
+
+
+def chain_root(root: Path, chain: str | None) -> Path:
+    """Where the manifests and ``CURRENT`` of ``chain`` live (``None``: the root's)."""
+    return root if chain is None else root / WORKERS / chain
+
+
+def chain_names(root: str | os.PathLike[str]) -> list[str | None]:
+    """Every manifest chain in ``root``: the root's own (``None``), then each worker's."""
+    base = Path(root)
+    out: list[str | None] = [None]
+    with contextlib.suppress(FileNotFoundError):
+        out.extend(
+            sorted(
+                p.name
+                for p in (base / WORKERS).iterdir()
+                if p.is_dir() and not p.name.startswith(".")
+            )
+        )
+    return out
+
+
+def valid_chain_name(name: str) -> bool:
+    """A worker name usable as a directory name on any filesystem."""
+    return (
+        bool(name)
+        and len(name) <= 100
+        and all(c.isalnum() or c in "-_." for c in name)
+        and (not name.startswith("."))
+    )
+
+
 class SnapshotStore:
-    """A snapshot directory.
+    """A snapshot directory, or one worker's manifest chain in a shared one.
 
     Args:
         root: the directory; created when missing (unless ``readonly``).
+        chain: the worker whose manifest chain this is (``DIR/workers/<chain>``);
+            ``None`` for the directory's own chain. Objects are shared by all chains.
         readonly: never create or write anything (``inspect``, ``search``).
         hook: called with a step name before and after every durable step; tests use
             it to inject crashes at each step of the protocol.
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, readonly: bool = False, hook: Hook | None = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        chain: str | None = None,
+        readonly: bool = False,
+        hook: Hook | None = None,
     ) -> None:
+        if chain is not None and not valid_chain_name(chain):
+            raise SnapshotError(
+                f"worker name {chain!r}: use letters, digits, '-', '_' and '.' (at most 100)"
+            )
         self.root = Path(root)
+        self.chain = chain
         self.objects = self.root / "objects"
-        self.manifests = self.root / "manifests"
-        self.current = self.root / "CURRENT"
+        home = chain_root(self.root, chain)
+        self.manifests = home / "manifests"
+        self.current = home / "CURRENT"
         self.readonly = readonly
         self.hook = hook or crash_hook_from_env()
         if not readonly:
@@ -170,12 +237,21 @@ class SnapshotStore:
         if self.hook is not None:
             self.hook(name)
 
+    @property
+    def shared(self) -> bool:
+        """True when several workers' chains share this directory."""
+        return self.chain is not None or (self.root / WORKERS).is_dir()
+
     def _remove_temp_files(self) -> None:
         # Left by a crash between write and rename; never referenced by anything.
-        for d in (self.root, self.objects, self.manifests):
+        # In a shared directory another worker may be writing one right now: only
+        # old ones are leftovers.
+        cutoff = time.time() - DEFAULT_GRACE_SECONDS if self.shared else float("inf")
+        for d in (self.current.parent, self.objects, self.manifests):
             for p in d.glob(".*.tmp"):
                 with contextlib.suppress(OSError):
-                    p.unlink()
+                    if p.stat().st_mtime < cutoff:
+                        p.unlink()
 
     # -- writing -------------------------------------------------------------------
 
@@ -187,9 +263,17 @@ class SnapshotStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self.objects / digest
         if path.exists() and path.stat().st_size == memoryview(data).nbytes:
+            self._touch(path)
             return digest
         atomic_write(path, data, self.hook)
         return digest
+
+    def _touch(self, path: Path) -> None:
+        # Reusing an object another worker may be about to collect: a fresh mtime
+        # keeps it out of garbage collection for the grace period (see prune).
+        if self.shared:
+            with contextlib.suppress(OSError):
+                os.utime(path)
 
     def put_stream(self, produce: Callable[[Callable[[bytes], None]], None]) -> tuple[str, int]:
         """Store what ``produce(write)`` writes, hashing it on the way to disk.
@@ -198,7 +282,7 @@ class SnapshotStore:
         indexes of hundreds of megabytes. Returns (hex digest, bytes written).
         """
         h = hashlib.sha256()
-        tmp = self.objects / f".stream.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = self.objects / f".stream.{_unique()}.tmp"
         size = 0
         try:
             with open(tmp, "wb") as f:
@@ -223,6 +307,7 @@ class SnapshotStore:
         path = self.objects / digest
         if path.exists() and path.stat().st_size == size:
             tmp.unlink()
+            self._touch(path)
         else:
             os.replace(tmp, path)
         self._step(f"objects/{digest}:renamed")
@@ -238,6 +323,8 @@ class SnapshotStore:
         """
         if self.readonly:
             raise SnapshotError(f"{self.root}: opened read-only")
+        # A retired chain (see sinks.shared) comes back with its next commit.
+        self.manifests.mkdir(parents=True, exist_ok=True)
         seqs = self.seqs()
         seq = (seqs[-1] if seqs else 0) + 1
         parent = self.current_seq()
@@ -256,12 +343,16 @@ class SnapshotStore:
         _fsync_dir(self.manifests)
         self._step("manifests:dir-synced")
         atomic_write(self.current, f"{seq}\n".encode(), self.hook)
-        _fsync_dir(self.root)
+        _fsync_dir(self.current.parent)
         self._step("CURRENT:dir-synced")
         return seq
 
-    def prune(self, keep: int) -> tuple[int, int]:
+    def prune(self, keep: int, grace: float = DEFAULT_GRACE_SECONDS) -> tuple[int, int]:
         """Keep the newest ``keep`` manifests up to the current one; collect objects.
+
+        In a shared directory, objects referenced by any chain stay, and so do
+        unreferenced ones younger than ``grace`` seconds (another worker may be
+        writing the snapshot that will name them).
 
         Returns (manifests removed, objects removed).
         """
@@ -274,17 +365,28 @@ class SnapshotStore:
             self._step(f"prune:manifest {seq}")
             with contextlib.suppress(FileNotFoundError):
                 (self.manifests / f"{seq:08d}.json").unlink()
+        shared = self.shared
         live: set[str] = set()
-        for seq in self.seqs():
-            try:
-                live.update(_objects_of(self.read_manifest(seq)))
-            except SnapshotError:
-                continue
+        chains = chain_names(self.root) if shared else [self.chain]
+        for chain in chains:
+            store = (
+                self
+                if chain == self.chain
+                else SnapshotStore(self.root, chain=chain, readonly=True)
+            )
+            for seq in store.seqs():
+                try:
+                    live.update(_objects_of(store.read_manifest(seq)))
+                except SnapshotError:
+                    continue
+        cutoff = time.time() - grace if shared else float("inf")
         removed = 0
         for p in self.objects.iterdir():
             if not p.name.startswith(".") and p.name not in live:
-                self._step(f"prune:object {p.name}")
                 with contextlib.suppress(FileNotFoundError):
+                    if p.stat().st_mtime >= cutoff:
+                        continue
+                    self._step(f"prune:object {p.name}")
                     p.unlink()
                     removed += 1
         if doomed or removed:

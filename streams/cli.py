@@ -23,6 +23,7 @@ import numpy as np
 from rich.console import Console
 
 from sinks import SnapshotStore, open_snapshot
+from sinks.store import chain_names
 from streams.cli_build import build_ingest_pipeline
 from streams.errors import EmbedstreamError, StageError
 from streams.files import FORMATS
@@ -168,6 +169,21 @@ def main(verbose: int) -> None:
 )
 @click.option("--group", default=None, help="Kafka consumer group id (required for Kafka).")
 @click.option(
+    "--worker",
+    default=None,
+    metavar="NAME",
+    help="Kafka: this process's name among the workers of one --group sharing DIR "
+    "[default: HOST-PID].",
+)
+@click.option(
+    "--gc-grace",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Kafka workers sharing DIR: seconds before an unreferenced object (or the "
+    "chain of a worker that left) is deleted.",
+)
+@click.option(
     "--until-idle",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
@@ -300,25 +316,39 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
         view = open_snapshot(index_dir)
     except EmbedstreamError as exc:
         _fail(exc)
-    info: dict[str, Any] = {"dir": index_dir, **view.manifest, "fallbacks": view.loaded.fallbacks}
+    info: dict[str, Any] = {"dir": index_dir, **view.manifest, "fallbacks": view.fallbacks}
     if history:
         info["history"] = SnapshotStore(index_dir, readonly=True).history()
+        workers = [c for c in chain_names(index_dir) if c is not None]
+        if workers:
+            info["worker_history"] = {
+                c: SnapshotStore(index_dir, chain=c, readonly=True).history() for c in workers
+            }
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"{index_dir}: snapshot {info['seq']} of {info['created']}")
+    shared = [w for w in info["workers"] if w != "-"]
+    if shared:
+        click.echo(f"{index_dir}: combined state of {len(info['workers'])} chain(s)")
+    else:
+        click.echo(f"{index_dir}: snapshot {info['seq']} of {info['created']}")
     click.echo(
         f"  {info['factory']} {info['metric']} dim {info['dim']}, {info['ntotal']:,} vectors"
         f" in {len(info['shards'])} shard(s)"
     )
     for s in info["shards"]:
-        click.echo(f"  shard {s['name']}: {s['ntotal']:,} vectors, position {s['position']}")
+        owner = f", owner {s['owner']} (epoch {s['epoch']})" if shared else ""
+        click.echo(f"  shard {s['name']}: {s['ntotal']:,} vectors, position {s['position']}{owner}")
     for fb in info["fallbacks"]:
         click.echo(f"  fell back past snapshot {fb['seq']}: {fb['reason']}")
-    for h in info.get("history", []):
-        state = "ok" if h["ok"] else f"BROKEN: {h['error']}"
-        mark = "*" if h["current"] else " "
-        click.echo(f" {mark}{h['seq']}: {state}")
+    histories = {"-": info.get("history", []), **info.get("worker_history", {})}
+    for name, entries in histories.items():
+        if entries and shared:
+            click.echo(f" worker {name}:")
+        for h in entries:
+            state = "ok" if h["ok"] else f"BROKEN: {h['error']}"
+            mark = "*" if h["current"] else " "
+            click.echo(f" {mark}{h['seq']}: {state}")
 
 
 @main.command()

@@ -6,6 +6,8 @@ Kept apart from the command-line parsing so it can be called from Python too:
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 import operators
@@ -39,6 +41,12 @@ def _kafka_options(
     return out
 
 
+def default_worker_name() -> str:
+    """``HOST-PID``, with characters a directory name may hold."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
+    return f"{host.strip('.') or 'host'}-{os.getpid()}"
+
+
 def build_ingest_pipeline(
     sources: list[str],
     index_dir: str,
@@ -55,6 +63,8 @@ def build_ingest_pipeline(
     fmt: str | None = None,
     capacity: int = 4,
     group: str | None = None,
+    worker: str | None = None,
+    gc_grace: float = 600.0,
     until_idle: float | None = None,
     kafka_options: tuple[str, ...] = (),
     ssl_cafile: str | None = None,
@@ -90,11 +100,16 @@ def build_ingest_pipeline(
             until_idle=until_idle,
             consumer_options=_kafka_options(kafka_options, ssl_cafile, ssl_certfile, ssl_keyfile),
         )
+        # Every Kafka worker writes its own manifest chain, so any number of them
+        # (one or several with the same --group) can share DIR.
+        worker = worker or default_worker_name()
     else:
         if fmt is not None and fmt not in FORMATS:
             raise ConfigError(
                 f"--format {fmt} is a Kafka value format; files are {', '.join(FORMATS)}"
             )
+        if worker:
+            raise ConfigError("--worker names a Kafka consumer; file sources have one writer")
         source = FileSource(sources, format=fmt)
     policy = on_error or ("dead-letter" if dead_letter else "raise")
     if policy == "dead-letter" and not dead_letter:
@@ -124,6 +139,8 @@ def build_ingest_pipeline(
         train_size=train_size,
         codec=codec,
         rerank=rerank,
+        worker=worker,
+        gc_grace=gc_grace,
     )
     pipeline = flow | sink
     pipeline.capacity = capacity

@@ -35,6 +35,7 @@ from streams.channel import Outbox
 from streams.errors import ConfigError, SourceError
 from streams.kafka_records import raw_records_marker
 from streams.records import Chunk, Positions
+from streams.sink import Sink
 from streams.source import Source
 
 __all__ = ["KAFKA_FORMATS", "KafkaSource", "KafkaTarget", "parse_kafka_url", "partition_name"]
@@ -190,6 +191,11 @@ class KafkaSource(Source):
         # partition assigned again after a rebalance resumes there, because those
         # records are on their way into this process's index.
         self._emitted: dict[str, int] = {}
+        # A sink shared with other workers: partitions are claimed from it on
+        # assignment and released to it on revocation (see hand_partitions_to).
+        self._owner: Sink[Any] | None = None
+        self._stopping = False
+        self._claiming: set[str] = set()
         self._rebalances = 0
         self._commits = 0
         self._transient_errors = 0
@@ -200,6 +206,12 @@ class KafkaSource(Source):
             f"<KafkaSource {self.bootstrap_servers}/{','.join(self.topics)} "
             f"group={self.group!r} format={self.format} partitions={len(self.lag)}>"
         )
+
+    def hand_partitions_to(self, sink: Sink[Any]) -> None:
+        """Claim assigned partitions from ``sink`` (it loads their newest shards from
+        the shared directory and says where to resume) and release revoked ones to
+        it (it waits for their emitted records, snapshots, and lets them go)."""
+        self._owner = sink
 
     def chunks(self, start: Positions) -> AsyncIterator[Chunk]:  # pragma: no cover
         raise NotImplementedError("KafkaSource pushes through run()")
@@ -215,6 +227,10 @@ class KafkaSource(Source):
             "fetch_max_bytes": 32 << 20,
             **self.consumer_options,
         }
+        if self._owner is not None:
+            # A revoked partition's hand-over (drain + snapshot) happens inside the
+            # rebalance; give it time before the group gives up on this member.
+            options.setdefault("rebalance_timeout_ms", 60_000)
         # Never reset silently: an offset the broker no longer has is an error.
         options["enable_auto_commit"] = False
         options["auto_offset_reset"] = "none"
@@ -240,12 +256,16 @@ class KafkaSource(Source):
                 # broker (aiokafka can stay stuck after the whole cluster was down):
                 # start a new one. It seeks to what this process already emitted.
                 self._restarts += 1
+                self._stopping = False
                 log.warning(
                     "Kafka: the consumer made no progress for %ss; restarting it",
                     self.stall_timeout,
                 )
             finally:
                 with anyio.CancelScope(shield=True):
+                    # Leaving the group is not a hand-over: the sink's final snapshot
+                    # holds everything, and the partitions move on from there.
+                    self._stopping = True
                     try:
                         await _within(30, consumer.stop())
                     except Exception as exc:  # pragma: no cover - best effort on shutdown
@@ -289,6 +309,8 @@ class KafkaSource(Source):
             if fetched:
                 last_record = now
                 for tp, messages in fetched.items():
+                    if self._claiming and partition_name(tp.topic, tp.partition) in self._claiming:
+                        continue
                     if messages:
                         await self._send(consumer, outbox, self._chunk(tp, messages))
                 continue
@@ -357,7 +379,7 @@ class KafkaSource(Source):
             await outbox.send(chunk)
             sent.set()
 
-        paused: list[Any] = []
+        paused: set[Any] = set()
         async with anyio.create_task_group() as tg:
             tg.start_soon(send)
             while not sent.is_set():
@@ -365,10 +387,15 @@ class KafkaSource(Source):
                     await sent.wait()
                 if sent.is_set():
                     break
-                if not paused:
-                    paused = list(consumer.assignment())
-                    consumer.pause(*paused)
-                await consumer.getmany(timeout_ms=0, max_records=1)
+                # Pause what is assigned now (a rebalance may have assigned more).
+                current = set(consumer.assignment())
+                consumer.pause(*(current - paused))
+                paused |= current
+                got = await consumer.getmany(timeout_ms=0, max_records=1)
+                for tp, messages in got.items():
+                    # Assigned during this very poll, so not paused: read it again.
+                    if messages:
+                        consumer.seek(tp, messages[0].offset)
         if paused:
             still = set(consumer.assignment())
             consumer.resume(*[tp for tp in paused if tp in still])
@@ -393,6 +420,9 @@ class KafkaSource(Source):
         consumer = self.consumer
         assert consumer is not None
         self._rebalances += 1
+        if self._owner is not None:
+            await self._claim(consumer, partitions)
+            return
         fresh = []
         for tp in partitions:
             part = partition_name(tp.topic, tp.partition)
@@ -406,7 +436,46 @@ class KafkaSource(Source):
             await consumer.seek_to_beginning(*fresh)
         log.info("assigned %s", sorted(partition_name(tp.topic, tp.partition) for tp in partitions))
 
+    async def _claim(self, consumer: Consumer, partitions: list[Any]) -> None:
+        """Take assigned partitions over from the shared sink and seek to where its
+        newest state of each ends."""
+        names = [partition_name(tp.topic, tp.partition) for tp in partitions]
+        self._claiming.update(names)
+        try:
+            # Give every partition a valid position at once: the fetcher looks for
+            # one while the sink loads shards, and with no committed offset it would
+            # fail (offsets are never reset silently). Records fetched meanwhile are
+            # dropped (see _consume) and read again from the claimed positions.
+            if partitions:
+                await consumer.seek_to_beginning(*partitions)
+            claimed = await self._owner.claim(names) if self._owner is not None else {}
+            fresh = []
+            for tp, name in zip(partitions, names, strict=True):
+                self._emitted.pop(name, None)
+                offset = claimed.get(name, {}).get("offset")
+                if offset is not None:
+                    consumer.seek(tp, int(offset))
+                else:
+                    fresh.append(tp)
+                self.lag.setdefault(name, PartitionLag(tp.topic, tp.partition))
+            if fresh:
+                await consumer.seek_to_beginning(*fresh)
+        finally:
+            self._claiming.difference_update(names)
+        log.info("claimed %s", sorted(names))
+
     async def _revoked(self, partitions: list[Any]) -> None:
+        names = [partition_name(tp.topic, tp.partition) for tp in partitions]
+        if self._owner is not None and not self._stopping and names:
+            upto = {n: {"offset": self._emitted[n]} for n in names if n in self._emitted}
+            try:
+                await self._owner.release(names, upto)
+            except Exception:
+                # aiokafka would only log it; the partitions move on either way, and
+                # the next owner resumes from their last durable snapshot.
+                log.exception("handing over %s failed", names)
+            for n in names:
+                self._emitted.pop(n, None)
         for tp in partitions:
             self.lag.pop(partition_name(tp.topic, tp.partition), None)
         log.info("revoked %s", sorted(partition_name(tp.topic, tp.partition) for tp in partitions))

@@ -286,6 +286,8 @@ class Pipeline:
         except Exception as exc:
             return _stage_error(sink_name, exc)
         self.sink.add_snapshot_listener(self.source.on_snapshot)
+        if self.sink.moves_partitions:
+            self.source.hand_partitions_to(self.sink)
         errors: list[BaseException] = []
         try:
             async with anyio.create_task_group() as tg:

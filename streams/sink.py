@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from anyio.abc import TaskGroup
@@ -46,6 +46,23 @@ class Sink(ABC, Generic[T]):
 
         Called once, also after a failure (``ok=False``).
         """
+
+    @property
+    def moves_partitions(self) -> bool:
+        """True when this sink shares its state with other processes and holds only
+        the partitions it is given (:meth:`claim`, :meth:`release`); a source that
+        learns of assignments (Kafka consumer groups) then reports them."""
+        return False
+
+    async def claim(self, partitions: Sequence[str]) -> Positions:
+        """Take ``partitions`` over; return where each resumes (missing: from its
+        beginning). Only called when :attr:`moves_partitions`."""
+        raise NotImplementedError(f"{type(self).__name__} does not move partitions")
+
+    async def release(self, partitions: Sequence[str], upto: Positions) -> None:
+        """Hand ``partitions`` over once the items up to ``upto`` (what the source
+        emitted) are in; only called when :attr:`moves_partitions`."""
+        raise NotImplementedError(f"{type(self).__name__} does not move partitions")
 
     def add_snapshot_listener(self, fn: Callable[[int, Positions], Awaitable[None]]) -> None:
         """Have ``fn(seq, positions)`` awaited after every durable snapshot.

@@ -52,6 +52,12 @@ class Source(ABC):
             if aclose is not None:
                 await aclose()
 
+    def hand_partitions_to(self, sink: Sink[Any]) -> None:  # noqa: B027
+        """Called before :meth:`run` when the sink moves partitions between
+        processes (:attr:`Sink.moves_partitions`): a source that learns which
+        partitions it is given must then ``claim`` them from the sink and
+        ``release`` them when they are taken away. The default does nothing."""
+
     async def on_snapshot(self, seq: int, positions: Positions) -> None:  # noqa: B027
         """Called after the sink made snapshot ``seq`` holding ``positions`` durable.
 

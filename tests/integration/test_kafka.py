@@ -283,10 +283,12 @@ def test_out_of_range_offset_is_an_error(kafka: str, topic_name: str, tmp_path: 
     ingest(kafka, topic_name, idx)
     # Pretend the index is ahead of the broker (as after the topic was recreated):
     view = open_snapshot(idx)
-    manifest = view.manifest
+    owner = view.manifest["shards"][0]["owner"]
+    seq = view.manifest["workers"][owner]["seq"]
+    path = idx / "workers" / owner / "manifests" / f"{seq:08d}.json"
+    manifest = msgspec.json.decode(path.read_bytes())
     manifest["shards"][0]["position"] = {"offset": 10_000}
-    seq = manifest["seq"]
-    (idx / "manifests" / f"{seq:08d}.json").write_bytes(msgspec.json.encode(manifest))
+    path.write_bytes(msgspec.json.encode(manifest))
     proc = ingest(kafka, topic_name, idx, check=False)
     assert proc.returncode == 1
     assert "no longer on the broker" in proc.stderr or "offset" in proc.stderr

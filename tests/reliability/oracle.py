@@ -108,7 +108,20 @@ def crash_rounds(kafka: str, topic: str, idx: Path, x: np.ndarray) -> list[tuple
         asyncio.run(produce(kafka, topic, ids, x[list(ids)]))
         proc = subprocess.run(
             ingest_argv(
-                kafka, topic, idx, "--snapshot-every", "0.2", "--keep", "2", "--until-idle", "1.5"
+                kafka,
+                topic,
+                idx,
+                "--snapshot-every",
+                "0.2",
+                "--keep",
+                "2",
+                "--until-idle",
+                "1.5",
+                "--gc-grace",
+                "0",
+                # One name over the rounds, as a restarted worker keeps its chain.
+                "--worker",
+                "crashing",
             ),
             env={**os.environ, "EMBEDSTREAM_CRASH_AT": point},
             capture_output=True,

@@ -1,0 +1,256 @@
+"""The combined state of a snapshot directory that several workers share.
+
+Each worker writes its own manifest chain (``DIR/workers/<name>/``; a single
+process writes the directory's own chain), and all chains share the
+content-addressed ``DIR/objects/``. So two workers never write the same file.
+
+Every shard entry in a manifest carries an ``epoch``: a worker that takes a shard
+over gives it the epoch of the state it loaded plus one. The combined view takes,
+per shard, the entry with the highest epoch over the current manifest of every
+chain. Each entry is a complete shard together with its partition position, so the
+combined view is consistent shard by shard whatever the workers are doing: a
+worker that hands a shard over keeps naming it (its last state) until the new owner
+commits a newer epoch, so the shard never disappears from the view in between.
+
+Chains that hold no winning entry and have not committed for a while belong to
+workers that left (or were killed); :func:`retire_chains` removes them so that
+their objects can be collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sinks.store import (
+    DEFAULT_GRACE_SECONDS,
+    WORKERS,
+    Loaded,
+    SnapshotStore,
+    chain_names,
+    chain_root,
+)
+from streams.errors import SnapshotError
+
+__all__ = [
+    "Combined",
+    "ShardState",
+    "combine",
+    "current_manifests",
+    "latest_epochs",
+    "retire_chains",
+]
+
+log = logging.getLogger("embedstream.snapshot")
+
+CONFIG_KEYS = (
+    "dim",
+    "metric",
+    "factory",
+    "normalize_queries",
+    "template",
+    "quantize",
+    "codec",
+    "binary",
+    "rerank",
+)
+
+
+@dataclass
+class ShardState:
+    """The winning entry of one shard and the chain it comes from."""
+
+    entry: dict[str, Any]
+    chain: str | None
+    loaded: Loaded
+
+    @property
+    def epoch(self) -> int:
+        return int(self.entry.get("epoch") or 0)
+
+    @property
+    def owner(self) -> str:
+        return self.chain or str(self.loaded.manifest.get("worker") or "-")
+
+
+@dataclass
+class Combined:
+    """What a directory resolves to over all its chains.
+
+    Attributes:
+        root: the directory.
+        chains: each chain's loaded (verified) snapshot; chains without one are
+            missing here and listed in ``failures`` when they failed to load.
+        shards: per shard name, the winning state.
+        failures: per chain, why no snapshot of it loads.
+    """
+
+    root: str
+    chains: dict[str | None, Loaded]
+    shards: dict[str, ShardState]
+    failures: dict[str | None, str] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The index configuration (dimension, metric, factory...), from the chain
+        that holds the most shards."""
+        best = max(
+            self.chains.values(),
+            key=lambda ld: sum(1 for s in self.shards.values() if s.loaded is ld),
+        )
+        return {k: best.manifest.get(k) for k in CONFIG_KEYS}
+
+    @property
+    def fallbacks(self) -> list[dict[str, Any]]:
+        """Snapshots skipped on the way, per chain (see :attr:`Loaded.fallbacks`)."""
+        out: list[dict[str, Any]] = []
+        for chain, ld in self.chains.items():
+            out.extend({**fb, "worker": chain} for fb in ld.fallbacks)
+        return out
+
+    @property
+    def ntotal(self) -> int:
+        return sum(int(s.entry["ntotal"]) for s in self.shards.values())
+
+    def manifest(self) -> dict[str, Any]:
+        """One manifest-shaped view of everything: the configuration, ``ntotal``,
+        and every winning shard entry with its ``owner`` and ``epoch``."""
+        single = next(iter(self.chains.values())) if len(self.chains) == 1 else None
+        return {
+            **self.config,
+            "seq": single.seq if single is not None else None,
+            "created": max((ld.manifest.get("created") or "") for ld in self.chains.values()),
+            "ntotal": self.ntotal,
+            "workers": {
+                (chain or "-"): {"seq": ld.seq, "created": ld.manifest.get("created")}
+                for chain, ld in self.chains.items()
+            },
+            "shards": [
+                {**s.entry, "owner": s.owner, "epoch": s.epoch}
+                for _, s in sorted(self.shards.items())
+            ],
+        }
+
+
+def _rank(state: ShardState) -> tuple[int, int, str]:
+    # Highest epoch wins; the rest only orders equal epochs deterministically.
+    offset = state.entry.get("position", {}).get("offset", -1)
+    return (state.epoch, int(offset) if isinstance(offset, int) else -1, state.chain or "")
+
+
+def combine(root: str | os.PathLike[str]) -> Combined | None:
+    """Load every chain of ``root`` (verifying, with fallbacks) and pick each shard's
+    newest state. Blocking.
+
+    Returns ``None`` when no chain holds a snapshot yet.
+
+    Raises:
+        SnapshotError: snapshots exist but none loads.
+    """
+    chains: dict[str | None, Loaded] = {}
+    failures: dict[str | None, str] = {}
+    for chain in chain_names(root):
+        store = SnapshotStore(root, chain=chain, readonly=True)
+        try:
+            loaded = store.load()
+        except SnapshotError as exc:
+            failures[chain] = str(exc)
+            continue
+        if loaded is not None:
+            chains[chain] = loaded
+    if not chains:
+        if failures:
+            raise SnapshotError("; ".join(failures.values()))
+        return None
+    shards: dict[str, ShardState] = {}
+    for chain, loaded in chains.items():
+        for entry in loaded.manifest["shards"]:
+            state = ShardState(entry, chain, loaded)
+            held = shards.get(entry["name"])
+            if held is None or _rank(state) > _rank(held):
+                shards[entry["name"]] = state
+    for chain, why in failures.items():
+        log.warning("%s: worker %s has no loadable snapshot: %s", root, chain or "-", why)
+    return Combined(str(root), chains, shards, failures)
+
+
+def current_manifests(
+    root: str | os.PathLike[str], exclude: str | None = None
+) -> dict[str | None, dict[str, Any]]:
+    """The current manifest of every chain (but ``exclude``), read without
+    verifying objects: cheap, for bookkeeping that a stale answer cannot harm."""
+    out: dict[str | None, dict[str, Any]] = {}
+    for chain in chain_names(root):
+        if chain == exclude:
+            continue
+        store = SnapshotStore(root, chain=chain, readonly=True)
+        seq = store.current_seq()
+        if seq is None:
+            continue
+        with contextlib.suppress(SnapshotError):
+            out[chain] = store.read_manifest(seq)
+    return out
+
+
+def latest_epochs(root: str | os.PathLike[str], exclude: str | None) -> dict[str, int]:
+    """Per shard, the highest epoch the current manifests of the other chains name.
+
+    A worker uses it to stop naming shards it handed over once their new owner has
+    committed them.
+    """
+    out: dict[str, int] = {}
+    for manifest in current_manifests(root, exclude).values():
+        for entry in manifest["shards"]:
+            name, epoch = entry["name"], int(entry.get("epoch") or 0)
+            out[name] = max(out.get(name, -1), epoch)
+    return out
+
+
+def retire_chains(
+    root: str | os.PathLike[str], own: str | None, grace: float = DEFAULT_GRACE_SECONDS
+) -> list[str]:
+    """Remove the chains of workers that are gone: no shard they name is held at
+    their epoch (a newer owner committed it), and they have not committed for
+    ``grace`` seconds.
+
+    A worker that is merely idle and later commits again recreates its chain.
+    Returns the names removed.
+    """
+    base = Path(root)
+    manifests = current_manifests(root)
+    best: dict[str, tuple[int, str]] = {}
+    for chain, manifest in manifests.items():
+        for entry in manifest["shards"]:
+            rank = (int(entry.get("epoch") or 0), chain or "")
+            if rank > best.get(entry["name"], (-1, "")):
+                best[entry["name"]] = rank
+    winners = {chain for _, chain in best.values()}
+    cutoff = time.time() - grace
+    removed = []
+    for chain in chain_names(root):
+        if chain is None or chain == own or chain in winners:
+            continue
+        home = chain_root(base, chain)
+        try:
+            if max(home.stat().st_mtime, (home / "CURRENT").stat().st_mtime) >= cutoff:
+                continue
+        except FileNotFoundError:
+            if not home.exists() or home.stat().st_mtime >= cutoff:
+                continue
+        # Rename first: a half-deleted chain must never look like a chain.
+        doomed = base / WORKERS / f".retired-{chain}-{uuid.uuid4().hex[:8]}"
+        try:
+            home.rename(doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+        removed.append(chain)
+        log.info("%s: retired the chain of worker %s (no shard left)", root, chain)
+    return removed
