@@ -1,26 +1,60 @@
-"""Kafka -> FAISS: embedstream against the aiokafka ceiling and hand-written loops.
+"""Kafka -> FAISS: embedstream against the aiokafka ceiling, hand-written loops, and
+Bytewax, Pathway and Quix Streams doing the same job.
 
 A topic of 4 partitions with N messages (key = decimal id, value = 128 float32 LE).
 Each contender runs as its own process with a fresh consumer group; contenders
-alternate, each several times; medians and ratios from this one run.
+alternate, each several times; medians and ratios from this one run. The peers run
+with their own interpreter (``bash benchmarks/peers-venv.sh`` makes it; or set
+``EMBEDSTREAM_PEERS_PYTHON``); without it they are left out and the table says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import uuid
+from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import python, run_child, save, table
+from benchmarks.harness import ROOT, python, run_child, save, table
 from benchmarks.kafka_env import broker, make_topic
 
-CONTENDERS = ("bare-getmany", "embedstream", "hand-batched", "naive-per-message")
+OURS = ("bare-getmany", "embedstream", "embedstream-mmap4m", "hand-batched", "naive-per-message")
+# The same embedstream job with glibc's mmap threshold pinned at 4 MiB: big buffers
+# go back to the system when freed instead of staying in the heap (lower peak RSS,
+# more page faults).
+CONTENDER_ENV = {"embedstream-mmap4m": {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)}}
+PEERS = ("bytewax", "pathway", "quixstreams")
+CONTENDERS = OURS + PEERS
+
+
+def peers_python() -> str | None:
+    """The interpreter that has the peers installed, if any."""
+    given = os.environ.get("EMBEDSTREAM_PEERS_PYTHON")
+    if given:
+        return given
+    venv = ROOT / ".peers-venv" / "bin" / "python"
+    return str(venv) if venv.exists() else None
+
+
+def argv_of(contender: str, bootstrap: str, topic: str, n: int) -> list[str]:
+    if contender in PEERS:
+        peers = peers_python()
+        assert peers is not None
+        return [peers, "-m", "benchmarks.peer_contenders", contender, bootstrap, topic, str(n)]
+    return [python(), "-m", "benchmarks.kafka_contenders", contender, bootstrap, topic, str(n)]
 
 
 def run(
     n: int = 200_000, dim: int = 128, repeats: int = 3, contenders: tuple[str, ...] = CONTENDERS
 ) -> dict[str, Any]:
+    skipped = []
+    if peers_python() is None:
+        skipped = [c for c in contenders if c in PEERS]
+        contenders = tuple(c for c in contenders if c not in PEERS)
+    # The peers import the benchmark package from the repository, not from a wheel.
+    env = {"PYTHONPATH": str(Path(ROOT).parent)}
     with broker() as bootstrap:
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         make_topic(bootstrap, topic, n, dim)
@@ -28,9 +62,7 @@ def run(
         for _ in range(repeats):
             for c in contenders:
                 samples[c].append(
-                    run_child(
-                        [python(), "-m", "benchmarks.kafka_contenders", c, bootstrap, topic, str(n)]
-                    )
+                    run_child(argv_of(c, bootstrap, topic, n), env=env | CONTENDER_ENV.get(c, {}))
                 )
     out: dict[str, Any] = {}
     for c, ss in samples.items():
@@ -54,14 +86,34 @@ def run(
         ratios["embedstream_wall_vs_getmany"] = round(
             out["embedstream"]["wall_rate_median"] / out["bare-getmany"]["wall_rate_median"], 3
         )
-    if "hand-batched" in out and "embedstream" in out:
+    ours = out.get("embedstream", {}).get("steady_rate_median")
+    if ours and "hand-batched" in out:
         ratios["embedstream_steady_vs_hand_batched"] = round(
-            out["embedstream"]["steady_rate_median"] / out["hand-batched"]["steady_rate_median"], 3
+            ours / out["hand-batched"]["steady_rate_median"], 3
+        )
+    best_peer = max(
+        (out[p]["steady_rate_median"] for p in ("bytewax", "pathway") if p in out), default=0
+    )
+    if ours and best_peer:
+        ratios["embedstream_steady_vs_best_of_bytewax_pathway"] = round(ours / best_peer, 3)
+    if ours and "quixstreams" in out:
+        ratios["embedstream_steady_vs_quixstreams"] = round(
+            ours / out["quixstreams"]["steady_rate_median"], 3
+        )
+    index_mb = n * (dim * 4 + 8) / 2**20  # vectors + ids, held by every contender
+    for c in ("embedstream", "embedstream-mmap4m", "hand-batched"):
+        if c in out:
+            ratios[f"{c}_rss_minus_index_mb"] = round(out[c]["peak_rss_mb_median"] - index_mb, 1)
+    if ceiling and "embedstream-mmap4m" in out:
+        ratios["embedstream-mmap4m_steady_vs_getmany"] = round(
+            out["embedstream-mmap4m"]["steady_rate_median"] / ceiling, 3
         )
     result = {
         "job": f"Kafka -> normalize -> IDMap2,Flat (ip); {n:,} x {dim}-d f32, 4 partitions",
+        "index_mb": round(index_mb, 1),
         "contenders": out,
         "ratios": ratios,
+        "skipped": {c: "no peers interpreter (bash benchmarks/peers-venv.sh)" for c in skipped},
     }
     save("kafka", result)
     return result

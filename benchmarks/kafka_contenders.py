@@ -154,7 +154,7 @@ def main() -> None:
         asyncio.run(hand_batched(bootstrap, topic, n))
     elif contender == "naive-per-message":
         asyncio.run(hand_batched(bootstrap, topic, n, naive=True))
-    elif contender == "embedstream":
+    elif contender in ("embedstream", "embedstream-mmap4m"):
         asyncio.run(embedstream(bootstrap, topic, n))
     else:
         raise SystemExit(f"unknown contender {contender}")

@@ -34,6 +34,11 @@ class Index:
         self.last = 0.0
         self.done = threading.Event()
 
+    def mark(self) -> None:
+        """The first record reached the user's code."""
+        if not self.first:
+            self.first = time.perf_counter()
+
     def add(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         import faiss
         import numpy as np
@@ -102,6 +107,11 @@ def quix_job(bootstrap: str, topic: str, n: int) -> None:
     )
 
     class FaissOut(BatchingSink):
+        def add(self, *args: Any, **kwargs: Any) -> None:
+            # Called per record as it arrives; write() only at checkpoints.
+            sink.mark()
+            super().add(*args, **kwargs)
+
         def write(self, batch: SinkBatch) -> None:
             items = list(batch)
             sink.add([i.key for i in items], [i.value for i in items])
@@ -127,6 +137,7 @@ def pathway_job(bootstrap: str, topic: str, n: int) -> None:
 
     def on_change(key: Any, row: dict[str, Any], time: int, is_addition: bool) -> None:
         if is_addition:
+            sink.mark()
             with lock:
                 keys.append(row["key"])
                 values.append(row["data"])

@@ -126,7 +126,7 @@ class HandOver:
         (whichever worker wrote it) and return the positions to resume from; a
         partition without a shard yet is missing from the result."""
         async with self._snapshot_lock:
-            combined = await anyio.to_thread.run_sync(combine, self.path)
+            combined = await anyio.to_thread.run_sync(combine, self.path, partitions)
             if combined is not None:
                 self._adopt(combined)
             positions = await self._take(combined, partitions)

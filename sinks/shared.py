@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,9 +146,12 @@ def _rank(state: ShardState) -> tuple[int, int, str]:
     return (state.epoch, int(offset) if isinstance(offset, int) else -1, state.chain or "")
 
 
-def combine(root: str | os.PathLike[str]) -> Combined | None:
+def combine(root: str | os.PathLike[str], shards: Collection[str] | None = None) -> Combined | None:
     """Load every chain of ``root`` (verifying, with fallbacks) and pick each shard's
     newest state. Blocking.
+
+    With ``shards``, only their objects are verified (a worker taking them over);
+    the other shards of the result are then unverified.
 
     Returns ``None`` when no chain holds a snapshot yet.
 
@@ -159,7 +163,7 @@ def combine(root: str | os.PathLike[str]) -> Combined | None:
     for chain in chain_names(root):
         store = SnapshotStore(root, chain=chain, readonly=True)
         try:
-            loaded = store.load()
+            loaded = store.load(shards)
         except SnapshotError as exc:
             failures[chain] = str(exc)
             continue
@@ -169,16 +173,16 @@ def combine(root: str | os.PathLike[str]) -> Combined | None:
         if failures:
             raise SnapshotError("; ".join(failures.values()))
         return None
-    shards: dict[str, ShardState] = {}
+    states: dict[str, ShardState] = {}
     for chain, loaded in chains.items():
         for entry in loaded.manifest["shards"]:
             state = ShardState(entry, chain, loaded)
-            held = shards.get(entry["name"])
+            held = states.get(entry["name"])
             if held is None or _rank(state) > _rank(held):
-                shards[entry["name"]] = state
+                states[entry["name"]] = state
     for chain, why in failures.items():
         log.warning("%s: worker %s has no loadable snapshot: %s", root, chain or "-", why)
-    return Combined(str(root), chains, shards, failures)
+    return Combined(str(root), chains, states, failures)
 
 
 def current_manifests(

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,17 +435,20 @@ class SnapshotStore:
             )
         return body
 
-    def verify(self, manifest: dict[str, Any]) -> None:
-        """Check that every object of ``manifest`` exists and matches its hash."""
-        for digest in _objects_of(manifest):
+    def verify(self, manifest: dict[str, Any], shards: Collection[str] | None = None) -> None:
+        """Check that every object of ``manifest`` (of the named ``shards`` only, when
+        given) exists and matches its hash."""
+        for digest in _objects_of(manifest, shards):
             path = self.objects / digest
             if not path.exists():
                 raise SnapshotError(f"object {digest[:12]} is missing")
             if sha256_file(path) != digest:
                 raise SnapshotError(f"object {digest[:12]} is corrupt (its hash does not match)")
 
-    def load(self) -> Loaded | None:
-        """The newest committed snapshot whose objects verify.
+    def load(self, shards: Collection[str] | None = None) -> Loaded | None:
+        """The newest committed snapshot whose objects verify (only the objects of
+        the named ``shards``, when given: a worker taking some shards over need not
+        hash every other one).
 
         Returns ``None`` when the directory holds no manifest at all.
 
@@ -469,7 +472,7 @@ class SnapshotStore:
         for seq in candidates:
             try:
                 manifest = self.read_manifest(seq)
-                self.verify(manifest)
+                self.verify(manifest, shards)
             except SnapshotError as exc:
                 fallbacks.append({"seq": seq, "reason": str(exc)})
                 continue
@@ -504,11 +507,13 @@ class SnapshotStore:
         return out
 
 
-def _objects_of(manifest: dict[str, Any]) -> Iterable[str]:
+def _objects_of(manifest: dict[str, Any], names: Collection[str] | None = None) -> Iterable[str]:
     for key in ("template", "codec"):
         if manifest.get(key):
             yield manifest[key]
     for shard in manifest.get("shards", []):
+        if names is not None and shard.get("name") not in names:
+            continue
         for seg in shard.get("segments", []):
             yield seg["object"]
             if seg.get("dead"):

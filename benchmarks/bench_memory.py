@@ -1,0 +1,103 @@
+"""Memory stays bounded: peak RSS of ``embedstream ingest`` from Kafka at 1,000,000 and
+5,000,000 records, minus the bytes of the index it built.
+
+What grows with the stream is the index; everything else (channels, fetch buffers,
+batches in flight) must not. So peak RSS minus index bytes should be the same at
+both sizes. Index bytes = the size of the segment objects of the final snapshot
+(vectors and ids, as FAISS holds them). Each size runs ``--repeats`` times; medians.
+
+    python -m benchmarks.bench_memory [--sizes 1000000 5000000] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import python, run_child, save, table
+from benchmarks.kafka_env import broker, make_topic
+
+DIM = 128
+
+
+def index_bytes(idx: Path) -> int:
+    from sinks import open_snapshot
+
+    view = open_snapshot(idx)
+    objects = {seg["object"] for s in view.manifest["shards"] for seg in s["segments"]}
+    return sum((idx / "objects" / o).stat().st_size for o in objects)
+
+
+def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
+    rows: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
+    with broker() as bootstrap:
+        topics = {}
+        for n in sizes:
+            topics[n] = f"mem-{n}-{uuid.uuid4().hex[:6]}"
+            make_topic(bootstrap, topics[n], n, DIM)
+        for _ in range(repeats):
+            for n in sizes:
+                with tempfile.TemporaryDirectory() as tmp:
+                    idx = Path(tmp) / "idx"
+                    sample = run_child(
+                        [
+                            *(python(), "-m", "streams.cli", "ingest"),
+                            f"kafka://{bootstrap}/{topics[n]}",
+                            *("--index", str(idx), "--group", uuid.uuid4().hex),
+                            *("--until-idle", "3", "--no-progress"),
+                        ],
+                        timeout=1800,
+                    )
+                    ib = index_bytes(idx)
+                rows[n].append(
+                    {
+                        "peak_rss_mb": sample.peak_rss_mb,
+                        "index_mb": ib / 2**20,
+                        "overhead_mb": sample.peak_rss_mb - ib / 2**20,
+                        "seconds": sample.seconds,
+                    }
+                )
+    out: dict[str, Any] = {}
+    for n, rs in rows.items():
+        out[str(n)] = {
+            "peak_rss_mb_median": round(statistics.median(r["peak_rss_mb"] for r in rs), 1),
+            "index_mb": round(statistics.median(r["index_mb"] for r in rs), 1),
+            "overhead_mb_median": round(statistics.median(r["overhead_mb"] for r in rs), 1),
+            "runs": rs,
+        }
+    first, last = out[str(sizes[0])], out[str(sizes[-1])]
+    result = {
+        "job": f"embedstream ingest kafka:// (4 partitions, {DIM}-d f32) into Flat, CLI defaults",
+        "sizes": out,
+        "overhead_ratio_last_vs_first": round(
+            last["overhead_mb_median"] / first["overhead_mb_median"], 3
+        ),
+    }
+    save("memory", result)
+    return result
+
+
+def report(r: dict[str, Any]) -> str:
+    rows = [
+        (
+            f"{int(n):,}",
+            f"{v['peak_rss_mb_median']:,.0f}",
+            f"{v['index_mb']:,.0f}",
+            f"{v['overhead_mb_median']:,.0f}",
+        )
+        for n, v in r["sizes"].items()
+    ]
+    t = table(rows, ("records", "peak RSS MB", "index MB", "peak RSS - index MB"))
+    return f"{r['job']}\n\n{t}\n\noverhead ratio: {r['overhead_ratio_last_vs_first']}"
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    print(report(run(tuple(a.sizes), a.repeats)))
