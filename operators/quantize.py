@@ -101,12 +101,13 @@ class Codec:
         return codes
 
     def empty_index(self) -> Any:
-        """A new empty index holding codes, with ids: ``IndexIDMap2`` (or its binary
-        twin) around a clone of the trained index."""
+        """A new empty index holding codes, with ids: ``IndexIDMap`` (or its binary
+        twin) around a clone of the trained index (no reverse map: see
+        :func:`sinks.segment.make_index`)."""
         assert self.dim is not None
         if self.binary:
-            return faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(self.dim))
-        return faiss.IndexIDMap2(faiss.clone_index(self._index))
+            return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(self.dim))
+        return faiss.IndexIDMap(faiss.clone_index(self._index))
 
     def state(self) -> bytes:
         """The trained state, for snapshots."""

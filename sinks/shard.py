@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from sinks.floats import FloatStore
 from sinks.rwlock import RWLock
-from sinks.segment import Segment, index_ids, make_index, metric_code
+from sinks.segment import Segment, index_ids, make_index, metric_code, reconstruct_ids
 from sinks.store import SnapshotStore
 from sinks.topk import merge_topk
 from streams.records import Batch, Position
@@ -141,7 +141,8 @@ class Shard:
                 held = s.ids.contains(ids)
                 if held.any():
                     found = ids[held]
-                    for i, v in zip(found.tolist(), s.index.reconstruct_batch(found), strict=True):
+                    vecs = reconstruct_ids(s.index, found)
+                    for i, v in zip(found.tolist(), vecs, strict=True):
                         out[i] = v
         return np.stack([out[i] for i in ids.tolist()])
 
