@@ -4,7 +4,12 @@
 What grows with the stream is the index; everything else (channels, fetch buffers,
 batches in flight) must not. So peak RSS minus index bytes should be the same at
 both sizes. Index bytes = the size of the segment objects of the final snapshot
-(vectors and ids, as FAISS holds them). Each size runs ``--repeats`` times; medians.
+(vectors and ids, as FAISS holds them) plus the sink's id set (8 bytes per vector).
+Two variants alternate: as shipped (the CLI pins glibc's mmap threshold at 4 MiB,
+:mod:`streams.memory`, so big freed buffers go back to the system), and glibc's own
+dynamic threshold (``EMBEDSTREAM_MMAP_THRESHOLD=0``), under which the heap fragments
+as the index grows. Each size and variant
+runs ``--repeats`` times; medians.
 
     python -m benchmarks.bench_memory [--sizes 1000000 5000000] [--repeats 2]
 """
@@ -29,11 +34,20 @@ def index_bytes(idx: Path) -> int:
 
     view = open_snapshot(idx)
     objects = {seg["object"] for s in view.manifest["shards"] for seg in s["segments"]}
-    return sum((idx / "objects" / o).stat().st_size for o in objects)
+    id_set = 8 * int(view.manifest["ntotal"])
+    return sum((idx / "objects" / o).stat().st_size for o in objects) + id_set
+
+
+VARIANTS: dict[str, dict[str, str]] = {
+    "as shipped (mmap threshold 4 MiB)": {},
+    "glibc dynamic threshold": {"EMBEDSTREAM_MMAP_THRESHOLD": "0"},
+}
 
 
 def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
-    rows: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
+    rows: dict[tuple[str, int], list[dict[str, float]]] = {
+        (v, n): [] for v in VARIANTS for n in sizes
+    }
     with broker() as bootstrap:
         topics = {}
         for n in sizes:
@@ -41,41 +55,47 @@ def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
             make_topic(bootstrap, topics[n], n, DIM)
         for _ in range(repeats):
             for n in sizes:
-                with tempfile.TemporaryDirectory() as tmp:
-                    idx = Path(tmp) / "idx"
-                    sample = run_child(
-                        [
-                            *(python(), "-m", "streams.cli", "ingest"),
-                            f"kafka://{bootstrap}/{topics[n]}",
-                            *("--index", str(idx), "--group", uuid.uuid4().hex),
-                            *("--until-idle", "3", "--no-progress"),
-                        ],
-                        timeout=1800,
+                for variant, env in VARIANTS.items():
+                    with tempfile.TemporaryDirectory() as tmp:
+                        idx = Path(tmp) / "idx"
+                        sample = run_child(
+                            [
+                                *(python(), "-m", "streams.cli", "ingest"),
+                                f"kafka://{bootstrap}/{topics[n]}",
+                                *("--index", str(idx), "--group", uuid.uuid4().hex),
+                                *("--until-idle", "3", "--no-progress"),
+                            ],
+                            env=env,
+                            timeout=1800,
+                        )
+                        ib = index_bytes(idx)
+                    rows[(variant, n)].append(
+                        {
+                            "peak_rss_mb": sample.peak_rss_mb,
+                            "index_mb": ib / 2**20,
+                            "overhead_mb": sample.peak_rss_mb - ib / 2**20,
+                            "seconds": sample.seconds,
+                        }
                     )
-                    ib = index_bytes(idx)
-                rows[n].append(
-                    {
-                        "peak_rss_mb": sample.peak_rss_mb,
-                        "index_mb": ib / 2**20,
-                        "overhead_mb": sample.peak_rss_mb - ib / 2**20,
-                        "seconds": sample.seconds,
-                    }
-                )
     out: dict[str, Any] = {}
-    for n, rs in rows.items():
-        out[str(n)] = {
+    for (variant, n), rs in rows.items():
+        out.setdefault(variant, {})[str(n)] = {
             "peak_rss_mb_median": round(statistics.median(r["peak_rss_mb"] for r in rs), 1),
             "index_mb": round(statistics.median(r["index_mb"] for r in rs), 1),
             "overhead_mb_median": round(statistics.median(r["overhead_mb"] for r in rs), 1),
+            "seconds_median": round(statistics.median(r["seconds"] for r in rs), 1),
             "runs": rs,
         }
-    first, last = out[str(sizes[0])], out[str(sizes[-1])]
+    ratios = {
+        variant: round(
+            v[str(sizes[-1])]["overhead_mb_median"] / v[str(sizes[0])]["overhead_mb_median"], 3
+        )
+        for variant, v in out.items()
+    }
     result = {
         "job": f"embedstream ingest kafka:// (4 partitions, {DIM}-d f32) into Flat, CLI defaults",
-        "sizes": out,
-        "overhead_ratio_last_vs_first": round(
-            last["overhead_mb_median"] / first["overhead_mb_median"], 3
-        ),
+        "variants": out,
+        "overhead_ratio_last_vs_first": ratios,
     }
     save("memory", result)
     return result
@@ -84,15 +104,21 @@ def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> str:
     rows = [
         (
+            variant,
             f"{int(n):,}",
             f"{v['peak_rss_mb_median']:,.0f}",
             f"{v['index_mb']:,.0f}",
             f"{v['overhead_mb_median']:,.0f}",
+            f"{v['seconds_median']:.1f}",
         )
-        for n, v in r["sizes"].items()
+        for variant, sizes in r["variants"].items()
+        for n, v in sizes.items()
     ]
-    t = table(rows, ("records", "peak RSS MB", "index MB", "peak RSS - index MB"))
-    return f"{r['job']}\n\n{t}\n\noverhead ratio: {r['overhead_ratio_last_vs_first']}"
+    t = table(
+        rows, ("variant", "records", "peak RSS MB", "index MB", "peak RSS - index MB", "seconds")
+    )
+    ratio = r["overhead_ratio_last_vs_first"]
+    return f"{r['job']}\n\n{t}\n\noverhead ratio (last / first size): {ratio}"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Each factory returns an :class:`~streams.operator.Operator` with a stable name;
 compose them with ``|``.
 """
 
+import streams.threads  # noqa: F401 - before FAISS loads OpenMP
 from operators.batch import batch
 from operators.codecs import JsonRecord, MsgpackRecord
 from operators.decode import decode

@@ -1,5 +1,6 @@
 """Sinks: the FAISS sink, its shards, snapshots and search."""
 
+import streams.threads  # noqa: F401 - before FAISS loads OpenMP
 from sinks.index import FaissSink
 from sinks.search import SearchResults, SnapshotView, open_snapshot
 from sinks.store import SnapshotStore

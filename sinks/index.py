@@ -184,7 +184,9 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
 
     async def open(self, task_group: TaskGroup) -> Positions:
         self.store = SnapshotStore(self.path, chain=self.worker)
-        combined = await anyio.to_thread.run_sync(combine, self.path)
+        # A worker needs only the configuration now; shards are verified when claimed.
+        only = None if self.worker is None else ()
+        combined = await anyio.to_thread.run_sync(combine, self.path, only)
         positions: Positions = {}
         if combined is not None:
             self._adopt(combined)

@@ -29,6 +29,7 @@ from streams.errors import EmbedstreamError, StageError
 from streams.files import FORMATS
 from streams.kafka import KAFKA_FORMATS
 from streams.logs import configure as configure_logging
+from streams.memory import pin_mmap_threshold
 from streams.pipeline import Pipeline, PipelineMetrics
 from streams.progress import channel_table, summary_line, watch
 
@@ -100,6 +101,8 @@ def run_pipeline(
 def main(verbose: int) -> None:
     """Keep FAISS indexes continuously fresh from streams of embeddings."""
     configure_logging(verbose)
+    # Before the first big allocation: keeps peak memory flat over long streams.
+    pin_mmap_threshold()
 
 
 @main.command()

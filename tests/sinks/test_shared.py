@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import faiss
 import numpy as np
+from anyio.abc import TaskGroup
 
 from sinks import FaissSink, SnapshotStore, open_snapshot
 from sinks.shared import combine, retire_chains
@@ -25,14 +26,20 @@ def part_batch(part: str, ids: np.ndarray, x: np.ndarray, offset: int) -> Batch:
     return Batch(ids, x[ids], np.zeros(len(ids)), part, {"offset": offset})
 
 
+async def two_workers(tg: TaskGroup, idx: Path) -> tuple[FaissSink, FaissSink]:
+    """Workers "a" and "b" sharing ``idx``, open, owning nothing yet."""
+    a = FaissSink(idx, snapshot_every=0, worker="a")
+    b = FaissSink(idx, snapshot_every=0, worker="b")
+    await a.open(tg)
+    await b.open(tg)
+    return a, b
+
+
 async def test_two_workers_make_one_combined_index(tmp_path: Path) -> None:
     idx = tmp_path / "idx"
     x = rows(4000, 1)
     async with anyio.create_task_group() as tg:
-        a = FaissSink(idx, snapshot_every=0, worker="a")
-        b = FaissSink(idx, snapshot_every=0, worker="b")
-        await a.open(tg)
-        await b.open(tg)
+        a, b = await two_workers(tg, idx)
         assert await a.claim(["p0", "p1"]) == {}
         assert await b.claim(["p2", "p3"]) == {}
         for k, (sink, part) in enumerate([(a, "p0"), (a, "p1"), (b, "p2"), (b, "p3")]):
@@ -63,10 +70,7 @@ async def test_hand_over_keeps_the_shard_visible_and_raises_its_epoch(tmp_path: 
     idx = tmp_path / "idx"
     x = rows(3000, 3)
     async with anyio.create_task_group() as tg:
-        a = FaissSink(idx, snapshot_every=0, worker="a")
-        b = FaissSink(idx, snapshot_every=0, worker="b")
-        await a.open(tg)
-        await b.open(tg)
+        a, b = await two_workers(tg, idx)
         await a.claim(["p0"])
         await a.write(part_batch("p0", np.arange(1000), x, 1000))
         # The source emitted up to offset 2000; the rest arrives while we wait.
@@ -193,3 +197,31 @@ def test_fresh_unreferenced_objects_survive_gc_in_a_shared_directory(tmp_path: P
     assert (store.objects / digest).exists()
     store.prune(1, grace=0)
     assert not (store.objects / digest).exists()
+
+
+async def test_serve_view_follows_every_workers_snapshots(tmp_path: Path) -> None:
+    from sinks.live import LiveView
+
+    idx = tmp_path / "idx"
+    x = rows(2000, 8)
+    async with anyio.create_task_group() as tg:
+        a, b = await two_workers(tg, idx)
+        await a.claim(["p0"])
+        await b.claim(["p1"])
+        await a.write(part_batch("p0", np.arange(500), x, 500))
+        await a.snapshot()
+        live = LiveView(idx)
+        assert live.stats()["ntotal"] == 500
+        tg.start_soon(live.follow, 0.05)
+        # A snapshot of the other worker is picked up too.
+        await b.write(part_batch("p1", np.arange(500, 1500), x, 1000))
+        await b.snapshot()
+        with anyio.fail_after(10):
+            while live.stats()["ntotal"] != 1500:
+                await anyio.sleep(0.05)
+        assert set(live.stats()["workers"]) == {"a", "b"}
+        res = await live.search(x[[10, 1200]], 1)
+        assert res.ids[:, 0].tolist() == [10, 1200]
+        await a.close(ok=True)
+        await b.close(ok=True)
+        tg.cancel_scope.cancel()

@@ -1,0 +1,22 @@
+"""Pinning glibc's mmap threshold (streams.memory)."""
+
+from __future__ import annotations
+
+import ctypes.util
+
+import pytest
+
+from streams.memory import pin_mmap_threshold
+
+
+def test_pins_on_glibc_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("EMBEDSTREAM_MMAP_THRESHOLD", raising=False)
+    glibc = ctypes.util.find_library("c") is not None
+    assert pin_mmap_threshold() is glibc
+    monkeypatch.setenv("EMBEDSTREAM_MMAP_THRESHOLD", "0")
+    assert pin_mmap_threshold() is False
+    monkeypatch.delenv("EMBEDSTREAM_MMAP_THRESHOLD")
+    # Set for glibc itself: it already read it, and it wins.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert pin_mmap_threshold() is False
