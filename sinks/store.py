@@ -22,22 +22,30 @@ it never silently returns an empty index when snapshots exist.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import hashlib
 import json
 import logging
 import os
-import threading
 import time
-import uuid
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sinks.durable import (
+    CRASH_EXIT_CODE,
+    BytesLike,
+    Hook,
+    atomic_write,
+    crash_hook_from_env,
+    fsync_dir,
+    sha256_file,
+    unique,
+)
 from streams.errors import SnapshotError
 
 __all__ = [
+    "CRASH_EXIT_CODE",
     "SCHEMA_VERSION",
     "WORKERS",
     "Loaded",
@@ -50,86 +58,6 @@ __all__ = [
 log = logging.getLogger("embedstream.snapshot")
 
 SCHEMA_VERSION = 1
-
-Hook = Callable[[str], None]
-
-BytesLike = Any
-"""Anything with the buffer protocol: bytes, memoryview, a uint8 numpy array
-(``collections.abc.Buffer`` needs Python 3.12)."""
-
-_SUBDIRS = ("objects", "manifests")
-
-
-CRASH_EXIT_CODE = 97
-
-
-def crash_hook_from_env() -> Hook | None:
-    """Fault injection for the reliability suite: with ``EMBEDSTREAM_CRASH_AT`` set to
-    a step pattern (``fnmatch``, e.g. ``CURRENT:renamed`` or ``objects/*:synced``),
-    the process dies with exit code 97 at that step, after skipping
-    ``EMBEDSTREAM_CRASH_SKIP`` earlier matches. Unset in normal use."""
-    pattern = os.environ.get("EMBEDSTREAM_CRASH_AT")
-    if not pattern:
-        return None
-    skip = int(os.environ.get("EMBEDSTREAM_CRASH_SKIP", "0"))
-    seen = 0
-
-    def hook(step: str) -> None:
-        nonlocal seen
-        if fnmatch.fnmatchcase(step, pattern):
-            seen += 1
-            if seen > skip:
-                os._exit(CRASH_EXIT_CODE)
-
-    return hook
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: BytesLike, hook: Hook | None = None) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename.
-
-    The caller fsyncs the directory (once for many files). ``hook`` is called with
-    the step names ``"<name>:written"``, ``":synced"`` and ``":renamed"`` (fault
-    injection in tests).
-    """
-    tmp = path.with_name(f".{path.name}.{_unique()}.tmp")
-    step = hook or (lambda _s: None)
-    label = f"{path.parent.name}/{path.name}" if path.parent.name in _SUBDIRS else path.name
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            step(f"{label}:written")
-            f.flush()
-            os.fsync(f.fileno())
-        step(f"{label}:synced")
-        os.replace(tmp, path)
-    except OSError:
-        # A full disk must not also leak the half-written temp file.
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    step(f"{label}:renamed")
-
-
-def _unique() -> str:
-    # Unique across the processes and hosts that may share a directory.
-    return f"{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
-
-
-def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file's contents."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -282,7 +210,7 @@ class SnapshotStore:
         indexes of hundreds of megabytes. Returns (hex digest, bytes written).
         """
         h = hashlib.sha256()
-        tmp = self.objects / f".stream.{_unique()}.tmp"
+        tmp = self.objects / f".stream.{unique()}.tmp"
         size = 0
         try:
             with open(tmp, "wb") as f:
@@ -336,14 +264,14 @@ class SnapshotStore:
             **manifest,
         }
         # Objects first: they must be durable before a manifest names them.
-        _fsync_dir(self.objects)
+        fsync_dir(self.objects)
         self._step("objects:dir-synced")
         data = json.dumps(body, indent=1, sort_keys=False).encode()
         atomic_write(self.manifests / f"{seq:08d}.json", data, self.hook)
-        _fsync_dir(self.manifests)
+        fsync_dir(self.manifests)
         self._step("manifests:dir-synced")
         atomic_write(self.current, f"{seq}\n".encode(), self.hook)
-        _fsync_dir(self.current.parent)
+        fsync_dir(self.current.parent)
         self._step("CURRENT:dir-synced")
         return seq
 
@@ -390,8 +318,8 @@ class SnapshotStore:
                     p.unlink()
                     removed += 1
         if doomed or removed:
-            _fsync_dir(self.objects)
-            _fsync_dir(self.manifests)
+            fsync_dir(self.objects)
+            fsync_dir(self.manifests)
         return len(doomed), removed
 
     # -- reading -------------------------------------------------------------------

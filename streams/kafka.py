@@ -19,21 +19,20 @@ comprehensions per partition per fetch, and everything else is vectorised in
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from operator import attrgetter
 from typing import Any, Protocol, TypeVar
-from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import numpy as np
 
 from streams.channel import Outbox
 from streams.errors import ConfigError, SourceError
+from streams.kafka_client import transient, within
 from streams.kafka_records import raw_records_marker
+from streams.kafka_url import KafkaTarget, PartitionLag, parse_kafka_url, partition_name
 from streams.records import Chunk, Positions
 from streams.sink import Sink
 from streams.source import Source
@@ -51,35 +50,6 @@ _offset = attrgetter("offset")
 _timestamp = attrgetter("timestamp")
 _value = attrgetter("value")
 _key = attrgetter("key")
-
-
-def partition_name(topic: str, partition: int) -> str:
-    """The pipeline partition (and shard) name of a topic partition."""
-    return f"{topic}-{partition}"
-
-
-@dataclass(frozen=True)
-class KafkaTarget:
-    """What a ``kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]`` URL names."""
-
-    bootstrap_servers: str
-    topics: tuple[str, ...]
-    options: dict[str, str]
-
-
-def parse_kafka_url(url: str) -> KafkaTarget:
-    """Parse ``kafka://HOST:PORT/TOPIC[,TOPIC...][?option=value]``.
-
-    Raises:
-        ConfigError: the URL has no host or no topic.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "kafka" or not parts.netloc:
-        raise ConfigError(f"{url!r}: expected kafka://HOST:PORT/TOPIC[,TOPIC...]")
-    topics = tuple(t for t in parts.path.strip("/").split(",") if t)
-    if not topics:
-        raise ConfigError(f"{url!r}: names no topic; expected kafka://HOST:PORT/TOPIC")
-    return KafkaTarget(parts.netloc, topics, dict(parse_qsl(parts.query)))
 
 
 class Consumer(Protocol):
@@ -100,27 +70,6 @@ class Consumer(Protocol):
     def highwater(self, partition: Any) -> int | None: ...
     async def commit(self, offsets: Any = None) -> None: ...
     async def end_offsets(self, partitions: Any) -> dict[Any, int]: ...
-
-
-@dataclass
-class PartitionLag:
-    """Consumer lag of one partition."""
-
-    topic: str
-    partition: int
-    position: int = 0
-    highwater: int = 0
-    last_timestamp: float = 0.0
-
-    @property
-    def records(self) -> int:
-        return max(self.highwater - self.position, 0)
-
-    def seconds(self, now: float) -> float:
-        """How far behind the newest consumed record is, when records are waiting."""
-        if self.records == 0 or not self.last_timestamp:
-            return 0.0
-        return max(now - self.last_timestamp, 0.0)
 
 
 class KafkaSource(Source):
@@ -267,7 +216,7 @@ class KafkaSource(Source):
                     # holds everything, and the partitions move on from there.
                     self._stopping = True
                     try:
-                        await _within(30, consumer.stop())
+                        await within(30, consumer.stop())
                     except Exception as exc:  # pragma: no cover - best effort on shutdown
                         log.warning("stopping the Kafka consumer failed: %s", exc)
 
@@ -296,7 +245,7 @@ class KafkaSource(Source):
             except OffsetOutOfRangeError as exc:
                 raise self._out_of_range(exc) from None
             except KafkaError as exc:
-                if not _transient(exc):
+                if not transient(exc):
                     raise SourceError(f"kafka://{self.bootstrap_servers}", str(exc)) from exc
                 # A broker restart or leader move: aiokafka reconnects; wait and poll
                 # again (positions are unaffected, nothing is lost).
@@ -331,7 +280,7 @@ class KafkaSource(Source):
 
         assigned = list(consumer.assignment())
         try:
-            ends = await _within(self.stall_timeout, consumer.end_offsets(assigned))
+            ends = await within(self.stall_timeout, consumer.end_offsets(assigned))
         except (KafkaError, TimeoutError):
             return True
         for tp in assigned:
@@ -521,30 +470,6 @@ class KafkaSource(Source):
                 for name, lag in self.lag.items()
             },
         }
-
-
-async def _within(seconds: float, coro: Awaitable[T]) -> T:
-    """Await ``coro`` for at most ``seconds``, then abandon it.
-
-    Unlike a cancel scope, this returns even when the awaited aiokafka call swallows
-    its cancellation (seen when a consumer is stuck after a broker restart).
-
-    Raises:
-        TimeoutError: it did not finish in time.
-    """
-    task = asyncio.ensure_future(coro)
-    done, _ = await asyncio.wait({task}, timeout=seconds)
-    if not done:
-        task.cancel()
-        raise TimeoutError(f"gave up after {seconds}s")
-    return task.result()
-
-
-def _transient(exc: Exception) -> bool:
-    """Errors a retry can outlive (lost connection, leader election...)."""
-    from aiokafka.errors import KafkaConnectionError
-
-    return bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
 
 
 def _listener(source: KafkaSource) -> Any:

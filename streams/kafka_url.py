@@ -1,0 +1,61 @@
+"""Naming Kafka things: ``kafka://`` URLs, pipeline partition names, and the lag
+of a partition as the source reports it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+from streams.errors import ConfigError
+
+__all__ = ["KafkaTarget", "PartitionLag", "parse_kafka_url", "partition_name"]
+
+
+def partition_name(topic: str, partition: int) -> str:
+    """The pipeline partition (and shard) name of a topic partition."""
+    return f"{topic}-{partition}"
+
+
+@dataclass(frozen=True)
+class KafkaTarget:
+    """What a ``kafka://HOST:PORT[,HOST:PORT]/TOPIC[,TOPIC]`` URL names."""
+
+    bootstrap_servers: str
+    topics: tuple[str, ...]
+    options: dict[str, str]
+
+
+def parse_kafka_url(url: str) -> KafkaTarget:
+    """Parse ``kafka://HOST:PORT/TOPIC[,TOPIC...][?option=value]``.
+
+    Raises:
+        ConfigError: the URL has no host or no topic.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "kafka" or not parts.netloc:
+        raise ConfigError(f"{url!r}: expected kafka://HOST:PORT/TOPIC[,TOPIC...]")
+    topics = tuple(t for t in parts.path.strip("/").split(",") if t)
+    if not topics:
+        raise ConfigError(f"{url!r}: names no topic; expected kafka://HOST:PORT/TOPIC")
+    return KafkaTarget(parts.netloc, topics, dict(parse_qsl(parts.query)))
+
+
+@dataclass
+class PartitionLag:
+    """Consumer lag of one partition."""
+
+    topic: str
+    partition: int
+    position: int = 0
+    highwater: int = 0
+    last_timestamp: float = 0.0
+
+    @property
+    def records(self) -> int:
+        return max(self.highwater - self.position, 0)
+
+    def seconds(self, now: float) -> float:
+        """How far behind the newest consumed record is, when records are waiting."""
+        if self.records == 0 or not self.last_timestamp:
+            return 0.0
+        return max(now - self.last_timestamp, 0.0)
