@@ -4,9 +4,9 @@ Batches, fetch buffers and FAISS's growing vectors are megabytes each. By defaul
 glibc raises its mmap threshold each time such a block is freed, after which blocks
 of that size come from the heap, where freed ones interleave with the growing index
 and are not returned: peak RSS minus the index then creeps up with the stream
-(268 MB at 1M records, 339 MB at 5M in ``benchmarks/bench_memory.py``). Pinning the
+(242 MB at 1M records, 308 MB at 5M in ``benchmarks/bench_memory.py``). Pinning the
 threshold at 4 MiB sends every big block to its own mapping, returned to the system
-when freed (184 MB and 178 MB).
+when freed (193 MB and 184 MB).
 
 ``embedstream`` calls :func:`pin_mmap_threshold` at start; Python users can too.
 """
