@@ -145,6 +145,7 @@ class KafkaSource(Source):
         self._owner: Sink[Any] | None = None
         self._stopping = False
         self._claiming: set[str] = set()
+        self._failure: Exception | None = None
         self._rebalances = 0
         self._commits = 0
         self._transient_errors = 0
@@ -238,6 +239,8 @@ class KafkaSource(Source):
 
         last_record = last_probe = time.monotonic()
         while True:
+            if self._failure is not None:
+                raise self._failure
             try:
                 fetched = await consumer.getmany(
                     timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
@@ -409,8 +412,12 @@ class KafkaSource(Source):
                 self.lag.setdefault(name, PartitionLag(tp.topic, tp.partition))
             if fresh:
                 await consumer.seek_to_beginning(*fresh)
-        finally:
-            self._claiming.difference_update(names)
+        except Exception as exc:
+            # aiokafka only logs what a rebalance listener raises: fail the source
+            # from its poll loop instead, and read nothing of these partitions.
+            self._failure = exc
+            raise
+        self._claiming.difference_update(names)
         log.info("claimed %s", sorted(names))
 
     async def _revoked(self, partitions: list[Any]) -> None:

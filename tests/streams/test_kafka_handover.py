@@ -1,0 +1,102 @@
+"""The Kafka source's side of moving partitions between workers, with a fake
+consumer (the real broker is in tests/integration/test_scaleout.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+from aiokafka.structs import TopicPartition
+from anyio.abc import TaskGroup
+
+from streams import ConfigError, Pipeline, Positions, Sink, StageError
+from streams.kafka import KafkaSource
+
+
+class FakeConsumer:
+    """Assigns one partition on the first poll, calling the rebalance listener the
+    way aiokafka does (an exception from it is only logged), then returns nothing."""
+
+    def __init__(self) -> None:
+        self.listener: Any = None
+        self.assigned: set[TopicPartition] = set()
+        self.seeks: list[tuple[TopicPartition, int]] = []
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    def subscribe(self, topics: Sequence[str], listener: Any = None) -> None:
+        self.listener = listener
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0, max_records: Any = None) -> Any:
+        if not self.assigned:
+            self.assigned = {TopicPartition("t", 0)}
+            # What aiokafka does with an exception from the listener: log, go on.
+            with contextlib.suppress(Exception):
+                await self.listener.on_partitions_assigned(self.assigned)
+        await anyio.sleep(0.01)
+        return {}
+
+    def seek(self, partition: Any, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+    async def seek_to_beginning(self, *partitions: Any) -> None: ...
+    def pause(self, *partitions: Any) -> None: ...
+    def resume(self, *partitions: Any) -> None: ...
+    def highwater(self, partition: Any) -> int | None:
+        return None
+
+    async def commit(self, offsets: Any = None) -> None: ...
+    async def end_offsets(self, partitions: Any) -> dict[Any, int]:
+        return {}
+
+
+class SharedSink(Sink[Any]):
+    """A sink that moves partitions; claiming fails, or returns an offset."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.claimed: list[str] = []
+
+    @property
+    def moves_partitions(self) -> bool:
+        return True
+
+    async def open(self, task_group: TaskGroup) -> Positions:
+        return {}
+
+    async def write(self, item: Any) -> None: ...
+    async def close(self, *, ok: bool) -> None: ...
+
+    async def claim(self, partitions: Sequence[str]) -> Positions:
+        if self.fail:
+            raise ConfigError("shard t-0 holds codes of another trained codec")
+        self.claimed.extend(partitions)
+        return {p: {"offset": 42} for p in partitions}
+
+
+async def test_a_failed_claim_fails_the_source_instead_of_being_swallowed() -> None:
+    consumer = FakeConsumer()
+    source = KafkaSource("x:1", ["t"], group="g", consumer_factory=lambda: consumer)
+    pipeline = source | SharedSink(fail=True)
+    assert isinstance(pipeline, Pipeline)
+    with anyio.fail_after(10), pytest.raises(StageError, match="another trained codec"):
+        await pipeline.run()
+    assert consumer.seeks == []
+
+
+async def test_a_claimed_partition_resumes_at_the_sinks_offset() -> None:
+    consumer = FakeConsumer()
+    sink = SharedSink(fail=False)
+    source = KafkaSource("x:1", ["t"], group="g", consumer_factory=lambda: consumer, until_idle=0.3)
+    pipeline = source | sink
+    with anyio.fail_after(10):
+        await pipeline.run()
+    assert sink.claimed == ["t-0"]
+    assert consumer.seeks == [(TopicPartition("t", 0), 42)]
