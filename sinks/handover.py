@@ -91,6 +91,7 @@ class HandOver:
         store = self.store
         assert store is not None
         positions: Positions = {}
+        config = combined.config if combined is not None else {}
         for name in names:
             state = combined.shards.get(name) if combined is not None else None
             self.ownership.claimed(name, state)
@@ -105,9 +106,7 @@ class HandOver:
                 )
             shard = self.ownership.reusable(name, state)
             if shard is None:
-                shard = await anyio.to_thread.run_sync(
-                    load_shard, store, state.entry, combined.config if combined else {}
-                )
+                shard = await anyio.to_thread.run_sync(load_shard, store, state.entry, config)
                 shard.new_index = self._new_index
                 shard.segment_size = self.segment_size
             shard.saved_entry = {**state.entry, "epoch": self.ownership.epochs[name]}

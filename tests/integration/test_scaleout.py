@@ -24,6 +24,7 @@ import numpy as np
 
 from sinks import open_snapshot
 from tests.integration.kafka_util import create_topic, produce
+from tests.integration.test_kafka import inspect
 from tests.reliability.oracle import check, ingest_argv
 
 # Short sessions so that a killed worker's partitions move on within seconds.
@@ -111,16 +112,6 @@ def produce_over(kafka: str, topic: str, x: np.ndarray, seconds: float) -> threa
     return t
 
 
-def inspect_json(idx: Path) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "inspect", str(idx), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
-
-
 def assert_exact(idx: Path, x: np.ndarray, workers: Workers) -> None:
     verdict = check(idx, x)
     assert verdict.ok, f"{verdict}\n{workers.explain()}"
@@ -144,7 +135,7 @@ def test_two_and_three_workers_ingest_every_record_once(
         assert_exact(idx, x, workers)
         # The work was divided: every worker indexed some of it.
         assert all(workers.records(w) > 0 for w in workers.procs), workers.explain()
-        info = inspect_json(idx)
+        info = inspect(idx)
         assert info["ntotal"] == len(x)
         assert sorted(s["name"] for s in info["shards"]) == [f"{topic}-{p}" for p in range(4)]
         for shard in info["shards"]:
@@ -210,7 +201,7 @@ def test_workers_joining_and_leaving_mid_stream_lose_and_double_nothing(
     codes = workers.wait_all()
     assert codes["c"] == 0 and codes["d"] == 0, workers.explain()
     assert_exact(idx, x, workers)
-    assert inspect_json(idx)["ntotal"] == len(x)
+    assert inspect(idx)["ntotal"] == len(x)
 
 
 def test_a_killed_worker_loses_nothing_the_others_take_over(
@@ -231,6 +222,6 @@ def test_a_killed_worker_loses_nothing_the_others_take_over(
     codes = workers.wait_all()
     assert codes["a"] == 0, workers.explain()
     assert_exact(idx, x, workers)
-    info = inspect_json(idx)
+    info = inspect(idx)
     assert info["ntotal"] == len(x)
     assert {s["owner"] for s in info["shards"]} == {"a"}
