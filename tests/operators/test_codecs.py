@@ -5,10 +5,12 @@ import json
 import msgspec
 import numpy as np
 import pytest
+import simdjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.decode import _Decoder
+from operators.json_fast import parse_record
 from streams.keys import key_id
 from streams.records import Chunk
 
@@ -193,3 +195,98 @@ def test_every_record_is_indexed_or_rejected_never_both(fmt: str, data) -> None:
     for r in bad:
         assert r.reason and r.stage == "decode" and 100 <= r.location < 100 + n
         json.dumps(r.to_json())  # always serialisable
+
+
+# Lines where simdjson and the schema could disagree: the fast path must hand each
+# to msgspec (or agree with it exactly).
+_TRICKY_JSON = [
+    b'{"id": 1, "vector": [[1.0], [2.0]]}',  # nested: as_buffer would flatten it
+    b'{"id": 1, "vector": [1.0, [2.0]]}',
+    b'{"id": 1, "metadata": {"a": [1]}, "vector": [[1.0], [2.0]]}',
+    b'{"id": 1, "id": 2, "vector": [1.0, 2.0]}',  # duplicate key
+    b'{"vector": [1.0, 2.0], "vector": [3.0, 4.0], "id": 5}',
+    b'{"id": true, "vector": [1.0, 2.0]}',
+    b'{"id": 1.5, "vector": [1.0, 2.0]}',
+    b'{"id": 18446744073709551615, "vector": [1.0, 2.0]}',  # uint64, beyond int64
+    b'{"id": 1, "vector": [true, 2.0]}',
+    b'{"id": 1, "vector": [null, 2.0]}',
+    b'{"id": 1, "vector": [1e39, 2.0]}',  # finite double, not a float32
+    b'{"id": 1, "vector": [1e400, 2.0]}',
+    b'{"id": 1, "vector": [9007199254740993, -0.0]}',
+    b'{"id": 1, "vector": {"a": 1}}',
+    b'{"id": 1, "vector": "[1.0, 2.0]"}',
+    b'{"id": 1, "vector": null, "delete": true}',
+    b'{"id": 1, "vector": [1.0, 2.0], "delete": 1}',
+    b'{"id": 1, "vector": [1.0, 2.0], "ts": true}',
+    b'{"id": 1, "vector": [1.0, 2.0], "ts": 17}',
+    b'{"id": 1, "vector": [1.0, 2.0], "version": 1.0}',
+    b'{"id": 1, "vector": [1.0, 2.0], "metadata": [1]}',
+    b'{"id": 1, "vector": [1.0, 2.0], "metadata": {"k": 1, "k": 2}}',
+    b'{"id": 1, "vector": [1.0, 2.0], "other": [[1]]}',
+    b'{"\\u0069d": 3, "vec\\u0074or": [1.0, 2.0]}',  # escaped keys
+    b' {"id": 1, "vector": [1.0, 2.0]} ',
+    b'{"id": 1, "vector": [1.0, 2.0]} x',
+    b'{"id": "\\ud800", "vector": [1.0, 2.0]}',  # lone surrogate
+    b'{"id": "\xff", "vector": [1.0, 2.0]}',  # not UTF-8
+    b"[1.0, 2.0]",
+    b"",
+]
+
+
+def _columns(fast: bool, payloads, keys):
+    from operators.codecs import decode_payloads
+
+    cols, dim = decode_payloads("json", payloads, keys, max_bytes=1 << 16, dim=None, json_fast=fast)
+    n = len(cols.rows)
+    vec = None if cols.buf is None else cols.buf[:n].view(np.uint32).tolist()  # bit-exact
+    return (
+        cols.rows,
+        cols.ids,
+        vec,
+        cols.deletes,
+        cols.ts,
+        cols.metadata,
+        cols.keys,
+        [(i, reason) for i, reason, _ in cols.bad],
+        dim,
+    )
+
+
+def test_json_fast_path_matches_msgspec_on_tricky_lines() -> None:
+    for line in _TRICKY_JSON:
+        assert _columns(True, [line], [b"7"]) == _columns(False, [line], [b"7"]), line
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payloads=st.lists(
+        st.one_of(_payload("json"), st.sampled_from(_TRICKY_JSON)), min_size=1, max_size=8
+    ),
+    data=st.data(),
+)
+def test_json_fast_path_decodes_exactly_like_msgspec(payloads, data) -> None:
+    keys = data.draw(
+        st.lists(
+            st.one_of(st.none(), st.sampled_from([b"1", b"x", b"\xff"])),
+            min_size=len(payloads),
+            max_size=len(payloads),
+        )
+    )
+    assert _columns(True, payloads, keys) == _columns(False, payloads, keys)
+
+
+def test_json_fast_path_real_embeddings_bit_exact() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 384)).astype(np.float32)
+    lines = [msgspec.json.encode({"id": i, "vector": x[i].tolist()}) for i in range(50)]
+    lines += [
+        json.dumps({"id": 100 + i, "vector": x[i].astype(float).tolist()}).encode()
+        for i in range(50)
+    ]
+    assert _columns(True, lines, None) == _columns(False, lines, None)
+    # ... and the fast path took them all (it is not quietly handing every line on).
+    parse = simdjson.Parser().parse
+    assert all(parse_record(parse, line) is not None for line in lines)
+    b, bad = decode("json", lines)
+    assert not bad
+    np.testing.assert_array_equal(b.vectors, np.vstack([x, x]))
