@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.kafka_client import create_topic
+
 LAUNCHER = Path(__file__).resolve().parents[1] / "compose" / "kafka-local.sh"
 
 
@@ -36,7 +38,7 @@ def broker() -> Iterator[str]:
 async def _fill(bootstrap: str, topic: str, n: int, dim: int, partitions: int) -> None:
     from aiokafka import AIOKafkaProducer
 
-    await _create(bootstrap, topic, partitions)
+    await create_topic(bootstrap, topic, partitions)
     x = np.random.default_rng(0).standard_normal((n, dim)).astype("<f4")
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks=1
@@ -58,20 +60,11 @@ def make_topic(bootstrap: str, topic: str, n: int, dim: int, partitions: int = 4
     asyncio.run(_fill(bootstrap, topic, n, dim, partitions))
 
 
-async def _create(bootstrap: str, topic: str, partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
-
-
 if __name__ == "__main__":
     import sys
 
     # python -m benchmarks.kafka_env create BOOTSTRAP TOPIC [PARTITIONS]: an empty topic
     if sys.argv[1:2] == ["create"]:
-        asyncio.run(_create(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 4))
+        asyncio.run(
+            create_topic(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 4)
+        )

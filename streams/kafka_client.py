@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-__all__ = ["transient", "within"]
+__all__ = ["create_topic", "transient", "within"]
 
 T = TypeVar("T")
 
@@ -33,3 +33,22 @@ def transient(exc: Exception) -> bool:
     from aiokafka.errors import KafkaConnectionError
 
     return bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
+
+
+async def create_topic(
+    bootstrap_servers: str, topic: str, partitions: int = 4, replication: int = 1
+) -> None:
+    """Create ``topic`` with ``partitions`` partitions (used by the tests and the
+    benchmarks; production topics usually come from the platform's own tooling).
+
+    Raises:
+        aiokafka.errors.TopicAlreadyExistsError: the topic exists.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, replication)])
+    finally:
+        await admin.close()

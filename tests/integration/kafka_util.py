@@ -8,16 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streams.kafka_client import create_topic
 
-async def create_topic(bootstrap: str, topic: str, partitions: int = 4) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+__all__ = ["create_topic", "produce", "read_all"]
 
 
 async def produce(
