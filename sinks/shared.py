@@ -203,14 +203,23 @@ def current_manifests(
     return out
 
 
-def latest_epochs(root: str | os.PathLike[str], exclude: str | None) -> dict[str, int]:
-    """Per shard, the highest epoch the current manifests of the other chains name.
+def latest_epochs(
+    root: str | os.PathLike[str],
+    exclude: str | None,
+    manifests: dict[str | None, dict[str, Any]] | None = None,
+) -> dict[str, int]:
+    """Per shard, the highest epoch the current manifests of the other chains name
+    (``manifests`` when the caller has read them already).
 
     A worker uses it to stop naming shards it handed over once their new owner has
     committed them.
     """
+    if manifests is None:
+        manifests = current_manifests(root, exclude)
     out: dict[str, int] = {}
-    for manifest in current_manifests(root, exclude).values():
+    for chain, manifest in manifests.items():
+        if chain == exclude:
+            continue
         for entry in manifest["shards"]:
             name, epoch = entry["name"], int(entry.get("epoch") or 0)
             out[name] = max(out.get(name, -1), epoch)
@@ -218,17 +227,23 @@ def latest_epochs(root: str | os.PathLike[str], exclude: str | None) -> dict[str
 
 
 def retire_chains(
-    root: str | os.PathLike[str], own: str | None, grace: float = DEFAULT_GRACE_SECONDS
+    root: str | os.PathLike[str],
+    own: str | None,
+    grace: float = DEFAULT_GRACE_SECONDS,
+    manifests: dict[str | None, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Remove the chains of workers that are gone: no shard they name is held at
     their epoch (a newer owner committed it), and they have not committed for
     ``grace`` seconds.
 
-    A worker that is merely idle and later commits again recreates its chain.
-    Returns the names removed.
+    ``manifests`` (every chain's current manifest) may come from the caller; a
+    slightly stale read is safe because a chain that committed within ``grace`` is
+    never removed. A worker that is merely idle and later commits again recreates
+    its chain. Returns the names removed.
     """
     base = Path(root)
-    manifests = current_manifests(root)
+    if manifests is None:
+        manifests = current_manifests(root)
     best: dict[str, tuple[int, str]] = {}
     for chain, manifest in manifests.items():
         for entry in manifest["shards"]:

@@ -18,7 +18,7 @@ import faiss
 
 from sinks.ownership import Ownership
 from sinks.shard import Capture, Shard
-from sinks.shared import latest_epochs, retire_chains
+from sinks.shared import current_manifests, latest_epochs, retire_chains
 from sinks.store import SnapshotStore
 from streams.errors import SnapshotError
 from streams.histogram import Histogram
@@ -186,8 +186,13 @@ class Snapshots:
                 assert shard.saved_entry is not None
                 entry = shard.saved_entry
             entries.append(entry)
+        # The other workers' current manifests, read once for both the hand-over
+        # bookkeeping and the retirement of departed workers' chains.
+        others = None
+        if self.worker is not None:
+            others = await anyio.to_thread.run_sync(current_manifests, self.path, self.worker)
         if self.ownership.handed_off:
-            newer = await anyio.to_thread.run_sync(latest_epochs, self.path, self.worker)
+            newer = await anyio.to_thread.run_sync(latest_epochs, self.path, self.worker, others)
             self.ownership.superseded(newer)
             entries.extend(self.ownership.handed_off.values())
         manifest = {
@@ -209,7 +214,8 @@ class Snapshots:
             seq = store.commit(manifest)
             store.prune(self.keep, grace=self.gc_grace)
             if self.worker is not None:
-                retire_chains(self.path, self.worker, grace=self.gc_grace)
+                current = {**(others or {}), self.worker: manifest}
+                retire_chains(self.path, self.worker, grace=self.gc_grace, manifests=current)
             return seq
 
         seq = await anyio.to_thread.run_sync(commit)
