@@ -20,11 +20,10 @@ from typing import Any
 from benchmarks.harness import ROOT, python, run_child, save, table
 from benchmarks.kafka_env import broker, make_topic
 
-OURS = ("bare-getmany", "embedstream", "embedstream-mmap4m", "hand-batched", "naive-per-message")
-# The same embedstream job with glibc's mmap threshold pinned at 4 MiB: big buffers
-# go back to the system when freed instead of staying in the heap (lower peak RSS,
-# more page faults).
-CONTENDER_ENV = {"embedstream-mmap4m": {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)}}
+# embedstream-cli: the same pipeline with the process settings the CLI applies
+# (streams.memory.tune_process: glibc's mmap threshold pinned, GC frozen after the
+# imports); embedstream: the Python API without them.
+OURS = ("bare-getmany", "embedstream", "embedstream-cli", "hand-batched", "naive-per-message")
 PEERS = ("bytewax", "pathway", "quixstreams")
 CONTENDERS = OURS + PEERS
 
@@ -61,9 +60,7 @@ def run(
         samples: dict[str, list[Any]] = {c: [] for c in contenders}
         for _ in range(repeats):
             for c in contenders:
-                samples[c].append(
-                    run_child(argv_of(c, bootstrap, topic, n), env=env | CONTENDER_ENV.get(c, {}))
-                )
+                samples[c].append(run_child(argv_of(c, bootstrap, topic, n), env=env))
     out: dict[str, Any] = {}
     for c, ss in samples.items():
         steady = [s.extra["steady_rate"] for s in ss]
@@ -77,46 +74,45 @@ def run(
             "peak_rss_mb_median": round(statistics.median(s.peak_rss_mb for s in ss), 1),
             "samples": [s.extra | {"peak_rss_mb": s.peak_rss_mb} for s in ss],
         }
-    ceiling = out.get("bare-getmany", {}).get("steady_rate_median")
-    ratios = {}
-    if ceiling and "embedstream" in out:
-        ratios["embedstream_steady_vs_getmany"] = round(
-            out["embedstream"]["steady_rate_median"] / ceiling, 3
-        )
-        ratios["embedstream_wall_vs_getmany"] = round(
-            out["embedstream"]["wall_rate_median"] / out["bare-getmany"]["wall_rate_median"], 3
-        )
-    ours = out.get("embedstream", {}).get("steady_rate_median")
-    if ours and "hand-batched" in out:
-        ratios["embedstream_steady_vs_hand_batched"] = round(
-            ours / out["hand-batched"]["steady_rate_median"], 3
-        )
-    best_peer = max(
-        (out[p]["steady_rate_median"] for p in ("bytewax", "pathway") if p in out), default=0
-    )
-    if ours and best_peer:
-        ratios["embedstream_steady_vs_best_of_bytewax_pathway"] = round(ours / best_peer, 3)
-    if ours and "quixstreams" in out:
-        ratios["embedstream_steady_vs_quixstreams"] = round(
-            ours / out["quixstreams"]["steady_rate_median"], 3
-        )
     index_mb = n * (dim * 4 + 8) / 2**20  # vectors + ids, held by every contender
-    for c in ("embedstream", "embedstream-mmap4m", "hand-batched"):
-        if c in out:
-            ratios[f"{c}_rss_minus_index_mb"] = round(out[c]["peak_rss_mb_median"] - index_mb, 1)
-    if ceiling and "embedstream-mmap4m" in out:
-        ratios["embedstream-mmap4m_steady_vs_getmany"] = round(
-            out["embedstream-mmap4m"]["steady_rate_median"] / ceiling, 3
-        )
     result = {
         "job": f"Kafka -> normalize -> IDMap2,Flat (ip); {n:,} x {dim}-d f32, 4 partitions",
         "index_mb": round(index_mb, 1),
         "contenders": out,
-        "ratios": ratios,
+        "ratios": ratios_of(out, index_mb),
         "skipped": {c: "no peers interpreter (bash benchmarks/peers-venv.sh)" for c in skipped},
     }
     save("kafka", result)
     return result
+
+
+def ratios_of(out: dict[str, Any], index_mb: float) -> dict[str, Any]:
+    """Each embedstream variant against the ceiling, the hand-written loop and the
+    peers, from this one run's medians; and its peak RSS beyond the index."""
+    ratios: dict[str, Any] = {}
+
+    def steady(c: str) -> float:
+        return float(out[c]["steady_rate_median"])
+
+    best_peer = max((steady(p) for p in ("bytewax", "pathway") if p in out), default=0)
+    for c in ("embedstream", "embedstream-cli"):
+        if c not in out:
+            continue
+        if "bare-getmany" in out:
+            ratios[f"{c}_steady_vs_getmany"] = round(steady(c) / steady("bare-getmany"), 3)
+            ratios[f"{c}_wall_vs_getmany"] = round(
+                out[c]["wall_rate_median"] / out["bare-getmany"]["wall_rate_median"], 3
+            )
+        if "hand-batched" in out:
+            ratios[f"{c}_steady_vs_hand_batched"] = round(steady(c) / steady("hand-batched"), 3)
+        if best_peer:
+            ratios[f"{c}_steady_vs_best_of_bytewax_pathway"] = round(steady(c) / best_peer, 3)
+        if "quixstreams" in out:
+            ratios[f"{c}_steady_vs_quixstreams"] = round(steady(c) / steady("quixstreams"), 3)
+    for c in ("embedstream", "embedstream-cli", "hand-batched"):
+        if c in out:
+            ratios[f"{c}_rss_minus_index_mb"] = round(out[c]["peak_rss_mb_median"] - index_mb, 1)
+    return ratios
 
 
 def report(result: dict[str, Any]) -> str:

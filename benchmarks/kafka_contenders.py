@@ -112,12 +112,18 @@ async def hand_batched(bootstrap: str, topic: str, n: int, naive: bool = False) 
     _result(t0, first, last, got)
 
 
-async def embedstream(bootstrap: str, topic: str, n: int) -> None:
+async def embedstream(bootstrap: str, topic: str, n: int, tuned: bool = False) -> None:
+    """The pipeline; ``tuned``: with the process settings the CLI applies."""
+    import aiokafka  # noqa: F401  (imported before tuning, as the CLI does)
     import anyio
 
     from operators import batch, decode, normalize
     from sinks import FaissSink
     from streams.kafka import KafkaSource
+    from streams.memory import tune_process
+
+    if tuned:
+        tune_process()
 
     with tempfile.TemporaryDirectory() as tmp:
         source = KafkaSource(bootstrap, [topic], group=uuid.uuid4().hex, format="f32")
@@ -154,8 +160,8 @@ def main() -> None:
         asyncio.run(hand_batched(bootstrap, topic, n))
     elif contender == "naive-per-message":
         asyncio.run(hand_batched(bootstrap, topic, n, naive=True))
-    elif contender in ("embedstream", "embedstream-mmap4m"):
-        asyncio.run(embedstream(bootstrap, topic, n))
+    elif contender in ("embedstream", "embedstream-cli"):
+        asyncio.run(embedstream(bootstrap, topic, n, tuned=contender == "embedstream-cli"))
     else:
         raise SystemExit(f"unknown contender {contender}")
 

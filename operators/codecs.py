@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import simdjson
 
+from operators.blobs import BlobPool
 from operators.json_fast import parse_record
 from streams.keys import INT64_MAX, INT64_MIN, key_id
 
@@ -281,6 +282,7 @@ def _raw_fast(
     fmt: str,
     dim: int | None,
     max_bytes: int,
+    blobs: BlobPool | None = None,
 ) -> int | bool | None:
     """The common case in C-speed passes: no tombstone, every value the same size,
     every key a decimal id. Returns ``False`` when the chunk is not that case."""
@@ -291,7 +293,8 @@ def _raw_fast(
     if size == 0 or size % width or size > max_bytes or (dim is not None and size != dim * width):
         return False
     n = len(payloads)
-    blob = b"".join(payloads)  # type: ignore[arg-type]
+    parts: list[bytes] = payloads  # type: ignore[assignment]
+    blob = b"".join(parts) if blobs is None else blobs.join(parts)
     if len(blob) != n * size:
         return False  # some value has another size: the careful path finds it
     ids = _decimal_keys(keys)
@@ -384,15 +387,17 @@ def decode_payloads(
     max_bytes: int,
     dim: int | None,
     json_fast: bool = True,
+    blobs: BlobPool | None = None,
 ) -> tuple[Columns, int | None]:
     """Decode ``payloads`` of format ``fmt``. Returns the columns and the dimension
     of raw formats (learned from the first vector when ``dim`` is None).
 
     ``json_fast=False`` decodes JSON with msgspec alone (the reference the fast
-    path is tested against)."""
+    path is tested against). ``blobs`` gives the raw formats reusable buffers
+    (:mod:`operators.blobs`)."""
     cols = Columns(dim=dim, capacity=len(payloads))
     if fmt in ("f32", "f16"):
-        fast = _raw_fast(payloads, keys, cols, fmt, dim, max_bytes)
+        fast = _raw_fast(payloads, keys, cols, fmt, dim, max_bytes, blobs)
         if fast is not False:
             return cols, fast  # type: ignore[return-value]
     ok = []

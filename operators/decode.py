@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from operators.blobs import BlobPool
 from operators.codecs import Columns, decode_payloads
 from streams.channel import Inbox
 from streams.deadletters import Rejected, Rejects
@@ -42,6 +43,7 @@ class _Decoder:
         self.dim = dim
         self.max_bytes = max_bytes
         self.reject_zero = reject_zero
+        self.blobs = BlobPool()
 
     def decode(self, chunk: Chunk) -> tuple[Batch, list[Rejected]]:
         # NaN and Inf in input are rejected record by record below; numpy must not
@@ -55,6 +57,7 @@ class _Decoder:
                 chunk.keys,
                 max_bytes=self.max_bytes,
                 dim=self.dim,
+                blobs=self.blobs,
             )
             if dim is not None and self.dim is None:
                 self.dim = dim

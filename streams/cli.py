@@ -27,7 +27,8 @@ from sinks.store import chain_names
 from streams.cli_build import build_ingest_pipeline
 from streams.errors import EmbedstreamError, StageError
 from streams.files import FORMATS
-from streams.kafka import KAFKA_FORMATS
+from streams.gc_tuning import tune_gc
+from streams.kafka import KAFKA_FORMATS, KafkaSource
 from streams.logs import configure as configure_logging
 from streams.memory import pin_mmap_threshold
 from streams.pipeline import Pipeline, PipelineMetrics
@@ -89,6 +90,10 @@ def run_pipeline(
 ) -> PipelineMetrics:
     """Run ``pipeline`` with signal handling, progress and (optionally) the HTTP
     endpoints; exit on error."""
+    if isinstance(pipeline.source, KafkaSource):
+        import aiokafka  # noqa: F401  (imported now, so that tune_gc freezes it too)
+    # Everything imported and built: from here on the collector skips all of it.
+    tune_gc()
     try:
         return anyio.run(lambda: _run(pipeline, progress=progress, serve=serve))
     except EmbedstreamError as exc:

@@ -173,8 +173,12 @@ class KafkaSource(Source):
         from aiokafka import AIOKafkaConsumer
 
         options: dict[str, Any] = {
-            "max_partition_fetch_bytes": 4 << 20,
-            "fetch_max_bytes": 32 << 20,
+            # Fetches of 2 MiB a partition and 8 MiB in all: as fast as 4/32 MiB on
+            # the Kafka benchmark job, and about 20 MB less peak memory, because
+            # aiokafka holds a whole fetch response (and a copy while reading it)
+            # plus a Python object per record of it.
+            "max_partition_fetch_bytes": 2 << 20,
+            "fetch_max_bytes": 8 << 20,
             **self.consumer_options,
         }
         if self._owner is not None:

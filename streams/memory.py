@@ -8,7 +8,9 @@ and are not returned: peak RSS minus the index then creeps up with the stream
 threshold at 4 MiB sends every big block to its own mapping, returned to the system
 when freed (193 MB and 184 MB).
 
-``embedstream`` calls :func:`pin_mmap_threshold` at start; Python users can too.
+``embedstream`` pins the threshold at start and tunes the garbage collector
+(:mod:`streams.gc_tuning`) before it runs a pipeline; :func:`tune_process` does both
+for Python users.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import ctypes.util
 import logging
 import os
 
-__all__ = ["DEFAULT_MMAP_THRESHOLD", "pin_mmap_threshold"]
+from streams.gc_tuning import tune_gc
+
+__all__ = ["DEFAULT_MMAP_THRESHOLD", "pin_mmap_threshold", "tune_process"]
 
 log = logging.getLogger("embedstream")
 
@@ -50,3 +54,13 @@ def pin_mmap_threshold(nbytes: int | None = None) -> bool:
     if not ok:  # pragma: no cover - glibc refuses values above its maximum
         log.debug("mallopt(M_MMAP_THRESHOLD, %s) was refused", nbytes)
     return ok
+
+
+def tune_process() -> None:
+    """What ``embedstream`` does at start, for Python users who want the same: pin
+    glibc's mmap threshold (:func:`pin_mmap_threshold`) and freeze the objects
+    imports made (:func:`streams.gc_tuning.tune_gc`). Call it once, after imports
+    and before the pipeline runs; both are process-wide.
+    """
+    pin_mmap_threshold()
+    tune_gc()
