@@ -371,12 +371,44 @@ def _raw(
 
 
 def _decimal_keys(keys: list[bytes | None]) -> npt.NDArray[np.int64] | None:
+    """The keys as int64 ids when every one is a decimal integer, else None."""
     if not keys or None in keys:
         return None if keys else np.zeros(0, dtype=np.int64)
-    try:
+    ids = _unsigned_decimals(keys)  # type: ignore[arg-type]
+    if ids is not None:
+        return ids
+    try:  # signs, spaces, 19 digits: numpy parses them one by one
         return np.array(keys).astype(np.int64)
     except (ValueError, OverflowError, TypeError):
         return None
+
+
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
+
+
+def _unsigned_decimals(keys: list[bytes]) -> npt.NDArray[np.int64] | None:
+    """Keys of 1 to 18 ASCII digits parsed in a few passes over their joined bytes
+    (about 40 ns a key where numpy's per-element parse costs 120-230); None when
+    any key is something else."""
+    n = len(keys)
+    text = np.frombuffer(b",".join(keys), dtype=np.uint8)
+    commas = np.flatnonzero(text == ord(","))
+    if len(commas) != n - 1:
+        return None  # a key holds a comma: not a number anyway
+    ends = np.empty(n, dtype=np.int64)
+    ends[:-1] = commas
+    ends[-1] = len(text)
+    lengths = np.diff(ends, prepend=-1) - 1
+    if lengths.min() < 1 or lengths.max() > 18:  # 18 digits always fit in int64
+        return None
+    digits = text - np.uint8(ord("0"))  # anything but a digit wraps above 9
+    digits[commas] = 0
+    if digits.max() > 9:
+        return None
+    # Each digit's power of ten: its distance to the end of its key.
+    power = np.repeat(ends - 1, lengths + 1)[: len(text)] - np.arange(len(text))
+    power[commas] = 0
+    return np.add.reduceat(digits.astype(np.int64) * _POW10[power], ends - lengths)
 
 
 def decode_payloads(

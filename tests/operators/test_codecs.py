@@ -290,3 +290,40 @@ def test_json_fast_path_real_embeddings_bit_exact() -> None:
     b, bad = decode("json", lines)
     assert not bad
     np.testing.assert_array_equal(b.vectors, np.vstack([x, x]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(
+        st.one_of(
+            st.integers(0, 10**18 - 1).map(lambda i: str(i).encode()),
+            st.integers(-(2**63), 2**63 - 1).map(lambda i: str(i).encode()),
+            st.text("0123456789-+, x", max_size=21).map(str.encode),
+            st.sampled_from([b"007", b"0", b"9" * 18, b"9" * 19, b"1" * 20, b"", b" 5"]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_decimal_keys_parse_like_int(keys: list[bytes]) -> None:
+    from operators.codecs import _decimal_keys
+
+    def expected() -> list[int] | None:
+        out = []
+        for k in keys:
+            try:
+                v = int(k)
+            except ValueError:
+                return None
+            if not -(2**63) <= v < 2**63:
+                return None
+            out.append(v)
+        return out
+
+    got = _decimal_keys(keys)  # type: ignore[arg-type]
+    want = expected()
+    if want is None:
+        # Whatever numpy's parser accepts that int() does not would be a bug too.
+        assert got is None
+    else:
+        assert got is not None and got.tolist() == want
