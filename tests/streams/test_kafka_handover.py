@@ -100,3 +100,25 @@ async def test_a_claimed_partition_resumes_at_the_sinks_offset() -> None:
         await pipeline.run()
     assert sink.claimed == ["t-0"]
     assert consumer.seeks == [(TopicPartition("t", 0), 42)]
+
+
+def test_chunk_offsets_with_and_without_gaps() -> None:
+    from types import SimpleNamespace
+
+    from streams.kafka import KafkaSource
+
+    source = KafkaSource("127.0.0.1:9", ["t"], group="g")
+    tp = SimpleNamespace(topic="t", partition=0)
+
+    def records(offsets: list[int]) -> list[Any]:
+        return [
+            SimpleNamespace(offset=o, timestamp=1000 * o, key=str(o).encode(), value=b"v")
+            for o in offsets
+        ]
+
+    contiguous = source._chunk(tp, records([5, 6, 7]))
+    assert contiguous.locations.tolist() == [5, 6, 7] and contiguous.position == {"offset": 8}
+    # A compacted topic: offsets 6 and 9 are gone.
+    gapped = source._chunk(tp, records([5, 7, 8, 10]))
+    assert gapped.locations.tolist() == [5, 7, 8, 10] and gapped.position == {"offset": 11}
+    assert gapped.keys == [b"5", b"7", b"8", b"10"]
