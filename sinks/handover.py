@@ -45,6 +45,7 @@ class HandOver:
     normalize_queries: bool
     rerank: int
     segment_size: int
+    segment_bytes: int
     codec: Any
     _factory_arg: str | None
     _metric_arg: str | None
@@ -109,6 +110,7 @@ class HandOver:
                 shard = await anyio.to_thread.run_sync(load_shard, store, state.entry, config)
                 shard.new_index = self._new_index
                 shard.segment_size = self.segment_size
+                shard.segment_bytes = self.segment_bytes
             shard.saved_entry = {**state.entry, "epoch": self.ownership.epochs[name]}
             self.shards[name] = shard
             positions[name] = dict(shard.position)

@@ -25,7 +25,7 @@ from sinks.handover import HandOver
 from sinks.ownership import Ownership
 from sinks.search import SearchResults, prepare_queries, search_shards
 from sinks.segment import Segment, make_index
-from sinks.shard import DEFAULT_SEGMENT_SIZE, Shard
+from sinks.shard import DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_SIZE, Shard
 from sinks.shared import combine
 from sinks.snapshots import SnapshotListener, Snapshots
 from sinks.store import DEFAULT_GRACE_SECONDS, SnapshotStore
@@ -72,6 +72,8 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
             this many candidates per shard exactly at search time.
         segment_size: vectors per segment of a shard; appends go to a small active
             segment, so adds stay short and snapshots rewrite only changed segments.
+        segment_bytes: flat-code indexes (Flat, SQ, PQ) also seal a segment at this
+            many bytes of codes, which bounds the extra memory of FAISS growing it.
         worker: this process's name when several processes share ``path`` (Kafka
             consumer groups): it then writes its own manifest chain, holds only the
             shards of the partitions it is given (:meth:`claim`) and hands them
@@ -102,6 +104,7 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
         codec: Any = None,
         rerank: int = 0,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         worker: str | None = None,
         release_timeout: float = 20.0,
         gc_grace: float = DEFAULT_GRACE_SECONDS,
@@ -123,6 +126,7 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
         self.train_size = max(1, train_size)
         self.max_deferred_bytes = max_deferred_bytes
         self.segment_size = max(1, segment_size)
+        self.segment_bytes = segment_bytes
         self.codec = codec
         self.rerank = rerank if codec is not None else 0
         self.worker = worker
@@ -301,7 +305,12 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
         floats = FloatStore(floats_path(self.path, name), self.dim) if self.rerank else None
         segment = Segment(self._new_index(), codes=self.codec is not None)
         return Shard(
-            name, [segment], self._new_index, floats=floats, segment_size=self.segment_size
+            name,
+            [segment],
+            self._new_index,
+            floats=floats,
+            segment_size=self.segment_size,
+            segment_bytes=self.segment_bytes,
         )
 
     async def _apply(self, item: Batch) -> None:

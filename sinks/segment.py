@@ -18,7 +18,7 @@ import numpy.typing as npt
 from sinks.idset import IdSet
 from streams.errors import ConfigError
 
-__all__ = ["Segment", "index_ids", "make_index", "metric_code"]
+__all__ = ["Segment", "flat_codes", "index_ids", "make_index", "metric_code"]
 
 
 def _can_remove(index: Any) -> bool:
@@ -28,6 +28,17 @@ def _can_remove(index: Any) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def flat_codes(index: Any) -> bool:
+    """Whether ``index`` keeps all its vectors in one flat array of codes (Flat, SQ,
+    PQ, maybe inside an ``IndexIDMap``): a brute-force scan, for which the number
+    of segments hardly matters, and whose array FAISS grows by doubling (an add
+    past capacity copies the whole array, both copies resident meanwhile)."""
+    if isinstance(index, faiss.IndexBinary):
+        return False
+    inner = index.index if isinstance(index, faiss.IndexIDMap) else index
+    return isinstance(faiss.downcast_index(inner), faiss.IndexFlatCodes)
 
 
 def metric_code(metric: str) -> int:

@@ -26,14 +26,35 @@ import numpy.typing as npt
 
 from sinks.floats import FloatStore
 from sinks.rwlock import RWLock
-from sinks.segment import Segment, index_ids, make_index, metric_code, reconstruct_ids
+from sinks.segment import (
+    Segment,
+    flat_codes,
+    index_ids,
+    make_index,
+    metric_code,
+    reconstruct_ids,
+)
 from sinks.store import SnapshotStore
 from sinks.topk import merge_topk
 from streams.records import Batch, Position
 
-__all__ = ["DEFAULT_SEGMENT_SIZE", "Capture", "Shard", "make_index", "metric_code"]
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "DEFAULT_SEGMENT_SIZE",
+    "Capture",
+    "Shard",
+    "make_index",
+    "metric_code",
+]
 
 DEFAULT_SEGMENT_SIZE = 131_072
+# Flat-code segments also seal at this many bytes of codes. FAISS grows a segment's
+# array by doubling, and while it copies, the old array and the copy are both
+# resident: half a segment of extra memory for a moment. With 128-d floats and
+# 131,072-vector segments that moment added 32 MB to peak RSS whenever it fell near
+# the end of a run (1M-record Kafka job: peak RSS minus index 123-184 MB over four
+# runs; 125-139 MB with 32 MiB segments; ``benchmarks/bench_memory.py``).
+DEFAULT_SEGMENT_BYTES = 32 << 20
 
 _keys_encoder = msgspec.msgpack.Encoder()
 _keys_decoder = msgspec.msgpack.Decoder(dict[int, str])
@@ -66,6 +87,8 @@ class Shard:
         keys: id -> original string key, for string ids.
         floats: where full-precision vectors go, for exact rerank.
         segment_size: seal the active segment at this many vectors.
+        segment_bytes: for flat-code indexes (:func:`sinks.segment.flat_codes`),
+            also seal it at this many bytes of codes (at least 1,024 vectors).
     """
 
     def __init__(
@@ -78,11 +101,14 @@ class Shard:
         *,
         floats: FloatStore | None = None,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     ) -> None:
         self.name = name
         self.segments = segments
         self.new_index = new_index
         self.segment_size = segment_size
+        self.segment_bytes = segment_bytes
+        self._flat = flat_codes(segments[0].index)
         self.binary = segments[0].binary
         self.codes = segments[0].codes
         self.floats = floats
@@ -121,6 +147,14 @@ class Shard:
         """Bytes per vector the index holds in RAM (codes, or 4 x dim for floats)."""
         index = self.segments[0].index
         return int(index.code_size if self.binary else index.sa_code_size())
+
+    @property
+    def seal_at(self) -> int:
+        """Vectors at which the active segment is sealed."""
+        if not self._flat:
+            return self.segment_size
+        by_bytes = max(1024, self.segment_bytes // max(1, self.code_bytes))
+        return min(self.segment_size, by_bytes)
 
     @property
     def dirty(self) -> bool:
@@ -167,9 +201,7 @@ class Shard:
                 # An index that cannot remove keeps replaced entries as tombstones;
                 # a new entry for the same id must then go to another segment.
                 replaced_here = bool(held) and not active.removable and held[-1][1].any()
-                if replaced_here or (
-                    active.ntotal and active.ntotal + len(add_ids) > self.segment_size
-                ):
+                if replaced_here or (active.ntotal and active.ntotal + len(add_ids) > self.seal_at):
                     assert self.new_index is not None, "read-only shard"
                     active = Segment(self.new_index(), codes=self.codes)
                     self.segments.append(active)

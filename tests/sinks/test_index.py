@@ -209,6 +209,58 @@ async def test_segments_seal_search_together_and_snapshot_only_what_changed(
     assert (got.ids == want_i).mean() > 0.99  # ties may swap
 
 
+async def _add_blocks(sink: FaissSink, x: np.ndarray, start: int, stop: int, step: int) -> None:
+    for lo in range(start, stop, step):
+        ids = np.arange(lo, min(lo + step, stop))
+        await sink.write(Batch(ids, x[ids], np.zeros(len(ids)), "p", {"offset": int(ids[-1]) + 1}))
+
+
+@pytest.mark.parametrize(
+    ("factory", "first", "then"),
+    [
+        # 16-d floats are 64 bytes: 128 KiB of codes is 2,048 vectors (whole
+        # batches of 500 go into one segment).
+        ("Flat", [2000, 2000, 1000], [2000, 2000, 1000, 1644]),
+        # 16-byte SQ8 codes: 8,192 vectors fit.
+        ("SQ8", [5000], [6644]),
+        # A graph is not a flat scan: only segment_size applies.
+        ("HNSW16", [5000], [6644]),
+    ],
+)
+async def test_flat_code_segments_also_seal_at_segment_bytes(
+    tmp_path: Path, rng, factory: str, first: list[int], then: list[int]
+) -> None:
+    x = rng.standard_normal((6644, 16)).astype(np.float32)
+    kw = {"factory": factory, "metric": "l2", "snapshot_every": None, "train_size": 1000}
+    sink = FaissSink(tmp_path / "idx", segment_bytes=128 << 10, **kw)
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        await _add_blocks(sink, x, 0, 5000, 500)
+        assert [seg.ntotal for seg in sink.shards["p"].segments] == first
+        await sink.close(ok=True)
+    # Reopened, the shard restored from the snapshot keeps the same bound.
+    sink = FaissSink(tmp_path / "idx", segment_bytes=128 << 10, **kw)
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        await _add_blocks(sink, x, 5000, 6144, 1144)
+        await _add_blocks(sink, x, 6144, 6644, 500)
+        assert [seg.ntotal for seg in sink.shards["p"].segments] == then
+        res = await sink.search(x[[0, 4999, 6643]], 1)
+        assert res.ids[:, 0].tolist() == [0, 4999, 6643]
+        await sink.close(ok=True)
+
+
+def test_segment_bytes_never_seals_below_1024_vectors(tmp_path: Path) -> None:
+    from sinks.segment import Segment, make_index
+    from sinks.shard import Shard
+
+    shard = Shard("p", [Segment(make_index(16, "Flat", "l2"))], segment_bytes=1)
+    assert shard.seal_at == 1024
+    # Defaults: 32 MiB of 128-d floats is 65,536 vectors; 16-d ones stop at 131,072.
+    assert Shard("p", [Segment(make_index(128, "Flat", "ip"))]).seal_at == 65_536
+    assert Shard("p", [Segment(make_index(16, "Flat", "l2"))]).seal_at == 131_072
+
+
 async def test_hnsw_upserts_and_deletes_with_tombstones_and_compaction(tmp_path: Path, rng) -> None:
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     sink = FaissSink(
