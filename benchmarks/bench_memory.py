@@ -5,13 +5,14 @@ What grows with the stream is the index; everything else (channels, fetch buffer
 batches in flight) must not. So peak RSS minus index bytes should be the same at
 both sizes. Index bytes = the size of the segment objects of the final snapshot
 (vectors and ids, as FAISS holds them) plus the sink's id set (8 bytes per vector).
-Two variants alternate: as shipped (the CLI pins glibc's mmap threshold at 4 MiB,
-:mod:`streams.memory`, so big freed buffers go back to the system), and glibc's own
-dynamic threshold (``EMBEDSTREAM_MMAP_THRESHOLD=0``), under which the heap fragments
-as the index grows. Each size and variant
-runs ``--repeats`` times; medians.
+Three variants alternate: as shipped (the CLI pins glibc's mmap threshold at 4 MiB,
+so big freed buffers go back to the system; :mod:`streams.memory`); the same plus
+heap trimming once a second (``EMBEDSTREAM_TRIM_SECONDS=1``, off by default); and
+glibc's own dynamic threshold (``EMBEDSTREAM_MMAP_THRESHOLD=0``), under which the
+heap fragments as the index grows. Each size and variant runs ``--repeats`` times;
+medians.
 
-    python -m benchmarks.bench_memory [--sizes 1000000 5000000] [--repeats 2]
+    python -m benchmarks.bench_memory [--sizes 1000000 5000000] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def index_bytes(idx: Path) -> int:
 
 VARIANTS: dict[str, dict[str, str]] = {
     "as shipped (mmap threshold 4 MiB)": {},
+    "plus trimming every 1 s": {"EMBEDSTREAM_TRIM_SECONDS": "1"},
     "glibc dynamic threshold": {"EMBEDSTREAM_MMAP_THRESHOLD": "0"},
 }
 
@@ -124,6 +126,6 @@ def report(r: dict[str, Any]) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     print(report(run(tuple(a.sizes), a.repeats)))

@@ -30,7 +30,7 @@ from streams.files import FORMATS
 from streams.gc_tuning import tune_gc
 from streams.kafka import KAFKA_FORMATS, KafkaSource
 from streams.logs import configure as configure_logging
-from streams.memory import pin_mmap_threshold
+from streams.memory import pin_mmap_threshold, start_trimming
 from streams.pipeline import Pipeline, PipelineMetrics
 from streams.progress import channel_table, summary_line, watch
 
@@ -94,6 +94,7 @@ def run_pipeline(
         import aiokafka  # noqa: F401  (imported now, so that tune_gc freezes it too)
     # Everything imported and built: from here on the collector skips all of it.
     tune_gc()
+    start_trimming()
     try:
         return anyio.run(lambda: _run(pipeline, progress=progress, serve=serve))
     except EmbedstreamError as exc:
