@@ -22,8 +22,17 @@ from benchmarks.kafka_env import broker, make_topic
 
 # embedstream-cli: the same pipeline with the process settings the CLI applies
 # (streams.memory.tune_process: glibc's mmap threshold pinned, GC frozen after the
-# imports); embedstream: the Python API without them.
-OURS = ("bare-getmany", "embedstream", "embedstream-cli", "hand-batched", "naive-per-message")
+# imports); embedstream-gc-only: those settings without the mmap threshold pin;
+# embedstream: the Python API without any.
+OURS = (
+    "bare-getmany",
+    "embedstream",
+    "embedstream-cli",
+    "embedstream-gc-only",
+    "hand-batched",
+    "naive-per-message",
+)
+VARIANTS = ("embedstream", "embedstream-cli", "embedstream-gc-only")
 PEERS = ("bytewax", "pathway", "quixstreams")
 CONTENDERS = OURS + PEERS
 
@@ -95,7 +104,7 @@ def ratios_of(out: dict[str, Any], index_mb: float) -> dict[str, Any]:
         return float(out[c]["steady_rate_median"])
 
     best_peer = max((steady(p) for p in ("bytewax", "pathway") if p in out), default=0)
-    for c in ("embedstream", "embedstream-cli"):
+    for c in VARIANTS:
         if c not in out:
             continue
         if "bare-getmany" in out:
@@ -109,7 +118,7 @@ def ratios_of(out: dict[str, Any], index_mb: float) -> dict[str, Any]:
             ratios[f"{c}_steady_vs_best_of_bytewax_pathway"] = round(steady(c) / best_peer, 3)
         if "quixstreams" in out:
             ratios[f"{c}_steady_vs_quixstreams"] = round(steady(c) / steady("quixstreams"), 3)
-    for c in ("embedstream", "embedstream-cli", "hand-batched"):
+    for c in (*VARIANTS, "hand-batched"):
         if c in out:
             ratios[f"{c}_rss_minus_index_mb"] = round(out[c]["peak_rss_mb_median"] - index_mb, 1)
     return ratios

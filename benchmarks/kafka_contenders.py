@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -162,6 +163,11 @@ def main() -> None:
         asyncio.run(hand_batched(bootstrap, topic, n, naive=True))
     elif contender in ("embedstream", "embedstream-cli"):
         asyncio.run(embedstream(bootstrap, topic, n, tuned=contender == "embedstream-cli"))
+    elif contender == "embedstream-gc-only":
+        # The CLI's settings without the mmap threshold pin: what the pin costs in
+        # rate (page faults of freshly mapped buffers) and saves in memory.
+        os.environ["EMBEDSTREAM_MMAP_THRESHOLD"] = "0"
+        asyncio.run(embedstream(bootstrap, topic, n, tuned=True))
     else:
         raise SystemExit(f"unknown contender {contender}")
 
