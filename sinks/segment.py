@@ -5,10 +5,14 @@ vectors, then starts a new one (as Lucene and LevelDB do). Appends therefore onl
 ever grow a small index, so no add has to copy hundreds of megabytes when FAISS
 grows its storage (which stalled searches behind the shard lock); and a snapshot
 rewrites only segments that changed, while sealed, untouched ones are referenced.
+
+A new flat-code segment reserves its final size up front (:meth:`Segment.reserve`)
+and its adds write codes in place, instead of FAISS's grow-by-doubling copies.
 """
 
 from __future__ import annotations
 
+import mmap
 from typing import Any, cast
 
 import faiss
@@ -72,11 +76,14 @@ def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
     return index
 
 
-def reconstruct_ids(index: Any, ids: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+def reconstruct_ids(
+    index: Any, ids: npt.NDArray[np.int64], *, reverse_map: bool = True
+) -> npt.NDArray[Any]:
     """The stored vectors (or codes) of ``ids``, every one of which ``index`` holds
-    (blocking; a scan of the id map for wrappers without a reverse map)."""
+    (blocking; a scan of the id map for wrappers without a reverse map, or when
+    ``reverse_map`` is False because an ``IndexIDMap2``'s is not up to date)."""
     idx: Any = index
-    if isinstance(idx, (faiss.IndexIDMap2, faiss.IndexIVF)):
+    if isinstance(idx, faiss.IndexIVF) or (isinstance(idx, faiss.IndexIDMap2) and reverse_map):
         out: npt.NDArray[Any] = idx.reconstruct_batch(ids)
         return out
     if isinstance(idx, faiss.IndexBinaryIDMap2):
@@ -111,6 +118,11 @@ def index_ids(index: Any) -> npt.NDArray[np.int64]:
     raise ConfigError(f"cannot list the ids of a {type(index).__name__}")
 
 
+# Wrappers whose adds reserve() can do in place (exact types: a subclass may add
+# bookkeeping of its own that the in-place path would skip).
+_IN_PLACE = (faiss.IndexIDMap, faiss.IndexIDMap2)
+
+
 class Segment:
     """One FAISS index of a shard, with the ids it holds and its snapshot state.
 
@@ -118,6 +130,9 @@ class Segment:
     """
 
     __slots__ = (
+        "_area",
+        "_buffer",
+        "_stale_rev_map",
         "binary",
         "codes",
         "dead",
@@ -154,6 +169,12 @@ class Segment:
         # The objects this segment was last written to; reused while unchanged.
         self.saved_object = saved_object
         self.saved_dead = saved_dead
+        # Set by reserve(): the mapping the index's codes live in, and a view of it.
+        self._buffer: mmap.mmap | None = None
+        self._area: npt.NDArray[np.uint8] | None = None
+        # In-place adds leave an IndexIDMap2's reverse map (id -> row) behind; it is
+        # rebuilt before FAISS itself adds or removes, and lookups scan meanwhile.
+        self._stale_rev_map = False
 
     def __repr__(self) -> str:
         return f"<Segment ntotal={self.ntotal} saved={self.saved_object is not None}>"
@@ -172,10 +193,99 @@ class Segment:
     def dirty(self) -> bool:
         return self.saved_object is None or self.version != self.saved_version
 
+    def reserve(self, capacity: int) -> bool:
+        """Give an empty flat-code segment (:func:`flat_codes` in an ``IndexIDMap``)
+        room for ``capacity`` vectors up front, so that adds write codes in place.
+
+        FAISS grows an index's code array by doubling: every growth allocates a new
+        array, copies the old one into it and frees it, so filling a segment writes
+        its bytes about three times over, in fresh pages each time (28% of the page
+        faults of the Kafka benchmark), and for a moment holds both arrays. Here the
+        codes go to one anonymous mapping of the final size, whose pages the kernel
+        provides as they are first written; the index reads them through a FAISS
+        view (``MaybeOwnedVector``) that each add extends. Returns whether it did.
+        """
+        if type(self.index) not in _IN_PLACE or self.ntotal or capacity <= 0:
+            return False
+        inner: Any = faiss.downcast_index(self.index.index)
+        if not isinstance(inner, faiss.IndexFlatCodes):
+            return False
+        nbytes = capacity * int(inner.code_size)
+        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+        self._buffer = buffer
+        self._area = np.frombuffer(buffer, dtype=np.uint8)
+        self._view(inner, 0)
+        # Whoever holds the index keeps the mapping alive, through the list faiss
+        # keeps the objects an index points into in (it may hold the inner index).
+        refs = list(getattr(self.index, "referenced_objects", []))
+        self.index.referenced_objects = [*refs, buffer]
+        return True
+
+    def _view(self, inner: Any, nbytes: int) -> None:
+        """Point ``inner``'s codes at the first ``nbytes`` of the reserved area (a
+        view must have its exact size: ``write_index`` writes ``size()`` bytes)."""
+        assert self._area is not None
+        view: Any = faiss.MaybeOwnedVectorUInt8()
+        ptr = faiss.swig_ptr(self._area)
+        view.is_owned = False
+        view.view_data = view.c_ptr = ptr
+        view.view_size = view.c_size = nbytes
+        inner.codes = view
+
+    def _own(self) -> None:
+        """Move the codes out of the reserved area into an array FAISS owns, before
+        an operation that resizes it (FAISS aborts the process when asked to
+        resize a view)."""
+        if self._area is None:
+            return
+        inner: Any = faiss.downcast_index(self.index.index)
+        owned = faiss.MaybeOwnedVectorUInt8()
+        faiss.copy_array_to_vector(self._area[: self.ntotal * int(inner.code_size)], owned)
+        inner.codes = owned
+        if self._stale_rev_map:
+            self.index.construct_rev_map()
+            self._stale_rev_map = False
+        buffer, self._area, self._buffer = self._buffer, None, None
+        refs = self.index.referenced_objects
+        self.index.referenced_objects = [r for r in refs if r is not buffer]
+
+    def _add_in_place(self, vecs: npt.NDArray[Any], ids: npt.NDArray[np.int64]) -> bool:
+        """What ``add_with_ids`` / ``add_sa_codes`` do, writing into the reserved
+        area; False when it has no room left (the caller falls back to FAISS)."""
+        assert self._area is not None
+        n, b = self.ntotal, len(ids)
+        inner: Any = faiss.downcast_index(self.index.index)
+        size = int(inner.code_size)
+        if (n + b) * size > len(self._area) or len(vecs) != b or not inner.is_trained:
+            return False  # FAISS's own add then grows the array or says what is wrong
+        if self.codes and (vecs.dtype != np.uint8 or vecs.shape != (b, size)):
+            return False
+        dest = self._area[n * size : (n + b) * size].reshape(b, size)
+        if self.codes:
+            dest[:] = vecs
+        else:
+            inner.sa_encode(vecs, dest)
+        self._view(inner, (n + b) * size)
+        inner.ntotal = n + b
+        id_map = self.index.id_map
+        id_map.resize(n + b)
+        faiss.rev_swig_ptr(id_map.data(), n + b)[n:] = ids
+        self.index.ntotal = n + b
+        # An IndexIDMap2 also keeps id -> row in a hash map that Python cannot
+        # reach; it is rebuilt (construct_rev_map) when FAISS next needs it.
+        self._stale_rev_map = isinstance(self.index, faiss.IndexIDMap2)
+        return True
+
     def add(self, vectors: npt.NDArray[Any], ids: npt.NDArray[np.int64]) -> None:
         """Add rows (floats, or codes for quantised segments) with ``ids``."""
         vecs = np.ascontiguousarray(vectors)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if self._area is not None:
+            if self._add_in_place(vecs, ids):
+                self.ids.add(ids)
+                self.version += 1
+                return
+            self._own()
         if self.codes and not self.binary:
             self.index.add_sa_codes(vecs, ids)
         else:
@@ -191,6 +301,7 @@ class Segment:
                 ids it holds are impossible.
         """
         ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self._own()
         if self.removable:
             # The Python wrapper takes an id array (the stubs only know IDSelector).
             cast(Any, self.index).remove_ids(ids)
@@ -228,12 +339,17 @@ class Segment:
         scores, ids = self.index.search(queries, k)
         return scores, ids
 
+    def reconstruct(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """The stored vectors (or codes) of ``ids``, all of which this segment holds
+        (read-only: safe under the shard's read lock)."""
+        return reconstruct_ids(self.index, ids, reverse_map=not self._stale_rev_map)
+
     def compacted(self, new_index: Any) -> Segment:
         """A copy without the dead entries, in ``new_index`` (blocking, slow for
         HNSW: run it off the lock; the caller swaps it in)."""
         live = self.ids.to_array()
         if len(live):
-            new_index.add_with_ids(reconstruct_ids(self.index, live), live)
+            new_index.add_with_ids(self.reconstruct(live), live)
         return Segment(new_index, codes=self.codes)
 
     def write(self, writer: Any) -> None:

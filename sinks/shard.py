@@ -32,7 +32,6 @@ from sinks.segment import (
     index_ids,
     make_index,
     metric_code,
-    reconstruct_ids,
 )
 from sinks.store import SnapshotStore
 from sinks.topk import merge_topk
@@ -48,12 +47,11 @@ __all__ = [
 ]
 
 DEFAULT_SEGMENT_SIZE = 131_072
-# Flat-code segments also seal at this many bytes of codes. FAISS grows a segment's
-# array by doubling, and while it copies, the old array and the copy are both
-# resident: half a segment of extra memory for a moment. With 128-d floats and
-# 131,072-vector segments that moment added 32 MB to peak RSS whenever it fell near
-# the end of a run (1M-record Kafka job: peak RSS minus index 123-184 MB over four
-# runs; 125-139 MB with 32 MiB segments; ``benchmarks/bench_memory.py``).
+# Flat-code segments also seal at this many bytes of codes. New ones reserve that
+# much address space and write in place (Segment.reserve); a segment restored from
+# a snapshot is grown by FAISS, by doubling, and while it copies, the old array and
+# the copy are both resident: half a segment of extra memory for a moment (32 MB
+# with 131,072 128-d floats, which set peak RSS when it fell near the end of a run).
 DEFAULT_SEGMENT_BYTES = 32 << 20
 
 _keys_encoder = msgspec.msgpack.Encoder()
@@ -130,6 +128,8 @@ class Shard:
         self.deferred_bytes = 0
         self.drained = anyio.Event()
         self.drained.set()
+        if new_index is not None and self._flat:
+            segments[-1].reserve(self.seal_at)
 
     def __repr__(self) -> str:
         return (
@@ -175,7 +175,7 @@ class Shard:
                 held = s.ids.contains(ids)
                 if held.any():
                     found = ids[held]
-                    vecs = reconstruct_ids(s.index, found)
+                    vecs = s.reconstruct(found)
                     for i, v in zip(found.tolist(), vecs, strict=True):
                         out[i] = v
         return np.stack([out[i] for i in ids.tolist()])
@@ -204,6 +204,8 @@ class Shard:
                 if replaced_here or (active.ntotal and active.ntotal + len(add_ids) > self.seal_at):
                     assert self.new_index is not None, "read-only shard"
                     active = Segment(self.new_index(), codes=self.codes)
+                    if self._flat:
+                        active.reserve(max(self.seal_at, len(add_ids)))
                     self.segments.append(active)
                 active.add(add_vecs, add_ids)
                 if self.floats is not None and batch.floats is not None:
