@@ -208,8 +208,8 @@ class Segment:
         if type(self.index) not in _IN_PLACE or self.ntotal or capacity <= 0:
             return False
         inner: Any = faiss.downcast_index(self.index.index)
-        if not isinstance(inner, faiss.IndexFlatCodes):
-            return False
+        if not isinstance(inner, faiss.IndexFlatCodes) or isinstance(inner, faiss.IndexFlat1D):
+            return False  # (IndexFlat1D's own add also maintains a sort order)
         nbytes = capacity * int(inner.code_size)
         buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
         self._buffer = buffer
