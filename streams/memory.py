@@ -1,12 +1,14 @@
 """Keeping a long ingestion's memory flat: glibc's mmap threshold and heap trimming.
 
-Batches, fetch buffers and FAISS's growing vectors are megabytes each. By default
-glibc raises its mmap threshold each time such a block is freed, after which blocks
-of that size come from the heap, where freed ones interleave with the growing index
-and are not returned: peak RSS minus the index then creeps up with the stream
-(242 MB at 1M records, 308 MB at 5M in ``benchmarks/bench_memory.py``). Pinning the
-threshold at 4 MiB sends every big block to its own mapping, returned to the system
-when freed (193 MB and 184 MB).
+Batches and fetch buffers are megabytes each. By default glibc raises its mmap
+threshold each time such a block is freed, after which blocks of that size come from
+the heap, where freed ones interleave with long-lived ones and are not returned:
+peak RSS minus the index then creeps up with the stream (142 MB at 1M records,
+162 MB at 5M in ``benchmarks/bench_memory.py``). Pinning the threshold at 4 MiB
+sends every big block to its own mapping, returned to the system when freed (129 MB
+and 132 MB). Higher pins fragment again: 12 MiB gave 138 and 175 MB, 32 MiB 142 and
+176 MB. The pin costs rate, as every big block is faulted in afresh: 5M records took
+31 s pinned against 25 s with glibc's own threshold.
 
 Below the threshold, blocks still come from glibc's heaps, and glibc gives a heap's
 memory back only from its top. Long-lived small blocks (a segment's id arrays) can
