@@ -194,24 +194,27 @@ class Segment:
         return self.saved_object is None or self.version != self.saved_version
 
     def reserve(self, capacity: int) -> bool:
-        """Give an empty flat-code segment (:func:`flat_codes` in an ``IndexIDMap``)
-        room for ``capacity`` vectors up front, so that adds write codes in place.
+        """Give an empty flat-code segment (:func:`flat_codes` in an ``IndexIDMap``
+        or ``IndexIDMap2``) room for ``capacity`` vectors up front, so that adds
+        write codes in place.
 
         FAISS grows an index's code array by doubling: every growth allocates a new
         array, copies the old one into it and frees it, so filling a segment writes
-        its bytes about three times over, in fresh pages each time (28% of the page
-        faults of the Kafka benchmark), and for a moment holds both arrays. Here the
+        its bytes about three times over, in fresh pages each time (on the Kafka
+        benchmark 23,000 of 167,000 page faults a run), and for a moment holds both
+        arrays (19 MB of its peak RSS). Here the
         codes go to one anonymous mapping of the final size, whose pages the kernel
         provides as they are first written; the index reads them through a FAISS
         view (``MaybeOwnedVector``) that each add extends. Returns whether it did.
         """
-        if type(self.index) not in _IN_PLACE or self.ntotal or capacity <= 0:
+        private = getattr(mmap, "MAP_PRIVATE", None)  # (not on Windows)
+        if type(self.index) not in _IN_PLACE or self.ntotal or capacity <= 0 or private is None:
             return False
         inner: Any = faiss.downcast_index(self.index.index)
         if not isinstance(inner, faiss.IndexFlatCodes) or isinstance(inner, faiss.IndexFlat1D):
             return False  # (IndexFlat1D's own add also maintains a sort order)
         nbytes = capacity * int(inner.code_size)
-        buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+        buffer = mmap.mmap(-1, nbytes, flags=private)
         self._buffer = buffer
         self._area = np.frombuffer(buffer, dtype=np.uint8)
         self._view(inner, 0)
