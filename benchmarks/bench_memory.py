@@ -36,7 +36,7 @@ def index_bytes(idx: Path) -> int:
     view = open_snapshot(idx)
     objects = {seg["object"] for s in view.manifest["shards"] for seg in s["segments"]}
     id_set = 8 * int(view.manifest["ntotal"])
-    return sum((idx / "objects" / o).stat().st_size for o in objects) + id_set
+    return int(sum((idx / "objects" / o).stat().st_size for o in objects)) + id_set
 
 
 VARIANTS: dict[str, dict[str, str]] = {

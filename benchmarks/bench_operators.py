@@ -67,8 +67,8 @@ def _json_once(chunks: list[list[bytes]], n: int) -> dict[str, float]:
         Chunk("files", "x", "json", {"x": 0}, np.arange(len(c)), payloads=list(c)) for c in chunks
     ]
     t = time.perf_counter()
-    for c in built:
-        b, bad = ours_dec.decode(c)
+    for chunk in built:
+        b, bad = ours_dec.decode(chunk)
         assert not bad and b.vectors.shape[1] == 384
     ours = n / (time.perf_counter() - t)
     return {"bare_msgspec_per_line": bare, "embedstream_decode": ours, "ratio": ours / bare}

@@ -159,7 +159,10 @@ def run(repeats: int = 3) -> dict[str, Any]:
     # 600,000 more vectors at 100,000/s: ~130 searches during ingestion per run, so
     # that a p99 is more than the single worst search.
     search = [anyio.run(_search, 200_000, 600_000) for _ in range(repeats)]
-    med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
+
+    def med(rows: list[dict[str, float]], k: str) -> float:
+        return statistics.median(r[k] for r in rows)
+
     result = {
         "stall": {
             "with_snapshots_every_0.5s": {k: med(stall_on, k) for k in stall_on[0]},
