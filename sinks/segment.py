@@ -202,10 +202,10 @@ class Segment:
         array, copies the old one into it and frees it, so filling a segment writes
         its bytes about three times over, in fresh pages each time (on the Kafka
         benchmark 23,000 of 167,000 page faults a run), and for a moment holds both
-        arrays (19 MB of its peak RSS). Here the
-        codes go to one anonymous mapping of the final size, whose pages the kernel
-        provides as they are first written; the index reads them through a FAISS
-        view (``MaybeOwnedVector``) that each add extends. Returns whether it did.
+        arrays (19 MB of its peak RSS). Here the codes go to one anonymous mapping
+        of the final size, whose pages the kernel provides as they are first
+        written; the index reads them through a FAISS view (``MaybeOwnedVector``)
+        that each add extends. Returns whether it did.
         """
         private = getattr(mmap, "MAP_PRIVATE", None)  # (not on Windows)
         if type(self.index) not in _IN_PLACE or self.ntotal or capacity <= 0 or private is None:
