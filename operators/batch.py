@@ -133,7 +133,7 @@ class _Batcher:
         if n == 0 and not p.parts and b.position:
             # All of an input was rejected (or it held nothing): pass its position on
             # at once, so the sink moves past those records.
-            p.position = b.position
+            p.position = {**p.position, **b.position}
             return [b]
         while start < n:
             take = min(max(limit - p.rows, 1), n - start)
@@ -142,11 +142,13 @@ class _Batcher:
             p.rows += take
             start += take
             if p.rows >= limit:
-                # A batch that ends mid-input keeps the last completed position.
-                position = b.position if start == n else p.position
+                # A batch that ends mid-input keeps the last completed position;
+                # one that ends with the input holds every stream it completed (a
+                # batch spanning two files keeps both files' progress).
+                position = {**p.position, **b.position} if start == n else p.position
                 out.append(self._emit(b.partition, position))
                 p = self.pending[b.partition] = _Pending(since=now, position=position)
-        p.position = b.position
+        p.position = {**p.position, **b.position}
         return out
 
     def _emit(self, partition: str, position: Position) -> Batch:

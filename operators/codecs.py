@@ -10,10 +10,10 @@ Formats:
 - ``f32`` / ``f16``: the value is the vector's little-endian values; the id is the
   key. Decoded for the whole chunk at once with ``np.frombuffer``.
 
-Ids: an integer id is used as is (it must fit int64); a string id maps to a stable
-63-bit id (:func:`streams.keys.key_id`). Where a record has no id the message key is
-used: a decimal key is an integer id, any other key a string id. A null payload (a
-Kafka tombstone) deletes the key's id.
+Ids follow one rule (:mod:`streams.keys`): a non-negative integer id is used as is;
+a string id or message key that is a canonical decimal is that integer, any other
+string a stable 63-bit id (:func:`streams.keys.key_id`). Where a record has no id
+the message key is used. A null payload (a Kafka tombstone) deletes the key's id.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import simdjson
 
 from operators.blobs import BlobPool
 from operators.json_fast import parse_record
-from streams.keys import INT64_MAX, INT64_MIN, key_id
+from streams.keys import INT64_MAX, canonical_decimal, key_id
 
 __all__ = ["SCHEMA_VERSIONS", "Columns", "JsonRecord", "MsgpackRecord", "decode_payloads"]
 
@@ -102,22 +102,27 @@ def _validation_reason(message: str) -> str:
 
 
 def resolve_id(rid: int | str | None, key: bytes | None, cols: Columns) -> tuple[int, str] | str:
-    """The int64 id of a record, or the reason it has none."""
+    """The int64 id of a record, or the reason it has none (:mod:`streams.keys`
+    has the rule: one record at a time, whatever else its chunk holds)."""
     if rid is None:
         if key is None:
             return "missing-id"
         try:
-            text = key.decode("utf-8")
+            rid = key.decode("utf-8")
         except UnicodeDecodeError:
             return "bad-key"
-        rid = int(text) if text.lstrip("-").isdigit() else text
     if isinstance(rid, str):
         if not rid:
             return "missing-id"
+        number = canonical_decimal(rid)
+        if number is not None:
+            return number, ""
         k = key_id(rid)
         cols.keys[k] = rid
         return k, ""
-    if isinstance(rid, bool) or not INT64_MIN <= rid <= INT64_MAX:
+    if isinstance(rid, bool) or rid < 0:
+        return "bad-id"
+    if rid > INT64_MAX:
         return "id-out-of-range"
     return rid, ""
 
@@ -152,6 +157,8 @@ def _add_fields(
         detail = {
             "missing-id": "the record has no id and the message no key",
             "id-out-of-range": f"integer id {rid} is outside int64",
+            "bad-id": f"id {rid!r} is negative or not an integer; ids are 0 .. 2**63-1 "
+            "(FAISS uses -1 for 'no result'), or strings",
             "bad-key": "the message key is not UTF-8",
         }.get(got, got)
         cols.bad.append((i, got, detail))
@@ -371,16 +378,12 @@ def _raw(
 
 
 def _decimal_keys(keys: list[bytes | None]) -> npt.NDArray[np.int64] | None:
-    """The keys as int64 ids when every one is a decimal integer, else None."""
+    """The keys as int64 ids when every one is a canonical decimal of at most 18
+    digits, else None (the caller then applies :func:`resolve_id` key by key, which
+    follows the same rule, so a key's id never depends on its neighbours)."""
     if not keys or None in keys:
         return None if keys else np.zeros(0, dtype=np.int64)
-    ids = _unsigned_decimals(keys)  # type: ignore[arg-type]
-    if ids is not None:
-        return ids
-    try:  # signs, spaces, 19 digits: numpy parses them one by one
-        return np.array(keys).astype(np.int64)
-    except (ValueError, OverflowError, TypeError):
-        return None
+    return _unsigned_decimals(keys)  # type: ignore[arg-type]
 
 
 _POW10 = 10 ** np.arange(19, dtype=np.int64)
@@ -405,6 +408,9 @@ def _unsigned_decimals(keys: list[bytes]) -> npt.NDArray[np.int64] | None:
     digits[commas] = 0
     if digits.max() > 9:
         return None
+    starts = ends - lengths
+    if ((digits[starts] == 0) & (lengths > 1)).any():
+        return None  # a leading zero: "007" is a string id, not 7
     # Each digit's power of ten: its distance to the end of its key.
     power = np.repeat(ends - 1, lengths + 1)[: len(text)] - np.arange(len(text))
     power[commas] = 0

@@ -7,9 +7,12 @@ suite uses to kill the process between any two of its steps.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import os
+import re
+import stat
 import threading
 import uuid
 from collections.abc import Callable
@@ -18,11 +21,16 @@ from typing import Any
 
 __all__ = [
     "CRASH_EXIT_CODE",
+    "TEMP_NAME",
     "BytesLike",
     "Hook",
+    "NotRegularFileError",
     "atomic_write",
     "crash_hook_from_env",
     "fsync_dir",
+    "open_regular",
+    "read_regular",
+    "require_regular",
     "sha256_file",
     "unique",
 ]
@@ -99,10 +107,61 @@ def unique() -> str:
     return f"{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}"
 
 
+TEMP_NAME = re.compile(r"^\.[^/]+\.[0-9]+\.[0-9]+\.[0-9a-f]{8}\.tmp$")
+"""The names :func:`atomic_write` and streamed objects give their temp files (and the
+only temp files cleanup ever removes)."""
+
+
+class NotRegularFileError(OSError):
+    """A path that must be a regular file inside the directory is something else: a
+    symlink, a FIFO, a device, a directory."""
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
+    """Open ``path`` as a file descriptor only if it is a regular file and not a
+    symlink, without ever blocking on a FIFO or device (``O_NONBLOCK`` at open,
+    cleared after the check).
+
+    Raises:
+        NotRegularFileError: it is a symlink or not a regular file.
+        FileNotFoundError: it does not exist (and ``flags`` do not create it).
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags | nofollow | nonblock | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if nofollow and exc.errno == errno.ELOOP:  # the last component is a symlink
+            raise NotRegularFileError(f"{path} is a symlink; refusing to follow it") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFileError(f"{path} is not a regular file; refusing to read it")
+        if nonblock:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def require_regular(path: Path) -> None:
+    """Raise :class:`NotRegularFileError` unless ``path`` is a regular file (not a
+    symlink); for paths handed to a library that opens them itself (FAISS)."""
+    os.close(open_regular(path))
+
+
+def read_regular(path: Path) -> bytes:
+    """The contents of ``path``, a regular file (see :func:`open_regular`)."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read()
+
+
 def sha256_file(path: Path) -> str:
-    """The hex SHA-256 of a file's contents."""
+    """The hex SHA-256 of a regular file's contents."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()

@@ -5,7 +5,8 @@ append-only file per shard (``DIR/floats/<shard>.f32``), memory-mapped for readi
 so RAM holds the codes and an id -> row map while the floats stay on disk.
 
 Crash safety: the file only grows, and a snapshot records how many rows it covers
-together with the id -> row map (as an object). Rows past that count belong to
+together with the id -> row map (as an object); loading checks that the file holds
+at least that many rows. Rows past that count belong to
 batches after the snapshot: they are cut off on restart and written again by the
 replay. Upserts append a new row and move the id to it.
 """
@@ -20,6 +21,9 @@ from urllib.parse import quote
 
 import numpy as np
 import numpy.typing as npt
+
+from sinks.durable import open_regular
+from streams.errors import SnapshotError
 
 __all__ = ["FloatStore", "floats_path"]
 
@@ -60,10 +64,30 @@ class FloatStore:
         self._mapped_rows = 0
         self._remap = threading.Lock()
         self._f = None
+        need = rows * dim * 4
+        if readonly and not rows:
+            return
         if not readonly:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(path, "a+b")  # noqa: SIM115 - lives as long as the shard
-            self._f.truncate(rows * dim * 4)
+        try:
+            # Never through a symlink, never a FIFO or device: only a regular file
+            # inside the directory is read, truncated or appended to.
+            fd = open_regular(path, os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            raise SnapshotError(f"{path}: cannot open the shard's float file: {exc}") from None
+        size = os.fstat(fd).st_size
+        if size < need:
+            os.close(fd)
+            raise SnapshotError(
+                f"{path}: holds {size:,} bytes, but the snapshot names {rows:,} rows of "
+                f"{dim} floats ({need:,} bytes); the file was truncated or replaced: "
+                "restore it, or ingest into a new index directory"
+            )
+        if readonly:
+            os.close(fd)
+            return
+        self._f = os.fdopen(fd, "r+b")  # noqa: SIM115 - lives as long as the shard
+        self._f.truncate(need)
 
     def __len__(self) -> int:
         return len(self.row_of)

@@ -224,11 +224,15 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
     async def close(self, *, ok: bool) -> None:
         if self._loop_scope is not None:
             self._loop_scope.cancel()
-        if not ok:
-            return
-        if self._training:
-            await self._train_and_apply()
-        await self.snapshot()
+        try:
+            if ok:
+                if self._training:
+                    await self._train_and_apply()
+                await self.snapshot()
+        finally:
+            if self.store is not None:
+                # Another writer may take the directory from here on.
+                self.store.close()
 
     # -- writing ---------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from sinks.durable import NotRegularFileError, read_regular, require_regular
 from sinks.floats import FloatStore, floats_path
 from sinks.segment import Segment
 from sinks.shard import Shard, decode_keys
@@ -124,13 +125,21 @@ def load_shard(
     segments = []
     for seg in entry["segments"]:
         path = store.objects / seg["object"]
+        # Missing: pruned by a writer since the manifest was verified (the caller
+        # retries); anything but a regular file is refused before FAISS opens it.
+        require_regular(path)
         try:
             index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
         except RuntimeError as exc:
-            raise SnapshotError(f"{path}: faiss cannot read the segment: {exc}") from None
+            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+            raise SnapshotError(
+                f"{path}: faiss cannot read this segment ({why}); the file matches its hash, "
+                "so it was written damaged or by an incompatible faiss version: restore the "
+                "directory from a backup, or ingest into a new one"
+            ) from None
         dead = None
         if seg.get("dead"):
-            dead = np.frombuffer((store.objects / seg["dead"]).read_bytes(), dtype="<i8")
+            dead = np.frombuffer(read_regular(store.objects / seg["dead"]), dtype="<i8")
         segments.append(
             Segment(
                 index,
@@ -140,10 +149,10 @@ def load_shard(
                 saved_dead=seg.get("dead"),
             )
         )
-    keys = decode_keys((store.objects / entry["keys"]).read_bytes()) if entry.get("keys") else {}
+    keys = decode_keys(read_regular(store.objects / entry["keys"])) if entry.get("keys") else {}
     floats = None
     if entry.get("floats_map"):
-        mapping = FloatStore.read_mapping((store.objects / entry["floats_map"]).read_bytes())
+        mapping = FloatStore.read_mapping(read_regular(store.objects / entry["floats_map"]))
         floats = FloatStore(
             floats_path(store.root, entry["name"]),
             int(config["dim"]),
@@ -208,9 +217,14 @@ def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
                 load_shard(store, s.entry, config, readonly=True)
                 for _, s in sorted(combined.shards.items())
             ]
-        except (SnapshotError, FileNotFoundError):
+        except FileNotFoundError:
             # A writer pruned this snapshot between our verify and read: take the
             # newer one it committed.
             continue
+        except NotRegularFileError as exc:
+            raise SnapshotError(f"{root}: {exc}") from None
         return SnapshotView(str(root), combined, shards)
-    raise SnapshotError(f"{root}: snapshots kept changing while loading; try again")
+    raise SnapshotError(
+        f"{root}: objects kept disappearing while loading (a writer pruning faster than "
+        "this reader loads); try again"
+    )

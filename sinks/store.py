@@ -26,22 +26,28 @@ import hashlib
 import json
 import logging
 import os
+import re
+import stat
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sinks.dirlock import WriterLock, claim_directory
 from sinks.durable import (
     CRASH_EXIT_CODE,
+    TEMP_NAME,
     BytesLike,
     Hook,
     atomic_write,
     crash_hook_from_env,
     fsync_dir,
+    read_regular,
     sha256_file,
     unique,
 )
+from sinks.manifest import validate_manifest
 from streams.errors import SnapshotError
 
 __all__ = [
@@ -79,6 +85,9 @@ class Loaded:
 
 
 WORKERS = "workers"
+
+OBJECT_NAME = re.compile(r"^[0-9a-f]{64}$")
+"""Object file names: SHA-256 hex digests (garbage collection removes nothing else)."""
 
 DEFAULT_GRACE_SECONDS = 600.0
 """How old an unreferenced object must be before garbage collection removes it in a
@@ -126,6 +135,14 @@ class SnapshotStore:
         readonly: never create or write anything (``inspect``, ``search``).
         hook: called with a step name before and after every durable step; tests use
             it to inject crashes at each step of the protocol.
+
+    A writable store owns its directory: it refuses a non-empty directory that is
+    not an index and takes the chain's exclusive writer lock
+    (:mod:`sinks.dirlock`) until :meth:`close`.
+
+    Raises:
+        SnapshotError: the directory cannot be used (see above), or another process
+            writes this chain.
     """
 
     def __init__(
@@ -148,7 +165,9 @@ class SnapshotStore:
         self.current = home / "CURRENT"
         self.readonly = readonly
         self.hook = hook or crash_hook_from_env()
+        self._lock: WriterLock | None = None
         if not readonly:
+            claim_directory(self.root)
             try:
                 self.objects.mkdir(parents=True, exist_ok=True)
                 self.manifests.mkdir(parents=True, exist_ok=True)
@@ -156,7 +175,16 @@ class SnapshotStore:
                 raise SnapshotError(
                     f"{self.root}: cannot create the snapshot directory: {exc}"
                 ) from exc
+            # Before touching any file: a second writer of this chain stops here.
+            self._lock = WriterLock(home)
             self._remove_temp_files()
+
+    def close(self) -> None:
+        """Release the writer lock (idempotent; the store cannot write after it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self.readonly = True
 
     def __repr__(self) -> str:
         return f"<SnapshotStore {str(self.root)!r} manifests={len(self.seqs())}>"
@@ -174,12 +202,17 @@ class SnapshotStore:
         # Left by a crash between write and rename; never referenced by anything.
         # In a shared directory another worker may be writing one right now: only
         # old ones are leftovers.
+        # Only names this project gives temp files, only regular files (never through
+        # a symlink).
         cutoff = time.time() - DEFAULT_GRACE_SECONDS if self.shared else float("inf")
         for d in (self.current.parent, self.objects, self.manifests):
-            for p in d.glob(".*.tmp"):
+            for name in os.listdir(d):
+                if not TEMP_NAME.match(name):
+                    continue
                 with contextlib.suppress(OSError):
-                    if p.stat().st_mtime < cutoff:
-                        p.unlink()
+                    info = os.lstat(d / name)
+                    if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                        (d / name).unlink()
 
     # -- writing -------------------------------------------------------------------
 
@@ -250,7 +283,7 @@ class SnapshotStore:
         Returns the new seq.
         """
         if self.readonly:
-            raise SnapshotError(f"{self.root}: opened read-only")
+            raise SnapshotError(f"{self.root}: opened read-only (or closed)")
         # A retired chain (see sinks.shared) comes back with its next commit.
         self.manifests.mkdir(parents=True, exist_ok=True)
         seqs = self.seqs()
@@ -310,9 +343,10 @@ class SnapshotStore:
         cutoff = time.time() - grace if shared else float("inf")
         removed = 0
         for p in self.objects.iterdir():
-            if not p.name.startswith(".") and p.name not in live:
+            if OBJECT_NAME.match(p.name) and p.name not in live:
                 with contextlib.suppress(FileNotFoundError):
-                    if p.stat().st_mtime >= cutoff:
+                    info = os.lstat(p)
+                    if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
                         continue
                     self._step(f"prune:object {p.name}")
                     p.unlink()
@@ -340,19 +374,21 @@ class SnapshotStore:
     def current_seq(self) -> int | None:
         """The seq in ``CURRENT``, or ``None`` when it is missing or unreadable."""
         try:
-            text = self.current.read_text().strip()
-        except (FileNotFoundError, UnicodeDecodeError):
+            text = read_regular(self.current)[:64].decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
             return None
-        return int(text) if text.isdigit() else None
+        return int(text) if text.isascii() and text.isdigit() else None
 
     def read_manifest(self, seq: int) -> dict[str, Any]:
         """Parse one manifest. Raises SnapshotError when unreadable."""
         path = self.manifests / f"{seq:08d}.json"
         try:
-            body = json.loads(path.read_bytes())
+            body = json.loads(read_regular(path))
         except FileNotFoundError:
             raise SnapshotError(f"manifest {seq} is missing") from None
-        except (ValueError, UnicodeDecodeError) as exc:
+        except OSError as exc:
+            raise SnapshotError(f"manifest {seq} cannot be read ({exc})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise SnapshotError(f"manifest {seq} is not valid JSON ({exc})") from None
         if not isinstance(body, dict) or body.get("seq") != seq or "shards" not in body:
             raise SnapshotError(f"manifest {seq} is incomplete or not a manifest")
@@ -361,6 +397,7 @@ class SnapshotStore:
                 f"manifest {seq} has schema {body.get('schema')!r}; this version reads "
                 f"{SCHEMA_VERSION}"
             )
+        validate_manifest(body, seq)
         return body
 
     def verify(self, manifest: dict[str, Any], shards: Collection[str] | None = None) -> None:
@@ -368,9 +405,13 @@ class SnapshotStore:
         given) exists and matches its hash."""
         for digest in _objects_of(manifest, shards):
             path = self.objects / digest
-            if not path.exists():
-                raise SnapshotError(f"object {digest[:12]} is missing")
-            if sha256_file(path) != digest:
+            try:
+                actual = sha256_file(path)
+            except FileNotFoundError:
+                raise SnapshotError(f"object {digest[:12]} is missing") from None
+            except OSError as exc:
+                raise SnapshotError(f"object {digest[:12]} cannot be read ({exc})") from None
+            if actual != digest:
                 raise SnapshotError(f"object {digest[:12]} is corrupt (its hash does not match)")
 
     def load(self, shards: Collection[str] | None = None) -> Loaded | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-# The real embeddings live beside the repository (../shared/data), as in CI;
-# EMBEDSTREAM_SHARED_DATA points elsewhere.
-SHARED_DATA = Path(
-    os.environ.get("EMBEDSTREAM_SHARED_DATA")
-    or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+# A small slice of real sentence embeddings, committed with the tests (a clone has
+# nothing beside it): 4,000 MiniLM 384-d base vectors and 200 held-out queries, as
+# float16 (see tests/data/README.md).
+TEST_DATA = Path(__file__).resolve().parent / "data"
+MINILM_BASE = TEST_DATA / "minilm-base-4000.f16.npy"
+MINILM_QUERIES = TEST_DATA / "minilm-queries-200.f16.npy"
+
+
+def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row numbers of the exact top-``k`` of ``base`` by inner product, per query."""
+    scores = queries.astype(np.float32) @ base.astype(np.float32).T
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
 
 
 @pytest.fixture

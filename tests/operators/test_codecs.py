@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import msgspec
 import numpy as np
@@ -9,6 +10,7 @@ import simdjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators.codecs import decode_payloads
 from operators.decode import _Decoder
 from operators.json_fast import parse_record
 from streams.keys import key_id
@@ -292,38 +294,78 @@ def test_json_fast_path_real_embeddings_bit_exact() -> None:
     np.testing.assert_array_equal(b.vectors, np.vstack([x, x]))
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    keys=st.lists(
-        st.one_of(
-            st.integers(0, 10**18 - 1).map(lambda i: str(i).encode()),
-            st.integers(-(2**63), 2**63 - 1).map(lambda i: str(i).encode()),
-            st.text("0123456789-+, x", max_size=21).map(str.encode),
-            st.sampled_from([b"007", b"0", b"9" * 18, b"9" * 19, b"1" * 20, b"", b" 5"]),
-        ),
-        min_size=1,
-        max_size=12,
-    )
+_KEYS = st.one_of(
+    st.integers(0, 10**18 - 1).map(lambda i: str(i).encode()),
+    st.integers(-(2**63), 2**64).map(lambda i: str(i).encode()),
+    st.text("0123456789-+_, x²", max_size=21).map(str.encode),
+    st.sampled_from(
+        [b"007", b"0", b"9" * 18, b"9" * 19, b"1" * 20, b"", b" 5", b"+5", b"1_000", b"--5"]
+    ),
+    st.sampled_from(["\u00b2", "\u0661", "5\u0663"]).map(str.encode),  # non-ASCII digits
+    st.binary(max_size=6),
 )
-def test_decimal_keys_parse_like_int(keys: list[bytes]) -> None:
+
+
+def _rule(key: bytes) -> tuple[str, int | str]:
+    """The per-key rule of streams.keys, written out plainly."""
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return ("bad", "bad-key")
+    if not text:
+        return ("bad", "missing-id")
+    if re.fullmatch(r"0|[1-9][0-9]*", text, flags=re.ASCII) and int(text) < 2**63:
+        return ("int", int(text))
+    return ("str", text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(_KEYS, min_size=1, max_size=12))
+def test_keys_map_to_ids_by_one_rule_whatever_the_batch(keys: list[bytes]) -> None:
+    """Each key's id is the same decoded in a batch of any mix of keys and alone, and
+    equals the plain rule: the vectorised path and the per-key path agree exactly."""
     from operators.codecs import _decimal_keys
 
-    def expected() -> list[int] | None:
-        out = []
-        for k in keys:
-            try:
-                v = int(k)
-            except ValueError:
-                return None
-            if not -(2**63) <= v < 2**63:
-                return None
-            out.append(v)
-        return out
+    values = [np.float32([i, 1]).tobytes() for i in range(len(keys))]
+    together = decode_payloads("f32", list(values), list(keys), max_bytes=1 << 20, dim=2)[0]
+    got: dict[int, int | str] = {}
+    ids = together.id_array.tolist() if together.id_array is not None else []
+    for row, i in zip(together.rows, ids, strict=True):
+        got[row] = together.keys.get(i, i)
+    bad = {i: reason for i, reason, _ in together.bad}
+    for i, key in enumerate(keys):
+        kind, want = _rule(key)
+        alone = decode_payloads("f32", [values[i]], [key], max_bytes=1 << 20, dim=2)[0]
+        if kind == "bad":
+            assert bad[i] == want and [r for _, r, _ in alone.bad] == [want]
+            continue
+        assert got[i] == want, (key, got[i], want)
+        assert alone.id_array is not None
+        one = int(alone.id_array[0])
+        assert alone.keys.get(one, one) == want
+        if kind == "str":
+            assert one == key_id(want)  # type: ignore[arg-type]
+    fast = _decimal_keys(keys)  # type: ignore[arg-type]
+    if fast is not None:
+        assert fast.tolist() == [_rule(k)[1] for k in keys]
 
-    got = _decimal_keys(keys)  # type: ignore[arg-type]
-    want = expected()
-    if want is None:
-        # Whatever numpy's parser accepts that int() does not would be a bug too.
-        assert got is None
-    else:
-        assert got is not None and got.tolist() == want
+
+def test_a_json_string_id_and_the_same_kafka_key_are_one_id() -> None:
+    x = np.float32([1, 2])
+    j, _ = decode_payloads(
+        "json", [b'{"id": "123", "vector": [1, 2]}'], None, max_bytes=1 << 20, dim=None
+    )
+    tomb, _ = decode_payloads("json", [None], [b"123"], max_bytes=1 << 20, dim=2)
+    raw, _ = decode_payloads("f32", [x.tobytes()], [b"123"], max_bytes=1 << 20, dim=2)
+    assert j.ids == [123] and tomb.ids == [123] and raw.id_array is not None
+    assert raw.id_array.tolist() == [123]
+
+
+def test_negative_ids_are_rejected_not_lost() -> None:
+    cols, _ = decode_payloads(
+        "json", [b'{"id": -5, "vector": [1, 2]}'], None, max_bytes=1 << 20, dim=None
+    )
+    assert [r for _, r, _ in cols.bad] == ["bad-id"] and not cols.rows
+    # A key "-1" is a string id (hashed, non-negative), so it stays findable.
+    raw, _ = decode_payloads("f32", [np.float32([1, 2]).tobytes()], [b"-1"], max_bytes=64, dim=2)
+    assert raw.id_array is not None and raw.id_array[0] == key_id("-1") >= 0

@@ -1,4 +1,5 @@
-"""Quantised indexes on the real MiniLM embeddings: recall against exact search."""
+"""Quantised indexes on real MiniLM embeddings (the slice in tests/data): recall
+against exact search, computed here."""
 
 from __future__ import annotations
 
@@ -9,22 +10,20 @@ import numpy as np
 import pytest
 
 from sinks import open_snapshot
-from tests.conftest import SHARED_DATA
+from tests.conftest import MINILM_BASE, MINILM_QUERIES, exact_top_k
 from tests.streams.test_cli import cli
 
-BASE = SHARED_DATA / "minilm-pypi-base.f16.npy"
-QUERIES = SHARED_DATA / "minilm-pypi-queries.f16.npy"
-TRUTH = SHARED_DATA / "minilm-pypi-groundtruth-ip-top100.i32.npy"
+ROWS = 4000
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
-    if not BASE.exists():
-        pytest.fail(f"the shared embeddings are missing: {BASE}")
     d = tmp_path_factory.mktemp("minilm")
     base = d / "base.npy"
-    np.save(base, np.load(BASE).astype(np.float32))
-    return base, np.load(QUERIES).astype(np.float32), np.load(TRUTH)
+    x = np.load(MINILM_BASE).astype(np.float32)
+    np.save(base, x)
+    queries = np.load(MINILM_QUERIES).astype(np.float32)
+    return base, queries, exact_top_k(x, queries, 10)
 
 
 def recall_at_10(ids: np.ndarray, truth: np.ndarray) -> float:
@@ -43,9 +42,9 @@ def recall_at_10(ids: np.ndarray, truth: np.ndarray) -> float:
 def test_recall_of_quantized_indexes(tmp_path: Path, data, args, floor, bytes_per_vector) -> None:
     base, queries, truth = data
     idx = tmp_path / "idx"
-    cli("ingest", str(base), "--index", str(idx), "--train-size", "20000", "--no-progress", *args)
+    cli("ingest", str(base), "--index", str(idx), "--train-size", str(ROWS), "--no-progress", *args)
     info = json.loads(cli("inspect", str(idx), "--json").stdout)
-    assert info["ntotal"] == 20000 and info["quantize"] == args[1]
+    assert info["ntotal"] == ROWS and info["quantize"] == args[1]
     view = open_snapshot(idx)
     res = view.search(queries, 10)
     r = recall_at_10(res.ids, truth)
@@ -67,13 +66,13 @@ def test_quantized_index_resumes_with_the_same_codec(tmp_path: Path, data) -> No
     base, queries, truth = data
     x = np.load(base)
     head = tmp_path / "part.npy"
-    np.save(head, x[:12000])
+    np.save(head, x[:2500])
     idx = tmp_path / "idx"
-    cli("ingest", str(head), "--index", str(idx), "--quantize", "sq8", "--train-size", "5000")
-    np.save(head, x)  # the same file, grown: resumes at row 12000 with the stored codec
+    cli("ingest", str(head), "--index", str(idx), "--quantize", "sq8", "--train-size", "2000")
+    np.save(head, x)  # the same file, grown: resumes at row 2500 with the stored codec
     cli("ingest", str(head), "--index", str(idx), "--quantize", "sq8")
     view = open_snapshot(idx)
-    assert view.manifest["ntotal"] == 20000
+    assert view.manifest["ntotal"] == ROWS
     assert recall_at_10(view.search(queries, 10).ids, truth) >= 0.99
     p = cli("ingest", str(head), "--index", str(idx), check=False)
     assert p.returncode == 1 and "--quantize sq8" in p.stderr

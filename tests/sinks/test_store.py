@@ -135,7 +135,7 @@ def test_crash_at_every_step_leaves_previous_state(tmp_path: Path) -> None:
         with pytest.raises(Died):
             commit(s, b"next", 2)
             s.prune(1)
-        loaded = SnapshotStore(d).load()
+        loaded = SnapshotStore(d, readonly=True).load()
         assert loaded is not None, step
         pos = loaded.manifest["shards"][0]["position"]["o"]
         # Before the CURRENT rename: the old state; after it: the new one. Never torn.

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import MINILM_BASE
 
 
 def cli(
@@ -28,12 +28,11 @@ def cli(
 
 @pytest.fixture
 def real_10k(tmp_path: Path) -> Path:
-    """10,000 x 384 float32: the real MiniLM embeddings when present, else random."""
-    src = SHARED_DATA / "minilm-pypi-base.f16.npy"
-    if src.exists():
-        x = np.load(src)[:10_000].astype(np.float32)
-    else:  # pragma: no cover - shared data missing
-        x = np.random.default_rng(0).standard_normal((10_000, 384)).astype(np.float32)
+    """10,000 x 384 float32: the committed real MiniLM slice, then noisy copies of it."""
+    real = np.load(MINILM_BASE).astype(np.float32)
+    noise = np.random.default_rng(0).standard_normal((10_000 - len(real), 384))
+    extra = real[np.arange(len(noise)) % len(real)] + 0.05 * noise.astype(np.float32)
+    x = np.vstack([real, extra])
     path = tmp_path / "base.npy"
     np.save(path, x)
     return path
