@@ -33,7 +33,7 @@ __all__ = ["MARKER", "WriterLock", "claim_directory"]
 log = logging.getLogger("embedstream.snapshot")
 
 MARKER = "EMBEDSTREAM"
-_MARKER_TEXT = b"embedstream index directory (do not delete: writers refuse a directory without it)\n"
+_MARKER_TEXT = b"embedstream index directory (writers refuse a directory without this file)\n"
 _LAYOUT = ("CURRENT", "manifests", "workers")
 
 
@@ -139,6 +139,6 @@ class WriterLock:
 def _holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {int(info['pid'])} on host {str(info['host'])}"
+        return f"pid {int(info['pid'])} on host {info['host']!s}"
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that has not said who it is yet"

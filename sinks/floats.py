@@ -86,7 +86,7 @@ class FloatStore:
         if readonly:
             os.close(fd)
             return
-        self._f = os.fdopen(fd, "r+b")  # noqa: SIM115 - lives as long as the shard
+        self._f = os.fdopen(fd, "r+b")  # lives as long as the shard
         self._f.truncate(need)
 
     def __len__(self) -> int:

@@ -98,9 +98,9 @@ async def test_hand_over_keeps_the_shard_visible_and_raises_its_epoch(tmp_path: 
         await a.claim(["p9"])
         await a.write(part_batch("p9", np.arange(5000, 5001), np.zeros((5001, DIM), "f4"), 1))
         await a.snapshot()
-        names = [
-            e["name"] for e in SnapshotStore(idx, chain="a", readonly=True).load().manifest["shards"]
-        ]
+        loaded = SnapshotStore(idx, chain="a", readonly=True).load()
+        assert loaded is not None
+        names = [e["name"] for e in loaded.manifest["shards"]]
         assert names == ["p9"]
         await a.close(ok=True)
         await b.close(ok=True)
