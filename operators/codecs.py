@@ -177,6 +177,9 @@ def _add_fields(
             return
         vector = np.frombuffer(vector, dtype="<f4")
     if vector is not None:
+        if len(vector) == 0:
+            cols.bad.append((i, "bad-vector", "the vector is empty"))
+            return
         if cols.dim is None:
             cols.dim = len(vector)
         if len(vector) != cols.dim:
@@ -426,21 +429,33 @@ def decode_payloads(
     dim: int | None,
     json_fast: bool = True,
     blobs: BlobPool | None = None,
+    truncated: dict[int, int] | None = None,
 ) -> tuple[Columns, int | None]:
     """Decode ``payloads`` of format ``fmt``. Returns the columns and the dimension
     of raw formats (learned from the first vector when ``dim`` is None).
 
     ``json_fast=False`` decodes JSON with msgspec alone (the reference the fast
     path is tested against). ``blobs`` gives the raw formats reusable buffers
-    (:mod:`operators.blobs`)."""
+    (:mod:`operators.blobs`). ``truncated`` names payloads the source cut short
+    (index -> full size): they are rejected as oversized."""
     cols = Columns(dim=dim, capacity=len(payloads))
-    if fmt in ("f32", "f16"):
+    if fmt in ("f32", "f16") and not truncated:
         fast = _raw_fast(payloads, keys, cols, fmt, dim, max_bytes, blobs)
         if fast is not False:
             return cols, fast  # type: ignore[return-value]
     ok = []
     for i, p in enumerate(payloads):
-        if p is not None and len(p) > max_bytes:
+        if truncated and i in truncated:
+            cols.bad.append(
+                (
+                    i,
+                    "oversized",
+                    f"a line of {truncated[i]:,} bytes is over the limit of {max_bytes:,} "
+                    "(max_payload_bytes / --max-payload-bytes); it was skipped while "
+                    f"reading, and its first {len(p or b''):,} bytes are kept here",
+                )
+            )
+        elif p is not None and len(p) > max_bytes:
             cols.bad.append(
                 (
                     i,

@@ -36,7 +36,8 @@ _SLOW_FORMATS = frozenset({"json", "msgpack"})
 
 
 class _Decoder:
-    """Per-pipeline decoding state: the stream's dimension, fixed by the first vector."""
+    """Per-pipeline decoding state: the stream's dimension, given (``--dim``, or the
+    dimension of the index being extended) or else fixed by the first vector."""
 
     def __init__(self, stage: str, dim: int | None, max_bytes: int, reject_zero: bool) -> None:
         self.stage = stage
@@ -58,6 +59,7 @@ class _Decoder:
                 max_bytes=self.max_bytes,
                 dim=self.dim,
                 blobs=self.blobs,
+                truncated=chunk.truncated,
             )
             if dim is not None and self.dim is None:
                 self.dim = dim
@@ -85,19 +87,20 @@ class _Decoder:
         assert chunk.vectors is not None and chunk.ids is not None
         vectors, ids = chunk.vectors, chunk.ids
         bad: list[tuple[int, str, str]] = []
-        if self.dim is None:
+        if self.dim is None and vectors.shape[1]:
             self.dim = int(vectors.shape[1])
         if vectors.shape[1] != self.dim:
-            bad = [
+            reason, detail = (
                 (
-                    i,
                     "wrong-dimension",
                     f"the vector has {vectors.shape[1]} values, the stream {self.dim}",
                 )
-                for i in range(len(ids))
-            ]
+                if vectors.shape[1]
+                else ("bad-vector", "the vector is empty")
+            )
+            bad = [(i, reason, detail) for i in range(len(ids))]
             keep = np.zeros(len(ids), dtype=bool)
-            vectors = np.zeros((0, self.dim), np.float32)
+            vectors = np.zeros((0, self.dim or 0), np.float32)
         else:
             keep = np.isfinite(vectors).all(axis=1)
             if not keep.all():
@@ -191,7 +194,9 @@ def decode(
     """Decode chunks into batches.
 
     Args:
-        dim: the expected dimension; by default the first vector's.
+        dim: the expected dimension: give it (the index's, for an existing index)
+            so that a stray record of another dimension is rejected rather than
+            fixing the stream's dimension; by default the first vector's.
         errors: what to do with bad records; by default raise
             :class:`~streams.errors.BadRecordError` at the first one.
         max_payload_bytes: a larger payload is rejected before it is decoded.

@@ -47,6 +47,7 @@ __all__ = [
     "current_manifests",
     "latest_epochs",
     "retire_chains",
+    "stored_dim",
 ]
 
 log = logging.getLogger("embedstream.snapshot")
@@ -201,6 +202,16 @@ def current_manifests(
         with contextlib.suppress(SnapshotError):
             out[chain] = store.read_manifest(seq)
     return out
+
+
+def stored_dim(root: str | os.PathLike[str]) -> int | None:
+    """The vector dimension of the index in ``root`` (from any chain's current
+    manifest), or ``None`` when it holds none yet. Cheap: verifies no object."""
+    if not os.path.isdir(root):
+        return None
+    for manifest in current_manifests(root).values():
+        return int(manifest["dim"])
+    return None
 
 
 def latest_epochs(

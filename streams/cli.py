@@ -131,6 +131,13 @@ def main(verbose: int) -> None:
 )
 @click.option("--normalize", is_flag=True, help="L2-normalise vectors (and queries).")
 @click.option(
+    "--dim",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Vector dimension of a new index (recommended for Kafka): records of another "
+    "dimension are rejected. [default: what DIR holds, else the first record's]",
+)
+@click.option(
     "--batch-size",
     default=16384,
     show_default=True,
@@ -249,6 +256,14 @@ def main(verbose: int) -> None:
     show_default=True,
     type=click.IntRange(min=1),
     help="Bytes per vector for --quantize pq (must divide the dimension).",
+)
+@click.option(
+    "--id-offset",
+    default=None,
+    type=click.IntRange(min=0),
+    help=".npy/.fvecs/.bvecs: id of row 0 of the first file (each further file "
+    "continues after the one before; ids of two files never overlap). [default: 0, or "
+    "what the index recorded for the file]",
 )
 @click.option(
     "--capacity",

@@ -14,6 +14,7 @@ import operators
 from operators import batch, decode
 from operators.quantize import Codec
 from sinks import FaissSink
+from sinks.shared import stored_dim
 from streams.deadletters import Rejects, dead_letter_sink
 from streams.errors import ConfigError
 from streams.files import FORMATS, FileSource
@@ -54,6 +55,7 @@ def build_ingest_pipeline(
     factory: str | None = None,
     metric: str | None = None,
     normalize: bool = False,
+    dim: int | None = None,
     batch_size: int = 16384,
     batch_bytes: int | None = 16 << 20,
     max_latency: float = 0.05,
@@ -76,6 +78,7 @@ def build_ingest_pipeline(
     quantize: str | None = None,
     rerank: int = 0,
     pq_m: int = 48,
+    id_offset: int | None = None,
 ) -> Pipeline:
     """The pipeline ``embedstream ingest`` runs."""
     source: Source
@@ -92,6 +95,10 @@ def build_ingest_pipeline(
             )
         if not group:
             raise ConfigError("a Kafka source needs --group (the consumer group id)")
+        if id_offset is not None:
+            raise ConfigError(
+                "--id-offset is for .npy/.fvecs/.bvecs files; Kafka ids come from keys"
+            )
         source = KafkaSource(
             target.bootstrap_servers,
             target.topics,
@@ -110,13 +117,27 @@ def build_ingest_pipeline(
             )
         if worker:
             raise ConfigError("--worker names a Kafka consumer; file sources have one writer")
-        source = FileSource(sources, format=fmt)
+        if id_offset is not None and all(
+            s.lower().endswith((".jsonl", ".ndjson", ".json")) for s in sources
+        ):
+            raise ConfigError(
+                "--id-offset is for .npy/.fvecs/.bvecs files (JSONL records carry ids)"
+            )
+        source = FileSource(
+            sources, format=fmt, max_line_bytes=max_payload_bytes, id_offset=id_offset
+        )
+    # The index fixes the dimension, not the first record of this run: a stray
+    # record of another size is a dead letter, never the new shape of the stream.
+    held = stored_dim(index_dir)
+    if dim is not None and held is not None and dim != held:
+        raise ConfigError(f"--dim {dim}: the index at {index_dir} holds {held}-d vectors")
+    dim = dim or held
     policy = on_error or ("dead-letter" if dead_letter else "raise")
     if policy == "dead-letter" and not dead_letter:
         raise ConfigError("--on-error dead-letter needs --dead-letter PATH|kafka://HOST:PORT/TOPIC")
     rejects = Rejects(policy, dead_letter_sink(dead_letter) if dead_letter else None)
     flow = source | decode(
-        errors=rejects, max_payload_bytes=max_payload_bytes, reject_zero=normalize
+        dim=dim, errors=rejects, max_payload_bytes=max_payload_bytes, reject_zero=normalize
     )
     flow = flow | batch(batch_size, max_latency=max_latency, max_bytes=batch_bytes)
     if normalize:

@@ -5,7 +5,20 @@ file's resolved path to the next byte (JSONL) or row (numeric formats), so a sec
 run over the same file resumes where the index stands and adds nothing.
 
 Numeric files are memory-mapped and read a chunk of rows at a time, so memory stays
-bounded by the channel capacities however large the file is.
+bounded by the channel capacities however large the file is. A JSONL line longer than
+``max_line_bytes`` is never held whole: the reader keeps a short prefix (for the dead
+letter), skips the rest, and passes the record on marked as oversized.
+
+Ids of numeric files are row numbers plus the file's *id offset*, so that two files
+in one index never overwrite each other: the first numeric file starts at
+``id_offset`` (default 0), each further file of the same run right after the one
+before it, and the offset each file got is kept in the position (``"ids:<path>"``)
+so a later run gives it the same ids. A file whose id range would overlap another's
+is refused with the offset to use instead.
+
+Only regular files are memory-mapped (``.npy``, ``.fvecs``, ``.bvecs``); JSONL can
+also come from a FIFO or socket, read by readiness polling so that stopping never
+waits on a blocked read. Devices and directories are refused.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ import os
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +58,14 @@ _NPY_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 
 DEFAULT_CHUNK_BYTES = 4 << 20
 
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+
+DEAD_LETTER_PREFIX_BYTES = 4096
+"""How much of an oversized JSONL line is kept for its dead letter."""
+
+IDS_KEY = "ids:"
+"""Position key prefix under which a numeric file's id offset is recorded."""
+
 
 def detect_format(path: Path) -> str:
     """The file format implied by ``path``'s suffix.
@@ -71,9 +92,16 @@ class FileSource(Source):
         format: ``"jsonl"``, ``"npy"``, ``"fvecs"`` or ``"bvecs"``; by default from
             each file's suffix.
         chunk_bytes: how much to read per chunk (about; whole rows or lines).
+        max_line_bytes: a longer JSONL line is skipped while reading (only a prefix
+            is kept, for its dead letter) and rejected as ``oversized``.
+        id_offset: the id of row 0 of the first numeric file (see the module
+            docstring for how further files get theirs).
         name: the stage name.
 
-    Ids: JSONL records carry their own; numeric formats use the row number.
+    Ids: JSONL records carry their own; numeric formats use ``offset + row``.
+
+    Raises:
+        SourceError: no files, an unknown format, or a negative ``id_offset``.
     """
 
     def __init__(
@@ -82,6 +110,8 @@ class FileSource(Source):
         *,
         format: str | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        id_offset: int | None = None,
         name: str = "source",
     ) -> None:
         if isinstance(paths, (str, os.PathLike)):
@@ -97,6 +127,10 @@ class FileSource(Source):
         # Fail before the pipeline starts, not halfway through the file list.
         self.formats = [format or detect_format(p) for p in self.paths]
         self.chunk_bytes = max(int(chunk_bytes), 1)
+        self.max_line_bytes = max(int(max_line_bytes), 1)
+        if id_offset is not None and id_offset < 0:
+            raise SourceError("file source", f"id_offset {id_offset} is negative")
+        self.id_offset = id_offset
         self.name = name
 
     def __repr__(self) -> str:
@@ -104,12 +138,56 @@ class FileSource(Source):
 
     async def chunks(self, start: Positions) -> AsyncIterator[Chunk]:
         done = start.get(FILES_PARTITION, {})
+        bases = await anyio.to_thread.run_sync(self._id_offsets, done)
         for path, fmt in zip(self.paths, self.formats, strict=True):
             key = str(path.resolve())
             offset = int(done.get(key, 0))
             reader = _READERS[fmt]
-            async for chunk in reader(self, path, key, offset, fmt):
+            async for chunk in reader(self, path, key, offset, fmt, bases.get(key, 0)):
                 yield chunk
+
+    def _id_offsets(self, done: Position) -> dict[str, int]:
+        """The id offset of every numeric file of this run, checked against every
+        numeric file the index already holds (blocking: reads file headers)."""
+        held: dict[str, tuple[int, int]] = {}  # path -> (first id, ids used)
+        for k, v in done.items():
+            if k.startswith(IDS_KEY):
+                path = k[len(IDS_KEY) :]
+                held[path] = (int(v), int(done.get(path, 0)))
+        for k, v in done.items():
+            if not k.startswith(IDS_KEY) and k not in held and _numeric_name(k):
+                held[k] = (0, int(v))  # recorded before offsets were: they started at 0
+        out: dict[str, int] = {}
+        nxt = self.id_offset
+        for path, fmt in zip(self.paths, self.formats, strict=True):
+            if fmt == "jsonl":
+                continue
+            key = str(path.resolve())
+            rows = _numeric_rows(path, fmt)
+            if key in held:
+                base = held[key][0]
+                if self.id_offset is not None and nxt == self.id_offset and base != nxt:
+                    raise SourceError(
+                        str(path),
+                        f"--id-offset {self.id_offset}: the index already holds this file "
+                        f"with ids from {base}",
+                        f"leave --id-offset out, or give {base}",
+                    )
+            else:
+                base = nxt if nxt is not None else 0
+            out[key] = base
+            nxt = base + rows
+            for other, (first, used) in held.items():
+                if other != key and first < base + rows and base < first + used:
+                    free = max(f + u for f, u in [*held.values(), (base, rows)])
+                    raise SourceError(
+                        str(path),
+                        f"its ids {base}..{base + rows - 1} (offset + row) overlap those of "
+                        f"{other} ({first}..{first + used - 1}) in the index",
+                        f"give --id-offset {free} (or id_offset=) to give it ids of its own",
+                    )
+            held[key] = (base, rows)
+        return out
 
 
 def _open_error(path: Path, exc: OSError) -> SourceError:
@@ -120,6 +198,44 @@ def _open_error(path: Path, exc: OSError) -> SourceError:
     if isinstance(exc, PermissionError):
         return SourceError(str(path), "permission denied", "check the file's permissions")
     return SourceError(str(path), f"cannot read: {exc.strerror or exc}")
+
+
+def _numeric_name(key: str) -> bool:
+    return Path(key).suffix.lower() in (".npy", ".fvecs", ".bvecs")
+
+
+def _numeric_rows(path: Path, fmt: str) -> int:
+    if fmt == "npy":
+        return int(_open_npy(path).shape[0])
+    raw, _dim, rowbytes = _open_vecs(path, fmt)
+    return raw.shape[0] // rowbytes if rowbytes else 0
+
+
+def _require_regular(path: Path, fmt: str) -> None:
+    """Memory-mapped formats need a regular file (a FIFO or device would block or
+    never end)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    if stat.S_ISDIR(mode):
+        raise SourceError(str(path), "is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise SourceError(
+            str(path),
+            f"is a {_kind(mode)}, not a regular file; .{fmt} files are memory-mapped",
+            "write it to a file first (JSONL can be read from a pipe)",
+        )
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "special file"
 
 
 def _check_resume(path: Path, offset: int, size: int, unit: str) -> None:
@@ -134,25 +250,29 @@ def _check_resume(path: Path, offset: int, size: int, unit: str) -> None:
 # -- JSONL -------------------------------------------------------------------------
 
 
+@dataclass
+class _LongLine:
+    """A JSONL line over the limit, being skipped: where it started and its size."""
+
+    line: int
+    prefix: bytes
+    size: int
+
+
 async def _read_jsonl(
-    src: FileSource, path: Path, key: str, offset: int, fmt: str
+    src: FileSource, path: Path, key: str, offset: int, fmt: str, _ids: int
 ) -> AsyncIterator[Chunk]:
-    try:
-        # Unbuffered: read() returns what is there, and closing never waits on a
-        # reader thread blocked on a quiet pipe.
-        f = await anyio.to_thread.run_sync(partial(open, path, "rb", buffering=0))
-    except OSError as exc:
-        raise _open_error(path, exc) from exc
+    f, regular = await anyio.to_thread.run_sync(_open_stream, path)
     with f:
-        info = os.fstat(f.fileno())
-        size = info.st_size
-        read = _reader(f, regular=stat.S_ISREG(info.st_mode))
-        _check_resume(path, offset, size, "byte")
+        size = os.fstat(f.fileno()).st_size if regular else 0
+        read = _reader(f, regular=regular)
+        if regular:
+            _check_resume(path, offset, size, "byte")
         # Line numbers in messages are 1-based and count from the file's start, also
         # when resuming in the middle.
         line = 1
         if offset:
-            if not f.seekable():
+            if not regular:
                 raise SourceError(
                     str(path),
                     f"the index holds this stream up to byte {offset}, but a pipe cannot seek",
@@ -160,51 +280,94 @@ async def _read_jsonl(
                 )
             line += await anyio.to_thread.run_sync(_count_newlines, f, offset)
             f.seek(offset)
+        limit = src.max_line_bytes
         carry = b""
+        long: _LongLine | None = None
         while True:
             block = await read(src.chunk_bytes)
             eof = not block
-            data = carry + block
+            payloads: list[bytes | None] = []
+            where: list[int] = []
+            truncated: dict[int, int] = {}
+            if long is not None:
+                # Skipping an oversized line: hold nothing of it but its prefix.
+                cut = block.find(b"\n")
+                if cut < 0 and not eof:
+                    long.size += len(block)
+                    continue
+                tail = cut if cut >= 0 else len(block)
+                long.size += tail
+                truncated[0] = long.size
+                payloads.append(long.prefix)
+                where.append(long.line)
+                line += 1
+                offset += long.size + (cut >= 0)
+                long = None
+                data = block[tail + 1 :] if cut >= 0 else b""
+            else:
+                data = carry + block
             if eof:
-                if not data:
-                    return
-                lines, carry = [data], b""
+                lines, carry = ([data] if data else []), b""
                 end = offset + len(data)
             else:
                 cut = data.rfind(b"\n")
-                if cut < 0:
-                    carry = data
-                    continue
-                lines = data[:cut].split(b"\n")
+                lines = data[:cut].split(b"\n") if cut >= 0 else []
                 carry = data[cut + 1 :]
                 end = offset + cut + 1
-            payloads: list[bytes | None] = []
-            where: list[int] = []
             for i, text in enumerate(lines):
                 if text.strip():
                     payloads.append(text)
                     where.append(line + i)
             line += len(lines)
             offset = end
-            position: Position = {key: end}
+            if len(carry) > limit:
+                long = _LongLine(line, carry[:DEAD_LETTER_PREFIX_BYTES], len(carry))
+                carry = b""
+            if not payloads and not lines:
+                if eof:
+                    return
+                continue
             yield Chunk(
                 partition=FILES_PARTITION,
                 source=str(path),
                 format="json",
-                position=position,
+                position={key: end},
                 locations=np.asarray(where, dtype=np.int64),
                 location_kind="line",
                 payloads=payloads,
+                truncated=truncated or None,
                 read_at=time.time(),
             )
             if eof:
                 return
 
 
+def _open_stream(path: Path) -> tuple[Any, bool]:
+    """Open a JSONL input without ever blocking: a FIFO with no writer yet opens at
+    once (non-blocking) and is then waited on by polling. Returns (file, regular)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    if stat.S_ISDIR(mode):
+        raise SourceError(str(path), "is a directory, not a file")
+    regular = stat.S_ISREG(mode)
+    if not (regular or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        raise SourceError(
+            str(path), f"is a {_kind(mode)}", "give a regular file, a FIFO or a socket"
+        )
+    try:
+        fd = os.open(path, os.O_RDONLY | (0 if regular else os.O_NONBLOCK))
+    except OSError as exc:
+        raise _open_error(path, exc) from exc
+    # Unbuffered: read() returns what is there.
+    return os.fdopen(fd, "rb", buffering=0), regular
+
+
 def _reader(f: Any, *, regular: bool) -> Callable[[int], Awaitable[bytes]]:
-    """An async ``read(n)`` for a file: a worker thread for regular files, readiness
-    polling for pipes and sockets (a thread blocked on a quiet pipe could not be
-    stopped, and would hold the process open at exit)."""
+    """An async ``read(n)`` for a file: a worker thread for regular files (each read
+    is short), readiness polling for pipes and sockets (a thread blocked on a quiet
+    pipe could not be stopped, and would hold the process open at exit)."""
     if regular:
 
         async def read_file(n: int) -> bytes:
@@ -217,10 +380,13 @@ def _reader(f: Any, *, regular: bool) -> Callable[[int], Awaitable[bytes]]:
 
     async def read_pipe(n: int) -> bytes:
         while True:
+            # Wait first: a FIFO whose writer has not connected yet reads as empty,
+            # but is not readable until the writer writes or closes.
+            await anyio.wait_readable(fd)
             try:
                 return os.read(fd, n)
             except BlockingIOError:
-                await anyio.wait_readable(fd)
+                continue
 
     return read_pipe
 
@@ -242,7 +408,7 @@ def _count_newlines(f: Any, upto: int) -> int:
 
 
 async def _read_npy(
-    src: FileSource, path: Path, key: str, offset: int, fmt: str
+    src: FileSource, path: Path, key: str, offset: int, fmt: str, ids: int
 ) -> AsyncIterator[Chunk]:
     arr = await anyio.to_thread.run_sync(_open_npy, path)
     rows = arr.shape[0]
@@ -251,10 +417,11 @@ async def _read_npy(
     for begin in range(offset, rows, step):
         end = min(begin + step, rows)
         vectors = await anyio.to_thread.run_sync(_rows_f32, arr, begin, end)
-        yield _vector_chunk(path, key, "npy", vectors, begin, end)
+        yield _vector_chunk(path, key, "npy", vectors, begin, end, ids)
 
 
 def _open_npy(path: Path) -> npt.NDArray[Any]:
+    _require_regular(path, "npy")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except OSError as exc:
@@ -283,18 +450,18 @@ def _rows_f32(arr: npt.NDArray[Any], begin: int, end: int) -> npt.NDArray[np.flo
 
 
 def _vector_chunk(
-    path: Path, key: str, fmt: str, vectors: npt.NDArray[Any], begin: int, end: int
+    path: Path, key: str, fmt: str, vectors: npt.NDArray[Any], begin: int, end: int, base: int
 ) -> Chunk:
-    ids = np.arange(begin, end, dtype=np.int64)
+    rows = np.arange(begin, end, dtype=np.int64)
     return Chunk(
         partition=FILES_PARTITION,
         source=str(path),
         format=fmt,
-        position={key: end},
-        locations=ids,
+        position={key: end, IDS_KEY + key: base},
+        locations=rows,
         location_kind="row",
         vectors=vectors,
-        ids=ids,
+        ids=rows + base if base else rows,
         read_at=time.time(),
     )
 
@@ -303,7 +470,7 @@ def _vector_chunk(
 
 
 async def _read_vecs(
-    src: FileSource, path: Path, key: str, offset: int, fmt: str
+    src: FileSource, path: Path, key: str, offset: int, fmt: str, ids: int
 ) -> AsyncIterator[Chunk]:
     raw, dim, rowbytes = await anyio.to_thread.run_sync(_open_vecs, path, fmt)
     rows = raw.shape[0] // rowbytes if rowbytes else 0
@@ -313,10 +480,11 @@ async def _read_vecs(
     for begin in range(offset, rows, step):
         end = min(begin + step, rows)
         vectors = await anyio.to_thread.run_sync(_vecs_rows, path, fmt, table, dim, begin, end)
-        yield _vector_chunk(path, key, fmt, vectors, begin, end)
+        yield _vector_chunk(path, key, fmt, vectors, begin, end, ids)
 
 
 def _open_vecs(path: Path, fmt: str) -> tuple[npt.NDArray[np.uint8], int, int]:
+    _require_regular(path, fmt)
     try:
         size = path.stat().st_size
         if size == 0:

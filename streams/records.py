@@ -58,6 +58,9 @@ class Chunk:
         read_at: wall-clock time the source read the chunk (epoch seconds); the
             event time of items that carry none.
         size: payload bytes when the source knows them (else computed on demand).
+        truncated: payloads the source cut short because they were over its limit:
+            payload index -> the full size. ``decode`` rejects them as
+            ``oversized``; the payload holds a prefix for the dead letter.
     """
 
     partition: str
@@ -73,6 +76,7 @@ class Chunk:
     timestamps: npt.NDArray[np.float64] | None = None
     read_at: float = 0.0
     size: int = -1
+    truncated: dict[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.locations)

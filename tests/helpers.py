@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from anyio.abc import TaskGroup
@@ -41,3 +46,31 @@ async def collect(
     assert isinstance(pipeline, Pipeline)
     await pipeline.run()
     return sink.items
+
+
+def memory_capped(limit_bytes: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that caps a child's address space (``RLIMIT_AS``): a test that
+    probes a resource limit then fails with the child's error instead of exhausting
+    the machine when the limit regresses."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    return cap
+
+
+def run_cli(
+    *args: str,
+    limit_bytes: int | None = None,
+    timeout: float = 240,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``embedstream ARGS`` in a child process (optionally memory-capped)."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        preexec_fn=memory_capped(limit_bytes) if limit_bytes else None,
+    )

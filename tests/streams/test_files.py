@@ -1,14 +1,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from operators import batch, decode
+from sinks import open_snapshot
 from streams import BadRecordError, FileSource, SourceError, StageError
-from tests.helpers import collect
+from tests.helpers import collect, run_cli
 
 
 async def test_npy_in_chunks_with_row_positions(make_npy) -> None:
@@ -143,3 +150,143 @@ async def test_nan_in_npy_names_the_row(make_npy) -> None:
     np.save(path, x)
     with pytest.raises(StageError, match="row 7"):
         await collect(FileSource(path), decode())
+
+
+# -- inputs that must not hang, crash or exhaust the process ---------------------------
+
+CAP = 1 << 30  # the CLI needs about 500 MB of address space (libraries, thread stacks)
+
+
+def test_a_huge_jsonl_line_is_skipped_in_bounded_memory(tmp_path: Path) -> None:
+    """A 1.5 GB line (sparse: no disk) under a 1 GiB address-space cap: only a prefix
+    is kept, the record is dead-lettered as oversized, the next line is ingested."""
+    path = tmp_path / "huge.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"id": 1, "vector": [1, 2]}\n')
+        f.truncate(f.tell() + (3 << 29))  # zeros, held by no disk block
+        f.seek(0, 2)
+        f.write(b'\n{"id": 2, "vector": [3, 4]}\n')
+    dead = tmp_path / "dead.jsonl"
+    p = run_cli(
+        "ingest", str(path), "--index", str(tmp_path / "idx"), "--max-payload-bytes", "1000",
+        "--dead-letter", str(dead), "--no-progress", limit_bytes=CAP,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("2 records")
+    (letter,) = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert letter["reason"] == "oversized" and letter["position"] == {"line": 2}
+    assert f"{3 << 29:,}" in letter["detail"]
+    raw = letter["raw"]
+    assert len(raw if isinstance(raw, str) else raw["base64"]) <= 8192  # a prefix only
+
+
+async def test_oversized_line_positions_and_line_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    lines = [b'{"id": 1, "vector": [1, 2]}', b"x" * 5000, b'{"id": 3, "vector": [5, 6]}']
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    chunks = await collect(FileSource(path, chunk_bytes=64, max_line_bytes=100))
+    got = [(int(loc), p) for c in chunks for loc, p in zip(c.locations, c.payloads, strict=True)]
+    assert [loc for loc, _ in got] == [1, 2, 3]
+    assert got[0][1] == lines[0] and got[2][1] == lines[2] and len(got[1][1]) < 5000
+    assert [c.truncated for c in chunks if c.truncated] == [{0: 5000}]
+    assert chunks[-1].position == {str(path.resolve()): path.stat().st_size}
+
+
+@pytest.mark.parametrize("fmt", ["fvecs", "npy"])
+def test_a_fifo_is_refused_where_a_file_is_memory_mapped(tmp_path: Path, fmt: str) -> None:
+    fifo = tmp_path / f"x.{fmt}"
+    os.mkfifo(fifo)
+    p = run_cli("ingest", str(fifo), "--index", str(tmp_path / "idx"), timeout=60)
+    assert p.returncode == 1
+    assert "is a FIFO, not a regular file" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_sigterm_stops_ingest_waiting_on_a_fifo_without_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "x.jsonl"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "ingest", str(fifo), "--index",
+         str(tmp_path / "idx"), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    assert proc.poll() is None  # waiting for a writer
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("ingest ignored SIGTERM while waiting on a FIFO")
+    assert proc.returncode == 0, err
+    assert out.startswith("0 records")
+
+
+async def test_a_fifo_jsonl_is_read_when_its_writer_comes_late(tmp_path: Path) -> None:
+    fifo = tmp_path / "x.jsonl"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        time.sleep(0.5)
+        with open(fifo, "wb") as f:
+            f.write(b'{"id": 1, "vector": [1, 2]}\n{"id": 2, "vector": [3, 4]}\n')
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    batches = await collect(FileSource(fifo), decode())
+    thread.join()
+    assert [b.ids.tolist() for b in batches if len(b)] == [[1, 2]]
+
+
+def test_special_files_are_refused_for_jsonl(tmp_path: Path) -> None:
+    p = run_cli("ingest", "/dev/null", "--format", "jsonl", "--index", str(tmp_path / "i"))
+    assert p.returncode == 1 and "is a device" in p.stderr
+
+
+# -- ids and positions of several files ------------------------------------------------
+
+
+def test_rerunning_a_multi_file_ingest_changes_nothing(tmp_path: Path, rng) -> None:
+    for name, rows in (("a.npy", 300), ("b.npy", 200)):
+        np.save(tmp_path / name, rng.standard_normal((rows, 8)).astype(np.float32))
+    idx = tmp_path / "idx"
+    files = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]
+    first = run_cli("ingest", *files, "--index", str(idx), "--batch-size", "1000", "--metric", "l2")
+    assert first.returncode == 0 and first.stdout.startswith("500 records"), first.stderr
+    before = sorted((idx / "objects").iterdir())
+    again = run_cli("ingest", *files, "--index", str(idx), "--batch-size", "1000")
+    assert again.returncode == 0 and again.stdout.startswith("0 records"), again.stdout
+    assert sorted((idx / "objects").iterdir()) == before
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 500
+    # Each file has ids of its own: b's rows follow a's.
+    res = view.search(np.load(tmp_path / "b.npy")[:3], 1)
+    assert res.ids[:, 0].tolist() == [300, 301, 302]
+
+
+def test_a_second_numeric_file_with_overlapping_ids_is_refused(tmp_path: Path, rng) -> None:
+    np.save(tmp_path / "a.npy", rng.standard_normal((100, 8)).astype(np.float32))
+    np.save(tmp_path / "b.npy", rng.standard_normal((50, 8)).astype(np.float32))
+    idx = tmp_path / "idx"
+    assert run_cli("ingest", str(tmp_path / "a.npy"), "--index", str(idx)).returncode == 0
+    p = run_cli("ingest", str(tmp_path / "b.npy"), "--index", str(idx))
+    assert p.returncode == 1 and "overlap" in p.stderr and "--id-offset 100" in p.stderr
+    ok = run_cli("ingest", str(tmp_path / "b.npy"), "--index", str(idx), "--id-offset", "100")
+    assert ok.returncode == 0, ok.stderr
+    assert open_snapshot(idx).manifest["ntotal"] == 150
+
+
+def test_empty_vectors_are_dead_letters_not_crashes(tmp_path: Path) -> None:
+    np.save(tmp_path / "empty.npy", np.zeros((5, 0), np.float32))
+    lines = tmp_path / "x.jsonl"
+    lines.write_text(
+        '{"id": 1, "vector": []}\n{"id": 2, "vector": [1, 2]}\n{"id": -5, "vector": [1, 2]}\n'
+    )
+    for src in (tmp_path / "empty.npy", lines):
+        dead = tmp_path / f"dead-{src.suffix}.jsonl"
+        p = run_cli(
+            "ingest", str(src), "--index", str(tmp_path / f"idx{src.suffix}"),
+            "--dead-letter", str(dead), "--no-progress",
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        reasons = [json.loads(line)["reason"] for line in dead.read_text().splitlines()]
+        assert reasons == (["bad-vector"] * 5 if src.suffix == ".npy" else ["bad-vector", "bad-id"])
