@@ -152,8 +152,8 @@ class FileSource(Source):
         held: dict[str, tuple[int, int]] = {}  # path -> (first id, ids used)
         for k, v in done.items():
             if k.startswith(IDS_KEY):
-                path = k[len(IDS_KEY) :]
-                held[path] = (int(v), int(done.get(path, 0)))
+                name = k[len(IDS_KEY) :]
+                held[name] = (int(v), int(done.get(name, 0)))
         for k, v in done.items():
             if not k.startswith(IDS_KEY) and k not in held and _numeric_name(k):
                 held[k] = (0, int(v))  # recorded before offsets were: they started at 0
