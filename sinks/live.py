@@ -43,6 +43,7 @@ class LiveView:
         self.loaded_at = time.time()
         self.reloads = 0
         self.reload_failures = 0
+        self.last_error: str | None = None
         self._current = self._current_text()
 
     def __repr__(self) -> str:
@@ -68,20 +69,35 @@ class LiveView:
                 continue
             try:
                 view = await anyio.to_thread.run_sync(open_snapshot, self.root)
-            except SnapshotError as exc:
+            except Exception as exc:
+                # Whatever is wrong on disk, keep answering from the last good state
+                # (and say so in /healthz and the logs); try again next time.
+                why = str(exc) if isinstance(exc, SnapshotError) else f"{type(exc).__name__}: {exc}"
+                if why != self.last_error:
+                    log.warning(
+                        "%s: keeping snapshot %s: %s", self.root, self.view.manifest["seq"], why
+                    )
                 self.reload_failures += 1
-                log.warning(
-                    "%s: keeping snapshot %s: %s", self.root, self.view.manifest["seq"], exc
-                )
+                self.last_error = why
                 continue
             self._current = text
             self.view = view
             self.loaded_at = time.time()
             self.reloads += 1
+            self.last_error = None
 
     async def search(self, queries: npt.ArrayLike, k: int) -> SearchResults:
         view = self.view
         return await anyio.to_thread.run_sync(view.search, queries, k)
+
+    def health(self) -> dict[str, Any]:
+        """What ``/healthz`` adds: the snapshot being served and, when the newest one
+        did not load, why (the last good one is served meanwhile)."""
+        out: dict[str, Any] = {"seq": self.view.manifest["seq"], "loaded_at": self.loaded_at}
+        if self.last_error is not None:
+            out["stale"] = True
+            out["reload_error"] = self.last_error
+        return out
 
     def stats(self) -> dict[str, Any]:
         m = self.view.manifest
@@ -102,6 +118,7 @@ class LiveView:
             "loaded_at": self.loaded_at,
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
+            "reload_error": self.last_error,
         }
 
     def registry(self) -> CollectorRegistry:

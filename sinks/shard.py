@@ -232,7 +232,9 @@ class Shard:
         """
         n = len(queries)
         with self.lock.read():
-            parts = [s.search(queries, k) for s in self.segments if s.ntotal]
+            # No segment is asked for more than it holds: a huge k costs only the
+            # merged result, never a FAISS allocation of nq x k per segment.
+            parts = [s.search(queries, min(k, s.ntotal)) for s in self.segments if s.ntotal]
         if not parts:
             return np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64)
         return merge_topk(parts, k, self.order)

@@ -47,14 +47,82 @@ def _fail(exc: BaseException, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-async def _run(pipeline: Pipeline, *, progress: bool, serve: str | None) -> PipelineMetrics:
+def _limit_options(f: Any) -> Any:
+    """The ``POST /search`` bounds, shared by every command that serves HTTP."""
+    from streams.http import RequestLimits
+
+    d = RequestLimits()
+    options = [
+        click.option(
+            "--max-k",
+            default=d.max_k,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="POST /search: largest k.",
+        ),
+        click.option(
+            "--max-queries",
+            default=d.max_queries,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="POST /search: most query vectors per request.",
+        ),
+        click.option(
+            "--max-results",
+            default=d.max_results,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="POST /search: most queries x k per request.",
+        ),
+        click.option(
+            "--max-request-bytes",
+            default=d.max_request_bytes,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="POST /search: largest request body.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _limits(options: dict[str, Any]) -> Any:
+    from streams.http import RequestLimits
+
+    return RequestLimits(
+        max_k=options.pop("max_k"),
+        max_queries=options.pop("max_queries"),
+        max_results=options.pop("max_results"),
+        max_request_bytes=options.pop("max_request_bytes"),
+    )
+
+
+def _listen(hostport: str) -> tuple[str, int, Any]:
+    """Parse ``HOST:PORT`` (exit 2 when it is not one) and bind it now (exit 1 when
+    it cannot be bound), before anything else starts."""
+    from streams.http import bind, parse_hostport
+
+    try:
+        host, port = parse_hostport(hostport)
+    except EmbedstreamError as exc:
+        _fail(exc, 2)
+    try:
+        return host, port, bind(host, port)
+    except EmbedstreamError as exc:
+        _fail(exc, 1)
+
+
+async def _run(
+    pipeline: Pipeline, *, progress: bool, serve: tuple[str, int, Any] | None, limits: Any
+) -> PipelineMetrics:
     error: EmbedstreamError | None = None
     metrics: PipelineMetrics | None = None
     async with anyio.create_task_group() as tg:
         if progress:
             tg.start_soon(watch, pipeline)
         if serve:
-            tg.start_soon(_serve_pipeline, pipeline, serve)
+            tg.start_soon(_serve_pipeline, pipeline, serve, limits)
         try:
             metrics = await pipeline.run(handle_signals=True)
         except EmbedstreamError as exc:
@@ -68,35 +136,41 @@ async def _run(pipeline: Pipeline, *, progress: bool, serve: str | None) -> Pipe
     return metrics
 
 
-async def _serve_pipeline(pipeline: Pipeline, hostport: str) -> None:
-    from streams.http import Server, make_app, parse_hostport, stats_json
+async def _serve_pipeline(pipeline: Pipeline, listener: tuple[str, int, Any], limits: Any) -> None:
+    from streams.http import Server, make_app, stats_json
     from streams.metrics import pipeline_registry
 
-    host, port = parse_hostport(hostport)
+    host, port, sock = listener
     search = getattr(pipeline.sink, "search", None)
     app = make_app(
         lambda: stats_json(pipeline.metrics()),
         pipeline_registry(pipeline),
         search,
         healthy=lambda: not pipeline.stopping,
+        limits=limits,
     )
     server = Server.for_app(app, host, port)
     log.warning("serving /metrics, /healthz, /stats and POST /search on http://%s:%d", host, port)
-    await server.serve()
+    await server.serve(sockets=[sock])
 
 
 def run_pipeline(
-    pipeline: Pipeline, *, progress: bool = True, serve: str | None = None
+    pipeline: Pipeline,
+    *,
+    progress: bool = True,
+    serve: str | None = None,
+    limits: Any = None,
 ) -> PipelineMetrics:
     """Run ``pipeline`` with signal handling, progress and (optionally) the HTTP
     endpoints; exit on error."""
+    listener = _listen(serve) if serve else None
     if isinstance(pipeline.source, KafkaSource):
         import aiokafka  # noqa: F401  (imported now, so that tune_gc freezes it too)
     # Everything imported and built: from here on the collector skips all of it.
     tune_gc()
     start_trimming()
     try:
-        return anyio.run(lambda: _run(pipeline, progress=progress, serve=serve))
+        return anyio.run(lambda: _run(pipeline, progress=progress, serve=listener, limits=limits))
     except EmbedstreamError as exc:
         _fail(exc)
 
@@ -279,17 +353,19 @@ def main(verbose: int) -> None:
     help="Serve /metrics, /healthz, /stats and POST /search while running "
     "(binds 127.0.0.1 unless a host is given).",
 )
+@_limit_options
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
 def ingest(
     sources: tuple[str, ...], index_dir: str, progress: bool, serve: str | None, **options: Any
 ) -> None:
     """Ingest files (JSONL, .npy, .fvecs, .bvecs) or Kafka topics
     (kafka://HOST:PORT/TOPIC[,TOPIC...]) into the index at DIR."""
+    limits = _limits(options)
     try:
         pipeline = build_ingest_pipeline(list(sources), index_dir, **options)
     except EmbedstreamError as exc:
         _fail(exc, 2)
-    metrics = run_pipeline(pipeline, progress=progress, serve=serve)
+    metrics = run_pipeline(pipeline, progress=progress, serve=serve, limits=limits)
     click.echo(summary_line(metrics))
 
 
@@ -392,20 +468,23 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
     type=click.FloatRange(min=0.05),
     help="Seconds between checks for a new snapshot.",
 )
-def serve(index_dir: str, hostport: str, reload_every: float) -> None:
+@_limit_options
+def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) -> None:
     """Serve POST /search, /stats, /healthz and /metrics over the snapshots in DIR,
-    read-only, picking up each new snapshot as ingestion publishes it."""
+    read-only, picking up each new snapshot as ingestion publishes it (and keeping
+    the last good one when a new one does not load)."""
     from sinks.live import LiveView
-    from streams.http import Server, make_app, parse_hostport
+    from streams.http import Server, make_app
 
+    limits = _limits(options)
+    host, port, sock = _listen(hostport)
     try:
-        host, port = parse_hostport(hostport)
         live = LiveView(index_dir)
     except EmbedstreamError as exc:
         _fail(exc)
 
     async def main_() -> None:
-        app = make_app(live.stats, live.registry(), live.search)
+        app = make_app(live.stats, live.registry(), live.search, limits=limits, health=live.health)
         server = Server.for_app(app, host, port)
 
         async def stop_on_signal() -> None:
@@ -418,7 +497,7 @@ def serve(index_dir: str, hostport: str, reload_every: float) -> None:
             tg.start_soon(live.follow, reload_every)
             tg.start_soon(stop_on_signal)
             click.echo(f"serving {index_dir} on http://{host}:{port}", err=True)
-            await server.serve()
+            await server.serve(sockets=[sock])
             tg.cancel_scope.cancel()
 
     anyio.run(main_)
@@ -433,9 +512,11 @@ def serve(index_dir: str, hostport: str, reload_every: float) -> None:
     help="Serve /metrics, /healthz, /stats and POST /search while running "
     "(binds 127.0.0.1 unless a host is given).",
 )
+@_limit_options
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
-def run(pipeline_file: str, progress: bool, serve: str | None) -> None:
+def run(pipeline_file: str, progress: bool, serve: str | None, **options: Any) -> None:
     """Run the ``pipeline`` object that PIPELINE.py defines."""
+    limits = _limits(options)
     try:
         namespace = runpy.run_path(pipeline_file, run_name="__embedstream__")
     except FileNotFoundError:
@@ -448,7 +529,7 @@ def run(pipeline_file: str, progress: bool, serve: str | None) -> None:
             ),
             2,
         )
-    metrics = run_pipeline(pipeline, progress=progress, serve=serve)
+    metrics = run_pipeline(pipeline, progress=progress, serve=serve, limits=limits)
     click.echo(summary_line(metrics))
 
 

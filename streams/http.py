@@ -8,17 +8,27 @@
   index as ``{"results": [{"ids": [...], "scores": [...]}, ...]}``.
 
 Served by uvicorn inside the pipeline's own event loop; binds 127.0.0.1 unless told
-otherwise.
+otherwise. The endpoints are unauthenticated plain HTTP (see the README's
+"Security"). Every search request is bounded (:class:`RequestLimits`): body size,
+queries, ``k`` and queries x k, each refused with a 4xx naming the limit; only
+``application/json`` bodies are read (a web page cannot send one cross-origin
+without a CORS preflight, which this server never grants); every malformed body
+gets a 4xx that says what is wrong, and nothing a request does can stop the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
+import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
+import anyio
+import msgspec
+import numpy as np
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -29,9 +39,143 @@ from starlette.routing import Route
 from streams.errors import ConfigError, EmbedstreamError
 from streams.pipeline import PipelineMetrics
 
-__all__ = ["Server", "make_app", "parse_hostport", "stats_json"]
+__all__ = ["RequestLimits", "Server", "bind", "make_app", "parse_hostport", "stats_json"]
+
+log = logging.getLogger("embedstream.http")
 
 SearchFn = Callable[[Any, int], Awaitable[Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on one ``POST /search`` request; what a single request may cost.
+
+    Attributes:
+        max_k: largest ``k`` (results per query).
+        max_queries: most query vectors in one request.
+        max_results: most ``queries x k``: what the response and FAISS's result
+            arrays hold.
+        max_request_bytes: largest request body; larger is refused with 413 before
+            it is read whole.
+        read_timeout: seconds a client may take to send its body (408 after).
+    """
+
+    max_k: int = 10_000
+    max_queries: int = 1_000
+    max_results: int = 1_000_000
+    max_request_bytes: int = 16 << 20
+    read_timeout: float = 30.0
+
+
+class _SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    vectors: list[list[float]]
+    k: Annotated[int, msgspec.Meta(ge=1)] = 10
+
+
+_decode_request = msgspec.json.Decoder(_SearchRequest)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_body(request: Request, limits: RequestLimits) -> bytes:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise _Refused(415, f"Content-Type must be application/json (got {kind or 'none'!r})")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
+        raise _Refused(
+            413,
+            f"the body is {int(declared):,} bytes; the limit is {limits.max_request_bytes:,} "
+            "(--max-request-bytes)",
+        )
+    body = bytearray()
+    try:
+        with anyio.fail_after(limits.read_timeout):
+            async for part in request.stream():
+                body += part
+                if len(body) > limits.max_request_bytes:
+                    raise _Refused(
+                        413,
+                        f"the body is over the limit of {limits.max_request_bytes:,} bytes "
+                        "(--max-request-bytes)",
+                    )
+    except TimeoutError:
+        raise _Refused(
+            408, f"the body took longer than {limits.read_timeout:g}s to arrive"
+        ) from None
+    return bytes(body)
+
+
+def _parse_search(body: bytes, limits: RequestLimits) -> tuple[np.ndarray[Any, Any], int]:
+    usage = 'send {"vectors": [[...], ...], "k": 10}'
+    try:
+        req = _decode_request.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _Refused(400, f"bad request: {exc}; {usage}") from None
+    except msgspec.DecodeError as exc:
+        raise _Refused(400, f"bad request: not valid JSON ({exc}); {usage}") from None
+    n, k = len(req.vectors), req.k
+    if not n:
+        raise _Refused(400, f"bad request: `vectors` is empty; {usage}")
+    if k > limits.max_k:
+        raise _Refused(400, f"k={k:,} is over the limit of {limits.max_k:,} (--max-k)")
+    if n > limits.max_queries:
+        raise _Refused(
+            400, f"{n:,} queries is over the limit of {limits.max_queries:,} (--max-queries)"
+        )
+    if n * k > limits.max_results:
+        raise _Refused(
+            400,
+            f"{n:,} queries x k={k:,} is over the limit of {limits.max_results:,} results "
+            "(--max-results)",
+        )
+    width = len(req.vectors[0])
+    for i, v in enumerate(req.vectors):
+        if len(v) != width:
+            raise _Refused(
+                400, f"bad request: vector {i} has {len(v)} values, vector 0 has {width}"
+            )
+    with np.errstate(over="ignore"):
+        q = np.array(req.vectors, dtype=np.float32).reshape(n, width)
+    if not np.isfinite(q).all():
+        row = int(np.flatnonzero(~np.isfinite(q).all(axis=1))[0])
+        raise _Refused(400, f"bad request: vector {row} holds NaN, Inf or a value beyond float32")
+    return q, k
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, bound now so that a port in use is an
+    error before anything starts.
+
+    Raises:
+        ConfigError: the address cannot be bound (in use, not local, no permission).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            " (another process uses the port? give another with HOST:PORT)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -80,6 +224,8 @@ def make_app(
     registry: CollectorRegistry,
     search: SearchFn | None,
     healthy: Callable[[], bool] = lambda: True,
+    limits: RequestLimits | None = None,
+    health: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
     """The Starlette app serving a pipeline (or, for ``serve``, a snapshot view).
 
@@ -88,36 +234,40 @@ def make_app(
         registry: what ``/metrics`` exports.
         search: ``await search(vectors, k)`` returning search results.
         healthy: ``/healthz`` answers 503 when this is false.
+        limits: bounds on search requests (defaults: :class:`RequestLimits`).
+        health: more fields for the ``/healthz`` body (e.g. a snapshot that failed
+            to load while the last good one is served).
     """
+    bounds = limits or RequestLimits()
 
     async def get_metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def get_health(_: Request) -> Response:
         ok = healthy()
-        return JSONResponse({"status": "ok" if ok else "stopping"}, status_code=200 if ok else 503)
+        body = {"status": "ok" if ok else "stopping", **(health() if health else {})}
+        return JSONResponse(_clean(body), status_code=200 if ok else 503)
 
     async def get_stats(_: Request) -> Response:
         return JSONResponse(stats())
 
     async def post_search(request: Request) -> Response:
         if search is None:
-            return JSONResponse({"error": "this pipeline's sink cannot search"}, status_code=501)
+            return _error(501, "this pipeline's sink cannot search")
         try:
-            body = await request.json()
-            vectors = body["vectors"]
-            k = int(body.get("k", 10))
-            if not isinstance(vectors, list) or not vectors:
-                raise ValueError("vectors must be a non-empty list of vectors")
-        except (ValueError, KeyError, TypeError) as exc:
-            return JSONResponse(
-                {"error": f'bad request: {exc}; send {{"vectors": [[...], ...], "k": 10}}'},
-                status_code=400,
-            )
+            queries, k = _parse_search(await _read_body(request, bounds), bounds)
+        except _Refused as exc:
+            return _error(exc.status, str(exc))
         try:
-            results = await search(vectors, k)
+            results = await search(queries, k)
         except EmbedstreamError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return _error(400, str(exc))
+        except MemoryError:
+            return _error(503, "not enough memory for this search now; ask for fewer results")
+        except Exception as exc:
+            # A search must never take the pipeline down with it.
+            log.exception("search failed")
+            return _error(500, f"search failed: {type(exc).__name__}: {exc}")
         return JSONResponse({"results": _clean(results.rows())})
 
     return Starlette(
@@ -140,6 +290,15 @@ class Server(uvicorn.Server):
     @classmethod
     def for_app(cls, app: Starlette, host: str, port: int) -> Server:
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            # Idle connections close after 5 s; at most 64 requests at once (503
+            # beyond), so slow or many clients cannot pile up memory.
+            timeout_keep_alive=5,
+            limit_concurrency=64,
         )
         return cls(config)
