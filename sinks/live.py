@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sinks.durable import read_regular
 from sinks.search import SearchResults, SnapshotView, open_snapshot
 from sinks.store import chain_names, chain_root
 from streams.errors import SnapshotError
@@ -54,10 +55,11 @@ class LiveView:
         parts = []
         for chain in chain_names(self.root):
             try:
-                with open(chain_root(Path(self.root), chain) / "CURRENT") as f:
-                    parts.append(f"{chain}:{f.read()}")
+                # Bytes, compared as they are: a damaged CURRENT is a change too.
+                data = read_regular(chain_root(Path(self.root), chain) / "CURRENT")[:64]
             except OSError:
                 continue
+            parts.append(f"{chain}:{data!r}")
         return "|".join(parts)
 
     async def follow(self, every: float = 1.0) -> None:
@@ -94,9 +96,12 @@ class LiveView:
         """What ``/healthz`` adds: the snapshot being served and, when the newest one
         did not load, why (the last good one is served meanwhile)."""
         out: dict[str, Any] = {"seq": self.view.manifest["seq"], "loaded_at": self.loaded_at}
+        skipped = [f"snapshot {fb['seq']}: {fb['reason']}" for fb in self.view.fallbacks]
         if self.last_error is not None:
+            skipped.insert(0, self.last_error)
+        if skipped:
             out["stale"] = True
-            out["reload_error"] = self.last_error
+            out["reload_error"] = "; ".join(skipped)
         return out
 
     def stats(self) -> dict[str, Any]:

@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sinks.store import SnapshotStore
 from streams import SnapshotError
@@ -142,3 +144,142 @@ def test_crash_at_every_step_leaves_previous_state(tmp_path: Path) -> None:
         assert pos in (1, 2), step
         if step.startswith("manifests/") or step.startswith("objects"):
             assert pos == 1, step
+
+
+# -- manifests are validated by schema -------------------------------------------------
+
+
+def _two_snapshots(tmp_path: Path) -> Path:
+    import numpy as np
+
+    from tests.helpers import run_cli
+
+    idx = tmp_path / "idx"
+    for rows in (100, 200):
+        np.save(tmp_path / "x.npy", np.ones((rows, 4), np.float32))
+        assert run_cli("ingest", str(tmp_path / "x.npy"), "--index", str(idx)).returncode == 0
+    return idx
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        {"shards": "abc"},
+        {"dim": "4"},
+        {"shards": [{"name": "files", "ntotal": -1, "position": {}, "segments": []}]},
+        {
+            "shards": [
+                {
+                    "name": "files",
+                    "ntotal": 1,
+                    "position": {},
+                    "segments": [{"object": "../../etc/passwd"}],
+                }
+            ]
+        },
+        {"template": 42},
+        {"shards": [{"name": 7, "ntotal": 1, "position": {}}]},
+    ],
+)
+def test_a_type_corrupt_manifest_falls_back_everywhere(tmp_path: Path, corrupt: dict) -> None:
+    from sinks import open_snapshot
+    from tests.helpers import run_cli
+
+    idx = _two_snapshots(tmp_path)
+    man = idx / "manifests" / "00000002.json"
+    man.write_text(json.dumps({**json.loads(man.read_text()), **corrupt}))
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 100
+    assert "does not match the manifest schema" in view.fallbacks[0]["reason"]
+    for cmd in (["inspect", str(idx)], ["search", str(idx), "--queries", str(tmp_path / "x.npy")]):
+        p = run_cli(*cmd)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    p = run_cli("ingest", str(tmp_path / "x.npy"), "--index", str(idx))
+    assert p.returncode == 0 and p.stdout.startswith("100 records"), p.stderr
+
+
+def test_one_bad_worker_chain_does_not_block_the_directory(tmp_path: Path) -> None:
+    from sinks import open_snapshot
+
+    idx = _two_snapshots(tmp_path)
+    bad = idx / "workers" / "w9"
+    (bad / "manifests").mkdir(parents=True)
+    (bad / "manifests" / "00000001.json").write_text(
+        json.dumps({"schema": 1, "seq": 1, "shards": [{"name": 3}], "dim": "x"})
+    )
+    (bad / "CURRENT").write_text("1\n")
+    view = open_snapshot(idx)
+    assert view.manifest["ntotal"] == 200
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.binary(max_size=300), current=st.binary(max_size=12), which=st.sampled_from([1, 2]))
+def test_random_bytes_in_manifests_and_current_never_raise_anything_else(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, current: bytes, which: int
+) -> None:
+    from sinks.shared import combine
+
+    d = tmp_path_factory.mktemp("fuzz")
+    s = SnapshotStore(d)
+    commit(s, b"one", 1)
+    commit(s, b"two", 2)
+    s.close()
+    (d / "manifests" / f"{which:08d}.json").write_bytes(data)
+    if current:
+        (d / "CURRENT").write_bytes(current)
+    try:
+        loaded = SnapshotStore(d, readonly=True).load()
+        combine(d)
+    except SnapshotError:
+        return  # a clear "no snapshot loads" with every reason
+    assert loaded is not None and loaded.manifest["seq"] in (1, 2)
+
+
+def test_a_hash_valid_object_faiss_cannot_read_is_one_clear_error(tmp_path: Path) -> None:
+    import hashlib
+
+    from tests.helpers import run_cli
+
+    idx = _two_snapshots(tmp_path)
+    man_path = idx / "manifests" / "00000002.json"
+    man = json.loads(man_path.read_text())
+    junk = b"not a faiss index"
+    digest = hashlib.sha256(junk).hexdigest()
+    (idx / "objects" / digest).write_bytes(junk)
+    man["shards"][0]["segments"][0]["object"] = digest
+    man_path.write_text(json.dumps(man))
+    p = run_cli("search", str(idx), "--queries", str(tmp_path / "x.npy"))
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    (line,) = p.stderr.strip().splitlines()
+    assert "faiss cannot read this segment" in line and "kept changing" not in line
+
+
+async def test_serve_keeps_the_last_good_snapshot_and_says_why(tmp_path: Path) -> None:
+    import anyio
+    import numpy as np
+
+    from sinks.live import LiveView
+
+    idx = _two_snapshots(tmp_path)
+    live = LiveView(idx)
+    assert live.view.manifest["seq"] == 2
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(live.follow, 0.05)
+        for damage in ("manifest", "current"):
+            if damage == "manifest":
+                (idx / "manifests" / "00000003.json").write_text(
+                    '{"schema": 1, "seq": 3, "shards": 5}'
+                )
+                (idx / "CURRENT").write_text("3\n")
+            else:
+                (idx / "CURRENT").write_bytes(b"\xff\xfe garbage")
+            await anyio.sleep(0.5)
+            health = live.health()
+            assert health["seq"] == 2
+            if damage == "manifest":
+                assert health["stale"] and "manifest 3" in health["reload_error"]
+            res = await live.search(np.ones((1, 4), np.float32), 3)
+            assert len(res.rows()[0]["ids"]) == 3
+        tg.cancel_scope.cancel()
