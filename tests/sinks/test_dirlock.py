@@ -102,7 +102,7 @@ def test_a_second_writer_is_stopped_with_the_holders_name(tmp_path: Path, data: 
     finally:
         with open(fifo, "wb") as f:
             f.write(b'{"id": 5000, "vector": [1, 2, 3, 4, 5, 6, 7, 8]}\n')
-        out, err = first.communicate(timeout=60)
+        _out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
     # The lock went with the first writer: the directory is usable again, and nothing
     # the first one wrote was lost.
@@ -133,7 +133,7 @@ def test_two_concurrent_writers_never_lose_records(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i, p in enumerate(paths)
     ]
     results = [p.communicate(timeout=120) for p in procs]
