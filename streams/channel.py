@@ -44,6 +44,8 @@ class ChannelStatistics:
     send_blocked_seconds: float = 0.0
     receive_wait_seconds: float = 0.0
     closed: bool = False
+    first_record_at: float | None = None
+    """``time.perf_counter()`` when the first record entered (``None`` before)."""
 
     @property
     def fill(self) -> float:
@@ -129,7 +131,10 @@ class Outbox(Generic[T]):
     def _count(self, item: T) -> None:
         s = self._stats
         s.items_in += 1
-        s.records_in += _records(item)
+        n = _records(item)
+        if s.first_record_at is None and n:
+            s.first_record_at = time.perf_counter()
+        s.records_in += n
         s.bytes_in += _nbytes(item)
         s.depth = s.items_in - s.items_out
         if s.depth > s.peak_depth:

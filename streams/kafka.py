@@ -150,6 +150,7 @@ class KafkaSource(Source):
         self._commits = 0
         self._transient_errors = 0
         self._restarts = 0
+        self._first_assignment_at: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -378,6 +379,8 @@ class KafkaSource(Source):
         consumer = self.consumer
         assert consumer is not None
         self._rebalances += 1
+        if self._first_assignment_at is None and partitions:
+            self._first_assignment_at = time.perf_counter()
         if self._owner is not None:
             await self._claim(consumer, partitions)
             return
@@ -469,6 +472,8 @@ class KafkaSource(Source):
         now = time.time()
         return {
             "rebalances": self._rebalances,
+            "first_assignment_at": self._first_assignment_at,
+            "until_idle": self.until_idle,
             "commits": self._commits,
             "consumer_restarts": self._restarts,
             "lag": {

@@ -53,6 +53,21 @@ class PipelineMetrics:
     channels: dict[str, ChannelStatistics]
     sink: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
+    first_record_seconds: float | None = None
+    """Seconds from the start of the run until the source emitted its first record
+    (startup, opening the index, a Kafka group join); ``None`` before one."""
+    last_record_seconds: float | None = None
+    """Seconds from the start until the sink had written the last record so far."""
+    started_at: float = 0.0
+    """``time.perf_counter()`` at the start of the run."""
+
+    @property
+    def active_seconds(self) -> float | None:
+        """From the first record read to the last record written: the time the
+        records took, without startup or an idle wait at the end."""
+        if self.first_record_seconds is None or self.last_record_seconds is None:
+            return None
+        return max(self.last_record_seconds - self.first_record_seconds, 0.0)
 
     def bottleneck(self) -> str | None:
         """The stage holding the pipeline back, if any.
@@ -63,7 +78,7 @@ class PipelineMetrics:
         names = list(self.stages)
         chans = list(self.channels.values())
         best: tuple[float, str] | None = None
-        for i, name in enumerate(names[1:], start=1):
+        for i, name in enumerate(names[1 : len(chans) + 1], start=1):
             inbox = chans[i - 1]
             outbox_fill = chans[i].fill if i < len(chans) else 0.0
             if outbox_fill >= 1.0:
@@ -158,6 +173,7 @@ class Pipeline:
         self._source_scope: anyio.CancelScope | None = None
         self._started: float | None = None
         self._finished: float | None = None
+        self._last_record: float | None = None
         self._ran = False
 
     # -- control -----------------------------------------------------------------
@@ -199,12 +215,16 @@ class Pipeline:
             src = stages[self._stage_names[0]]
             src.items_out, src.records = first.items_in, first.records_in
             src.busy_seconds = max(end - start - first.send_blocked_seconds, 0.0)
+        first = self._channels[0].stats.first_record_at if self._channels else None
         return PipelineMetrics(
             elapsed_seconds=end - start,
             stages=stages,
             channels={c.name: c.statistics() for c in self._channels},
             sink=self.sink.statistics(),
             source=self.source.statistics(),
+            first_record_seconds=None if first is None else first - start,
+            last_record_seconds=None if self._last_record is None else self._last_record - start,
+            started_at=start,
         )
 
     @property
@@ -381,8 +401,12 @@ class Pipeline:
             stats.items_in += 1
             t0 = clock()
             await self.sink.write(item)
-            stats.busy_seconds += clock() - t0
-            stats.records += _records(item)
+            t1 = clock()
+            stats.busy_seconds += t1 - t0
+            n = _records(item)
+            if n:
+                stats.records += n
+                self._last_record = t1
 
     async def _watch_signals(self, outer: TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -71,9 +71,25 @@ def summary_line(m: PipelineMetrics) -> str:
     """One line: records, rate, index size, lag, freshness, snapshot, bottleneck."""
     stages = list(m.stages.values())
     records = stages[-1].records if stages else 0
-    rate = records / m.elapsed_seconds if m.elapsed_seconds > 0 else 0.0
     sink = m.sink
-    parts = [f"{records:,} records in {m.elapsed_seconds:.2f}s ({rate:,.0f} records/s)"]
+    # The rate counts from the first record read to the last one written: startup,
+    # a group join and an idle wait before exit are reported apart, not averaged in.
+    active = m.active_seconds
+    if active is None or records == 0:
+        parts = [f"{records:,} records in {m.elapsed_seconds:.2f}s"]
+    else:
+        rate = records / active if active > 0 else float("inf")
+        parts = [f"{records:,} records in {active:.2f}s ({rate:,.0f} records/s)"]
+        assert m.first_record_seconds is not None and m.last_record_seconds is not None
+        before = [f"{m.first_record_seconds:.2f}s until the first record"]
+        joined = m.source.get("first_assignment_at")
+        if isinstance(joined, float):
+            before.append(f"{joined - m.started_at:.2f}s until the group assigned partitions")
+        after = m.elapsed_seconds - m.last_record_seconds
+        parts.append(
+            f"{', '.join(before)}, {after:.2f}s after the last"
+            + (" (idle wait)" if m.source.get("until_idle") else "")
+        )
     if "ntotal" in sink:
         parts.append(f"index holds {sink['ntotal']:,} vectors")
     lag = m.source.get("lag")

@@ -9,8 +9,21 @@ import numpy as np
 import pytest
 from anyio.abc import TaskGroup
 
-from streams import Batch, Chunk, ConfigError, Inbox, Operator, Pipeline, Sink, Source, StageError
+from operators import batch, decode
+from streams import (
+    Batch,
+    Chunk,
+    ConfigError,
+    FileSource,
+    Inbox,
+    Operator,
+    Pipeline,
+    Sink,
+    Source,
+    StageError,
+)
 from streams.records import Positions
+from tests.helpers import Collect
 
 
 class CountingSource(Source):
@@ -171,3 +184,33 @@ async def test_slow_sink_is_the_bottleneck_and_blocks_upstream() -> None:
     chans = list(m.channels.values())
     assert chans[-1].send_blocked_seconds > 0.05
     assert m.bottleneck() == "list"
+
+
+def test_the_summary_rate_counts_from_the_first_to_the_last_record() -> None:
+    from streams.pipeline import PipelineMetrics, StageStatistics
+    from streams.progress import summary_line
+
+    m = PipelineMetrics(
+        elapsed_seconds=3.07,
+        stages={
+            "kafka": StageStatistics("kafka"),
+            "faiss": StageStatistics("faiss", records=200_000),
+        },
+        channels={},
+        source={"until_idle": 2.0, "first_assignment_at": 100.4},
+        first_record_seconds=0.5,
+        last_record_seconds=1.0,
+        started_at=100.0,
+    )
+    line = summary_line(m)
+    assert line.startswith("200,000 records in 0.50s (400,000 records/s)"), line
+    assert "0.50s until the first record, 0.40s until the group assigned partitions" in line
+    assert "2.07s after the last (idle wait)" in line
+
+
+async def test_metrics_time_the_first_and_last_record(make_npy) -> None:
+    path, _ = make_npy(3000, 4)
+    p = FileSource(path, chunk_bytes=4 * 4 * 1000) | decode() | batch(1000) | Collect()
+    m = await p.run()
+    assert m.first_record_seconds is not None and m.last_record_seconds is not None
+    assert 0 <= m.first_record_seconds <= m.last_record_seconds <= m.elapsed_seconds
