@@ -215,14 +215,14 @@ class Pipeline:
             src = stages[self._stage_names[0]]
             src.items_out, src.records = first.items_in, first.records_in
             src.busy_seconds = max(end - start - first.send_blocked_seconds, 0.0)
-        first = self._channels[0].stats.first_record_at if self._channels else None
+        first_at = self._channels[0].stats.first_record_at if self._channels else None
         return PipelineMetrics(
             elapsed_seconds=end - start,
             stages=stages,
             channels={c.name: c.statistics() for c in self._channels},
             sink=self.sink.statistics(),
             source=self.source.statistics(),
-            first_record_seconds=None if first is None else first - start,
+            first_record_seconds=None if first_at is None else first_at - start,
             last_record_seconds=None if self._last_record is None else self._last_record - start,
             started_at=start,
         )
