@@ -32,6 +32,7 @@ from streams.channel import Outbox
 from streams.errors import ConfigError, SourceError
 from streams.kafka_client import transient, within
 from streams.kafka_records import raw_records_marker
+from streams.kafka_topics import await_topics, unfinished_partitions
 from streams.kafka_url import KafkaTarget, PartitionLag, parse_kafka_url, partition_name
 from streams.records import Chunk, Positions
 from streams.sink import Sink
@@ -70,6 +71,9 @@ class Consumer(Protocol):
     def highwater(self, partition: Any) -> int | None: ...
     async def commit(self, offsets: Any = None) -> None: ...
     async def end_offsets(self, partitions: Any) -> dict[Any, int]: ...
+    async def topics(self) -> set[str]: ...
+    def partitions_for_topic(self, topic: str) -> set[int] | None: ...
+    async def committed(self, partition: Any) -> int | None: ...
 
 
 class KafkaSource(Source):
@@ -82,8 +86,12 @@ class KafkaSource(Source):
             partitions.
         format: value encoding: ``f32`` / ``f16`` (little-endian values, id in the
             key), ``json`` or ``msgpack`` (records like the JSONL format).
-        until_idle: stop cleanly after this many seconds without a new record
-            (``None``: run until stopped).
+        until_idle: stop cleanly once the group has indexed every partition of the
+            topics to its end and no new record came for this many seconds
+            (``None``: run until stopped). A partition held by another member (or by
+            one that died and whose session has not timed out yet) keeps this
+            process waiting, with a message, until its offsets are committed. A
+            missing topic is waited for this long, then is an error.
         max_records: most records per poll; a poll becomes one chunk per partition.
         poll_timeout: seconds one poll waits for records.
         consumer_options: passed to ``AIOKafkaConsumer`` as they are (SASL/SSL
@@ -202,6 +210,9 @@ class KafkaSource(Source):
             consumer = self.consumer = self._make_consumer()
             await self._start_consumer(consumer)
             try:
+                await await_topics(
+                    consumer, self.topics, f"kafka://{self.bootstrap_servers}", self.until_idle
+                )
                 consumer.subscribe(self.topics, listener=_listener(self))
                 if not await self._consume(consumer, outbox):
                     return
@@ -240,7 +251,7 @@ class KafkaSource(Source):
         """Poll and send until idle (False) or the client is stuck (True)."""
         from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
-        last_record = last_probe = time.monotonic()
+        last_record = last_probe = last_said = time.monotonic()
         while True:
             if self._failure is not None:
                 raise self._failure
@@ -269,11 +280,30 @@ class KafkaSource(Source):
                     if messages:
                         await self._send(consumer, outbox, self._chunk(tp, messages))
                 continue
-            if not consumer.assignment():
-                last_record = now  # idle time counts from having partitions
-                continue
             if self.until_idle is not None and now - last_record >= self.until_idle:
-                return False
+                behind = await unfinished_partitions(consumer, self.topics, self._emitted)
+                if not behind:
+                    return False
+                # Not done while any partition is unread, wherever it is held.
+                last_record = now
+                if now - last_said >= 5.0:
+                    last_said = now
+                    log.warning(
+                        "--until-idle: waiting until the group has indexed %s (held by "
+                        "another member, or by one that left and whose session has not "
+                        "timed out yet)",
+                        ", ".join(behind),
+                    )
+                mine = {partition_name(tp.topic, tp.partition) for tp in consumer.assignment()}
+                snapshot = getattr(self._owner, "snapshot", None)
+                if snapshot is not None and not mine & set(behind):
+                    # Ours are done: commit them now (through the snapshot), so that
+                    # workers waiting on them can finish too.
+                    await snapshot()
+                continue
+            if not consumer.assignment():
+                last_record = now  # a stall needs partitions to stall on
+                continue
             if now - last_record >= self.stall_timeout and now - last_probe >= self.stall_timeout:
                 last_probe = now
                 if await self._stuck(consumer):
@@ -392,6 +422,8 @@ class KafkaSource(Source):
                 fresh.append(tp)
             else:
                 consumer.seek(tp, int(offset))
+                # Everything before it is in the index: as good as emitted.
+                self._emitted[part] = int(offset)
             self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
         if fresh:
             await consumer.seek_to_beginning(*fresh)
@@ -416,6 +448,8 @@ class KafkaSource(Source):
                 offset = claimed.get(name, {}).get("offset")
                 if offset is not None:
                     consumer.seek(tp, int(offset))
+                    # The sink holds everything before it: as good as emitted.
+                    self._emitted[name] = int(offset)
                 else:
                     fresh.append(tp)
                 self.lag.setdefault(name, PartitionLag(tp.topic, tp.partition))

@@ -29,11 +29,18 @@ def parse_kafka_url(url: str) -> KafkaTarget:
     """Parse ``kafka://HOST:PORT/TOPIC[,TOPIC...][?option=value]``.
 
     Raises:
-        ConfigError: the URL has no host or no topic.
+        ConfigError: the URL has no host, a port that is not a number from 1 to
+            65535, or no topic.
     """
     parts = urlsplit(url)
     if parts.scheme != "kafka" or not parts.netloc:
         raise ConfigError(f"{url!r}: expected kafka://HOST:PORT/TOPIC[,TOPIC...]")
+    for server in parts.netloc.split(","):
+        host, sep, port = server.rpartition(":")
+        if not sep or not host.strip("[]") or not port.isascii() or not port.isdigit():
+            raise ConfigError(f"{url!r}: {server!r} is not HOST:PORT")
+        if not 0 < int(port) < 65536:
+            raise ConfigError(f"{url!r}: port {port} is not from 1 to 65535")
     topics = tuple(t for t in parts.path.strip("/").split(",") if t)
     if not topics:
         raise ConfigError(f"{url!r}: names no topic; expected kafka://HOST:PORT/TOPIC")

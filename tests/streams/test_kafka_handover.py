@@ -56,6 +56,15 @@ class FakeConsumer:
     async def end_offsets(self, partitions: Any) -> dict[Any, int]:
         return {}
 
+    async def topics(self) -> set[str]:
+        return {"t"}
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {0}
+
+    async def committed(self, partition: Any) -> int | None:
+        return None
+
 
 class SharedSink(Sink[Any]):
     """A sink that moves partitions; claiming fails, or returns an offset."""
