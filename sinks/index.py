@@ -24,7 +24,7 @@ from sinks.floats import FloatStore, floats_path
 from sinks.handover import HandOver
 from sinks.ownership import Ownership
 from sinks.search import SearchResults, prepare_queries, search_shards
-from sinks.segment import Segment, make_index
+from sinks.segment import Segment, faiss_message, make_index
 from sinks.shard import DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_SIZE, Shard
 from sinks.shared import combine
 from sinks.snapshots import SnapshotListener, Snapshots
@@ -357,7 +357,7 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
             except RuntimeError as exc:
                 raise ConfigError(
                     f"training {self.factory!r} on {len(sample)} vectors failed: "
-                    f"{str(exc).strip().splitlines()[-1]}; give more training vectors "
+                    f"{faiss_message(exc)}; give more training vectors "
                     "(train_size / --train-size) or a smaller index"
                 ) from None
 

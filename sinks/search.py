@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from sinks.durable import NotRegularFileError, read_regular, require_regular
 from sinks.floats import FloatStore, floats_path
-from sinks.segment import Segment
+from sinks.segment import Segment, faiss_message
 from sinks.shard import Shard, decode_keys
 from sinks.shared import Combined, combine
 from sinks.store import SnapshotStore
@@ -131,7 +131,7 @@ def load_shard(
         try:
             index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
         except RuntimeError as exc:
-            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+            why = faiss_message(exc)
             raise SnapshotError(
                 f"{path}: faiss cannot read this segment ({why}); the file matches its hash, "
                 "so it was written damaged or by an incompatible faiss version: restore the "

@@ -13,6 +13,7 @@ and its adds write codes in place, instead of FAISS's grow-by-doubling copies.
 from __future__ import annotations
 
 import mmap
+import re
 from typing import Any, cast
 
 import faiss
@@ -22,7 +23,7 @@ import numpy.typing as npt
 from sinks.idset import IdSet
 from streams.errors import ConfigError
 
-__all__ = ["Segment", "flat_codes", "index_ids", "make_index", "metric_code"]
+__all__ = ["Segment", "faiss_message", "flat_codes", "index_ids", "make_index", "metric_code"]
 
 
 def _can_remove(index: Any) -> bool:
@@ -54,6 +55,16 @@ def metric_code(metric: str) -> int:
     raise ConfigError(f"unknown metric {metric!r}: use 'ip' (inner product) or 'l2'")
 
 
+_FAISS_WHERE = re.compile(r"^Error in .*? at \S+:\d+: ")
+
+
+def faiss_message(exc: BaseException) -> str:
+    """What a FAISS error says, without the C++ signature and source line that
+    FAISS puts in front (``Error in ... at index_factory.cpp:1228: ...``)."""
+    lines = str(exc).strip().splitlines()
+    return _FAISS_WHERE.sub("", lines[-1]) if lines else type(exc).__name__
+
+
 def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
     """An empty index from a ``faiss.index_factory`` string, able to keep ids.
 
@@ -67,7 +78,7 @@ def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
     try:
         index = faiss.index_factory(dim, factory, metric_code(metric))
     except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else str(exc)
+        msg = faiss_message(exc)
         raise ConfigError(
             f"faiss cannot build index {factory!r} at dimension {dim}: {msg}"
         ) from None

@@ -175,7 +175,28 @@ def run_pipeline(
         _fail(exc)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every error is one line: ours say where and what to do; anything else is
+    named as a bug, with the traceback behind ``-vv``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except EmbedstreamError as exc:
+            _fail(exc)
+        except Exception as exc:
+            log.debug("unexpected error", exc_info=True)
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {exc} (a bug in embedstream: "
+                "run with -vv for the traceback, and please report it)",
+                err=True,
+            )
+            sys.exit(1)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="embedstream")
 def main(verbose: int) -> None:
