@@ -48,7 +48,7 @@ def run(rows: int = 500_000, dim: int = 128, repeats: int = 3) -> dict[str, Any]
                     [
                         python(),
                         "-m",
-                        "streams.cli",
+                        "streams.app.cli",
                         "ingest",
                         str(data),
                         "--index",

@@ -21,7 +21,7 @@ from benchmarks.harness import ROOT, python, run_child, save, table
 from benchmarks.kafka_env import broker, make_topic
 
 # embedstream-cli: the same pipeline with the process settings the CLI applies
-# (streams.memory.tune_process: glibc's mmap threshold pinned, GC frozen after the
+# (streams.app.memory.tune_process: glibc's mmap threshold pinned, GC frozen after the
 # imports); embedstream-gc-only: those settings without the mmap threshold pin;
 # embedstream: the Python API without any.
 OURS = (

@@ -6,7 +6,7 @@ batches in flight) must not. So peak RSS minus index bytes should be the same at
 both sizes. Index bytes = the size of the segment objects of the final snapshot
 (vectors and ids, as FAISS holds them) plus the sink's id set (8 bytes per vector).
 Three variants alternate: as shipped (the CLI pins glibc's mmap threshold at 4 MiB,
-so big freed buffers go back to the system; :mod:`streams.memory`); the same plus
+so big freed buffers go back to the system; :mod:`streams.app.memory`); the same plus
 heap trimming once a second (``EMBEDSTREAM_TRIM_SECONDS=1``, off by default); and
 glibc's own dynamic threshold (``EMBEDSTREAM_MMAP_THRESHOLD=0``), under which the
 heap fragments as the index grows. Each size and variant runs ``--repeats`` times;
@@ -62,7 +62,7 @@ def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
                         idx = Path(tmp) / "idx"
                         sample = run_child(
                             [
-                                *(python(), "-m", "streams.cli", "ingest"),
+                                *(python(), "-m", "streams.app.cli", "ingest"),
                                 f"kafka://{bootstrap}/{topics[n]}",
                                 *("--index", str(idx), "--group", uuid.uuid4().hex),
                                 *("--until-idle", "3", "--no-progress"),

@@ -120,8 +120,8 @@ async def embedstream(bootstrap: str, topic: str, n: int, tuned: bool = False) -
 
     from operators import batch, decode, normalize
     from sinks import FaissSink
+    from streams.app.memory import tune_process
     from streams.kafka import KafkaSource
-    from streams.memory import tune_process
 
     if tuned:
         tune_process()

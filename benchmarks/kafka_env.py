@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.kafka_client import create_topic
+from streams.kafka.admin import create_topic
 
 LAUNCHER = Path(__file__).resolve().parents[1] / "compose" / "kafka-local.sh"
 

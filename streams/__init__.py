@@ -3,7 +3,9 @@
 Build a pipeline by composing a source, the ``operators`` package's stages and a
 sink from ``sinks`` with ``|``, e.g. ``FileSource("vectors.npy") | decode() |
 batch(4096) | normalize() | FaissSink("idx")``, then ``anyio.run(pipeline.run)``.
-This package never imports ``operators`` or ``sinks`` (the CLI modules excepted).
+The core imports nothing from ``operators``, ``sinks``, ``streams.kafka`` or
+``streams.app``: Kafka lives in :mod:`streams.kafka`, the command line, HTTP, metrics
+exposition and process tuning in :mod:`streams.app`.
 """
 
 from streams.channel import Channel, ChannelStatistics, Inbox, Outbox
@@ -16,10 +18,11 @@ from streams.errors import (
     StageError,
 )
 from streams.files import FileSource
+from streams.flow import Flow
 from streams.histogram import Histogram
 from streams.keys import key_id
 from streams.operator import Operator
-from streams.pipeline import Flow, Pipeline, PipelineMetrics, StageStatistics
+from streams.pipeline import Pipeline, PipelineMetrics, StageStatistics
 from streams.records import Batch, Chunk, Position, Positions
 from streams.sink import Sink
 from streams.source import Source

@@ -31,7 +31,7 @@ import anyio
 
 from streams.errors import BadRecordError, ConfigError
 
-__all__ = ["DeadLetterFile", "DeadLetterSink", "Rejected", "Rejects", "dead_letter_sink"]
+__all__ = ["DeadLetterFile", "DeadLetterSink", "Rejected", "Rejects"]
 
 log = logging.getLogger("embedstream.deadletters")
 
@@ -110,15 +110,6 @@ class DeadLetterFile:
             f.close()
 
         await anyio.to_thread.run_sync(close)
-
-
-def dead_letter_sink(target: str) -> DeadLetterSink:
-    """A dead-letter sink from a CLI target: a file path or ``kafka://HOST:PORT/TOPIC``."""
-    if target.startswith("kafka://"):
-        from streams.kafka_deadletters import KafkaDeadLetters
-
-        return KafkaDeadLetters.from_url(target)
-    return DeadLetterFile(target)
 
 
 class Rejects:

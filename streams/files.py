@@ -12,8 +12,8 @@ letter), skips the rest, and passes the record on marked as oversized.
 Ids of numeric files are row numbers plus the file's *id offset*, so that two files
 in one index never overwrite each other: the first numeric file starts at
 ``id_offset`` (default 0), each further file of the same run right after the one
-before it, and the offset each file got is kept in the position (``"ids:<path>"``)
-so a later run gives it the same ids. A file whose id range would overlap another's
+before it, and the offset each file got (when not 0) is kept in the position
+(``"ids:<path>"``) so a later run gives it the same ids. A file whose id range would overlap another's
 is refused with the offset to use instead.
 
 Only regular files are memory-mapped (``.npy``, ``.fvecs``, ``.bvecs``); JSONL can
@@ -457,7 +457,8 @@ def _vector_chunk(
         partition=FILES_PARTITION,
         source=str(path),
         format=fmt,
-        position={key: end, IDS_KEY + key: base},
+        # An offset of 0 goes unrecorded: a file without one starts at 0.
+        position={key: end, IDS_KEY + key: base} if base else {key: end},
         locations=rows,
         location_kind="row",
         vectors=vectors,

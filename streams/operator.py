@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from streams.channel import Inbox
+from streams.flow import Flow
 
 if TYPE_CHECKING:
-    from streams.pipeline import Flow, Pipeline
+    from streams.pipeline import Pipeline
     from streams.sink import Sink
 
 __all__ = ["Operator", "OperatorFn"]
@@ -45,6 +46,8 @@ class Operator(Generic[X, Y]):
             pipeline's default.
     """
 
+    stage_kind = "operator"
+
     def __init__(self, name: str, fn: OperatorFn[X, Y], *, capacity: int | None = None) -> None:
         self.name = name
         self.fn = fn
@@ -58,8 +61,6 @@ class Operator(Generic[X, Y]):
     @overload
     def __or__(self, other: Sink[Any]) -> Pipeline: ...
     def __or__(self, other: Operator[Any, Any] | Flow | Sink[Any]) -> Flow | Pipeline:
-        from streams.pipeline import Flow
-
         return Flow(None, [self]) | other
 
     def __repr__(self) -> str:

@@ -13,19 +13,21 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from streams.channel import DEFAULT_CAPACITY, Channel, ChannelStatistics, Inbox, Outbox
 from streams.errors import ConfigError, EmbedstreamError, StageError
-from streams.operator import Operator
 from streams.records import Chunk, Positions
-from streams.sink import Sink
-from streams.source import Source
 
-__all__ = ["Flow", "Pipeline", "PipelineMetrics", "StageStatistics"]
+if TYPE_CHECKING:
+    from streams.operator import Operator
+    from streams.sink import Sink
+    from streams.source import Source
+
+__all__ = ["Pipeline", "PipelineMetrics", "StageStatistics"]
 
 
 @dataclass(slots=True)
@@ -89,39 +91,6 @@ class PipelineMetrics:
         if best is None or best[0] <= 0.0:
             return None
         return best[1]
-
-
-class Flow:
-    """A partly composed pipeline: an optional source and some operators.
-
-    Made by ``|``; a flow with a source becomes a :class:`Pipeline` once a sink is
-    added.
-    """
-
-    def __init__(self, source: Source | None, operators: list[Operator[Any, Any]]) -> None:
-        self.source = source
-        self.operators = operators
-
-    @overload
-    def __or__(self, other: Operator[Any, Any] | Flow) -> Flow: ...
-    @overload
-    def __or__(self, other: Sink[Any]) -> Pipeline: ...
-    def __or__(self, other: Operator[Any, Any] | Flow | Sink[Any]) -> Flow | Pipeline:
-        if isinstance(other, Operator):
-            return Flow(self.source, [*self.operators, other])
-        if isinstance(other, Flow):
-            if other.source is not None:
-                raise ConfigError("cannot append a flow that has its own source")
-            return Flow(self.source, [*self.operators, *other.operators])
-        if isinstance(other, Sink):
-            if self.source is None:
-                raise ConfigError("a pipeline needs a source: write `source | operators... | sink`")
-            return Pipeline(self.source, self.operators, other)
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        names = ([self.source.name] if self.source else []) + [o.name for o in self.operators]
-        return f"<Flow {' | '.join(names)}>"
 
 
 def _unique_names(names: list[str]) -> list[str]:

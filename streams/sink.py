@@ -27,6 +27,7 @@ class Sink(ABC, Generic[T]):
     """
 
     name: str = "sink"
+    stage_kind = "sink"
 
     @abstractmethod
     async def open(self, task_group: TaskGroup) -> Positions:

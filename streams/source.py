@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, overload
 
 from streams.channel import Outbox
+from streams.flow import Flow
 from streams.records import Chunk, Positions
 
 if TYPE_CHECKING:
     from streams.operator import Operator
-    from streams.pipeline import Flow, Pipeline
+    from streams.pipeline import Pipeline
     from streams.sink import Sink
 
 __all__ = ["Source"]
@@ -28,6 +29,7 @@ class Source(ABC):
     """
 
     name: str = "source"
+    stage_kind = "source"
 
     @abstractmethod
     def chunks(self, start: Positions) -> AsyncIterator[Chunk]:
@@ -73,6 +75,4 @@ class Source(ABC):
     @overload
     def __or__(self, other: Sink[Any]) -> Pipeline: ...
     def __or__(self, other: Operator[Any, Any] | Flow | Sink[Any]) -> Flow | Pipeline:
-        from streams.pipeline import Flow
-
         return Flow(self, []) | other

@@ -67,7 +67,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``embedstream ARGS`` in a child process (optionally memory-capped)."""
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "streams.app.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

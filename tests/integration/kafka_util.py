@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.kafka_client import create_topic
+from streams.kafka.admin import create_topic
 
 __all__ = ["create_topic", "produce", "read_all"]
 

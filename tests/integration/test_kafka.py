@@ -42,7 +42,7 @@ def ingest(
 
 def inspect(idx: Path) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "inspect", str(idx), "--json"],
+        [sys.executable, "-m", "streams.app.cli", "inspect", str(idx), "--json"],
         capture_output=True,
         text=True,
         check=True,
@@ -142,7 +142,7 @@ async def test_two_processes_in_one_group_split_partitions_and_lag_reaches_zero(
                     [
                         sys.executable,
                         "-m",
-                        "streams.cli",
+                        "streams.app.cli",
                         "ingest",
                         f"kafka://{kafka}/{topic_name}",
                         "--index",
@@ -243,7 +243,7 @@ async def test_kill_9_at_random_moments_then_exactly_once(
     argv = [
         sys.executable,
         "-m",
-        "streams.cli",
+        "streams.app.cli",
         "ingest",
         f"kafka://{kafka}/{topic_name}",
         "--index",
@@ -310,7 +310,7 @@ async def test_live_record_is_searchable_within_a_second_over_http(
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "streams.app.cli",
             "ingest",
             f"kafka://{kafka}/{topic_name}",
             "--index",

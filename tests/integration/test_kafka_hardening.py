@@ -83,7 +83,7 @@ def test_a_missing_topic_fails_clearly(kafka: str, topic_name: str, tmp_path: Pa
 
 def test_a_bad_kafka_url_is_one_line(tmp_path: Path) -> None:
     p = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "ingest", "kafka://host:notaport/t", "--group",
+        [sys.executable, "-m", "streams.app.cli", "ingest", "kafka://host:notaport/t", "--group",
          "g", "--index", str(tmp_path / "idx")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

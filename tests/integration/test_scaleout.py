@@ -169,7 +169,7 @@ def test_merged_search_equals_one_index_holding_everything(
     qpath = tmp_path / "q.npy"
     np.save(qpath, q)
     out = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "search", str(idx), "-q", str(qpath), "-k", "10"],
+        [sys.executable, "-m", "streams.app.cli", "search", str(idx), "-q", str(qpath), "-k", "10"],
         capture_output=True,
         text=True,
         check=True,

@@ -63,7 +63,7 @@ def ingest_argv(kafka: str, topic: str, idx: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "streams.cli",
+        "streams.app.cli",
         "ingest",
         f"kafka://{kafka}/{topic}",
         "--index",
@@ -259,7 +259,7 @@ def slow_sink_rss(tmp_path: Path, seconds: float) -> dict[str, float]:
         "pipeline.capacity = 2\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "run", str(script), "--no-progress"],
+        [sys.executable, "-m", "streams.app.cli", "run", str(script), "--no-progress"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -87,7 +87,7 @@ def test_a_second_writer_is_stopped_with_the_holders_name(tmp_path: Path, data: 
     fifo = tmp_path / "slow.jsonl"
     os.mkfifo(fifo)
     first = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "ingest", str(fifo), "--index", str(idx),
+        [sys.executable, "-m", "streams.app.cli", "ingest", str(fifo), "--index", str(idx),
          "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -121,7 +121,7 @@ def test_two_concurrent_writers_never_lose_records(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "streams.cli",
+                "streams.app.cli",
                 "ingest",
                 str(p),
                 "--index",

@@ -15,7 +15,7 @@ def cli(
     *args: str, check: bool = True, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "streams.app.cli", *args],
         capture_output=True,
         text=True,
         timeout=240,
@@ -135,7 +135,7 @@ def test_sigint_drains_and_snapshots(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "streams.app.cli",
             "ingest",
             str(fifo),
             "--index",
@@ -258,7 +258,7 @@ def test_search_and_inspect_while_another_process_ingests(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "streams.app.cli",
             "ingest",
             str(fifo),
             "--index",
@@ -355,7 +355,7 @@ def test_serve_follows_new_snapshots(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "streams.app.cli",
             "serve",
             str(idx),
             "--http",

@@ -205,7 +205,7 @@ def test_sigterm_stops_ingest_waiting_on_a_fifo_without_writer(tmp_path: Path) -
     fifo = tmp_path / "x.jsonl"
     os.mkfifo(fifo)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "ingest", str(fifo), "--index",
+        [sys.executable, "-m", "streams.app.cli", "ingest", str(fifo), "--index",
          str(tmp_path / "idx"), "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

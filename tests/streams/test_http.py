@@ -23,9 +23,9 @@ from operators import batch, decode
 from sinks import FaissSink
 from sinks.live import LiveView
 from streams import Batch, FileSource, Pipeline, Sink
-from streams.http import RequestLimits, Server, make_app, parse_hostport, stats_json
-from streams.metrics import pipeline_registry
-from streams.progress import summary_line
+from streams.app.http import RequestLimits, Server, make_app, parse_hostport, stats_json
+from streams.app.metrics import pipeline_registry
+from streams.app.progress import summary_line
 from streams.records import Positions
 from tests.helpers import memory_capped, run_cli
 
@@ -320,7 +320,7 @@ def test_one_request_cannot_take_down_ingest_serve(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "ingest", str(data), str(fifo), "--index",
+        [sys.executable, "-m", "streams.app.cli", "ingest", str(data), str(fifo), "--index",
          str(tmp_path / "idx"), "--serve", f"127.0.0.1:{port}", "--no-progress",
          "--max-latency", "0.01", "--max-request-bytes", "1000000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -1,4 +1,4 @@
-"""Pinning glibc's mmap threshold (streams.memory)."""
+"""Pinning glibc's mmap threshold (streams.app.memory)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ctypes.util
 
 import pytest
 
-from streams.memory import pin_mmap_threshold
+from streams.app.memory import pin_mmap_threshold
 
 
 def test_pins_on_glibc_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,7 +26,7 @@ def test_tune_gc_freezes_and_collects_the_young_generation_less_often() -> None:
     import gc
     import weakref
 
-    from streams.gc_tuning import tune_gc
+    from streams.app.gc_tuning import tune_gc
 
     before = gc.get_threshold()
     frozen = gc.get_freeze_count()
@@ -62,7 +62,7 @@ def test_trimming_returns_free_pages_from_the_middle_of_the_heap(
     import ctypes
     import time
 
-    from streams.memory import start_trimming, stop_trimming
+    from streams.app.memory import start_trimming, stop_trimming
 
     monkeypatch.delenv("EMBEDSTREAM_TRIM_SECONDS", raising=False)
     stop_trimming()

@@ -187,8 +187,8 @@ async def test_slow_sink_is_the_bottleneck_and_blocks_upstream() -> None:
 
 
 def test_the_summary_rate_counts_from_the_first_to_the_last_record() -> None:
+    from streams.app.progress import summary_line
     from streams.pipeline import PipelineMetrics, StageStatistics
-    from streams.progress import summary_line
 
     m = PipelineMetrics(
         elapsed_seconds=3.07,

@@ -25,8 +25,8 @@ from typing import Any
 import anyio
 
 from streams.errors import SourceError
-from streams.kafka_client import within
-from streams.kafka_url import partition_name
+from streams.kafka.client import within
+from streams.kafka.url import partition_name
 
 __all__ = ["await_topics", "unfinished_partitions"]
 

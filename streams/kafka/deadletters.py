@@ -11,6 +11,7 @@ from typing import Any
 
 from streams.deadletters import Rejected
 from streams.errors import ConfigError, SourceError
+from streams.kafka.url import parse_kafka_url
 
 __all__ = ["KafkaDeadLetters"]
 
@@ -26,8 +27,6 @@ class KafkaDeadLetters:
 
     @classmethod
     def from_url(cls, url: str) -> KafkaDeadLetters:
-        from streams.kafka import parse_kafka_url
-
         target = parse_kafka_url(url)
         if len(target.topics) != 1:
             raise ConfigError(f"{url!r}: a dead-letter target names exactly one topic")

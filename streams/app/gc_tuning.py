@@ -15,7 +15,7 @@ benchmark job with the mmap threshold pinned (5 alternating repeats, medians):
 190,000 records/s untuned, 208,000 with the freeze, 210,000 with both.
 
 ``embedstream`` calls it just before it runs a pipeline; Python users can call it
-after their imports, or :func:`streams.memory.tune_process` for this and the mmap
+after their imports, or :func:`streams.app.memory.tune_process` for this and the mmap
 threshold together.
 """
 

@@ -24,19 +24,21 @@ from rich.console import Console
 
 from sinks import SnapshotStore, open_snapshot
 from sinks.store import chain_names
-from streams.cli_build import build_ingest_pipeline
+from streams.app.gc_tuning import tune_gc
+from streams.app.ingest import IngestOptions, build_ingest_pipeline
+from streams.app.logs import configure as configure_logging
+from streams.app.memory import pin_mmap_threshold, start_trimming
+from streams.app.progress import channel_table, summary_line, watch
 from streams.errors import EmbedstreamError, StageError
 from streams.files import FORMATS
-from streams.gc_tuning import tune_gc
 from streams.kafka import KAFKA_FORMATS, KafkaSource
-from streams.logs import configure as configure_logging
-from streams.memory import pin_mmap_threshold, start_trimming
 from streams.pipeline import Pipeline, PipelineMetrics
-from streams.progress import channel_table, summary_line, watch
 
 __all__ = ["main"]
 
 log = logging.getLogger("embedstream")
+
+_D = IngestOptions()  # every default of `ingest` is written once, there
 
 
 def _fail(exc: BaseException, code: int = 1) -> NoReturn:
@@ -49,7 +51,7 @@ def _fail(exc: BaseException, code: int = 1) -> NoReturn:
 
 def _limit_options(f: Any) -> Any:
     """The ``POST /search`` bounds, shared by every command that serves HTTP."""
-    from streams.http import RequestLimits
+    from streams.app.http import RequestLimits
 
     d = RequestLimits()
     options = [
@@ -88,7 +90,7 @@ def _limit_options(f: Any) -> Any:
 
 
 def _limits(options: dict[str, Any]) -> Any:
-    from streams.http import RequestLimits
+    from streams.app.http import RequestLimits
 
     return RequestLimits(
         max_k=options.pop("max_k"),
@@ -101,7 +103,7 @@ def _limits(options: dict[str, Any]) -> Any:
 def _listen(hostport: str) -> tuple[str, int, Any]:
     """Parse ``HOST:PORT`` (exit 2 when it is not one) and bind it now (exit 1 when
     it cannot be bound), before anything else starts."""
-    from streams.http import bind, parse_hostport
+    from streams.app.http import bind, parse_hostport
 
     try:
         host, port = parse_hostport(hostport)
@@ -137,8 +139,8 @@ async def _run(
 
 
 async def _serve_pipeline(pipeline: Pipeline, listener: tuple[str, int, Any], limits: Any) -> None:
-    from streams.http import Server, make_app, stats_json
-    from streams.metrics import pipeline_registry
+    from streams.app.http import Server, make_app, stats_json
+    from streams.app.metrics import pipeline_registry
 
     host, port, sock = listener
     search = getattr(pipeline.sink, "search", None)
@@ -234,38 +236,42 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--batch-size",
-    default=16384,
+    default=_D.batch_size,
     show_default=True,
     type=click.IntRange(min=1),
     help="Rows per batch (larger batches amortise per-batch costs).",
 )
 @click.option(
     "--batch-bytes",
-    default=16 << 20,
+    default=_D.batch_bytes,
     show_default=True,
     type=click.IntRange(min=1),
     help="Also close a batch at this many bytes (bounds memory for wide vectors).",
 )
 @click.option(
     "--max-latency",
-    default=0.05,
+    default=_D.max_latency,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds a record may wait for its batch to fill.",
 )
 @click.option(
     "--snapshot-every",
-    default=60.0,
+    default=_D.snapshot_every,
     show_default=True,
     type=click.FloatRange(min=0),
     help="Seconds between snapshots (0: only at the end).",
 )
 @click.option(
-    "--keep", default=3, show_default=True, type=click.IntRange(min=1), help="Snapshots to keep."
+    "--keep",
+    default=_D.keep,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Snapshots to keep.",
 )
 @click.option(
     "--train-size",
-    default=50_000,
+    default=_D.train_size,
     show_default=True,
     type=click.IntRange(min=1),
     help="Vectors to train on, for index types that need training.",
@@ -288,7 +294,7 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--gc-grace",
-    default=600.0,
+    default=_D.gc_grace,
     show_default=True,
     type=click.FloatRange(min=0),
     help="Kafka workers sharing DIR: seconds before an unreferenced object (or the "
@@ -327,7 +333,7 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--max-payload-bytes",
-    default=1 << 20,
+    default=_D.max_payload_bytes,
     show_default=True,
     type=click.IntRange(min=1),
     help="Reject larger records before decoding them.",
@@ -340,14 +346,14 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--rerank",
-    default=0,
+    default=_D.rerank,
     show_default=True,
     type=click.IntRange(min=0),
     help="With --quantize: keep floats on disk and re-score this many candidates exactly.",
 )
 @click.option(
     "--pq-m",
-    default=48,
+    default=_D.pq_m,
     show_default=True,
     type=click.IntRange(min=1),
     help="Bytes per vector for --quantize pq (must divide the dimension).",
@@ -362,7 +368,7 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--capacity",
-    default=4,
+    default=_D.capacity,
     show_default=True,
     type=click.IntRange(min=1),
     help="Items per channel.",
@@ -383,7 +389,7 @@ def ingest(
     (kafka://HOST:PORT/TOPIC[,TOPIC...]) into the index at DIR."""
     limits = _limits(options)
     try:
-        pipeline = build_ingest_pipeline(list(sources), index_dir, **options)
+        pipeline = build_ingest_pipeline(list(sources), index_dir, IngestOptions(**options))
     except EmbedstreamError as exc:
         _fail(exc, 2)
     metrics = run_pipeline(pipeline, progress=progress, serve=serve, limits=limits)
@@ -495,7 +501,7 @@ def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) ->
     read-only, picking up each new snapshot as ingestion publishes it (and keeping
     the last good one when a new one does not load)."""
     from sinks.live import LiveView
-    from streams.http import Server, make_app
+    from streams.app.http import Server, make_app
 
     limits = _limits(options)
     host, port, sock = _listen(hostport)

@@ -22,7 +22,7 @@ RSS minus index stays flat without it. A long-running service whose RSS creeps c
 turn it on (``EMBEDSTREAM_TRIM_SECONDS=30``, say) and compare.
 
 ``embedstream`` pins the threshold at start, and before it runs a pipeline tunes
-the garbage collector (:mod:`streams.gc_tuning`) and starts trimming if
+the garbage collector (:mod:`streams.app.gc_tuning`) and starts trimming if
 ``EMBEDSTREAM_TRIM_SECONDS`` asks for it; :func:`tune_process` does the same for
 Python users.
 """
@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 
-from streams.gc_tuning import tune_gc
+from streams.app.gc_tuning import tune_gc
 
 __all__ = [
     "DEFAULT_MMAP_THRESHOLD",
@@ -150,7 +150,7 @@ def stop_trimming() -> None:
 def tune_process() -> None:
     """What ``embedstream`` does before it runs a pipeline, for Python users who
     want the same: pin glibc's mmap threshold (:func:`pin_mmap_threshold`), freeze
-    the objects imports made (:func:`streams.gc_tuning.tune_gc`) and, when
+    the objects imports made (:func:`streams.app.gc_tuning.tune_gc`) and, when
     ``EMBEDSTREAM_TRIM_SECONDS`` asks for it, trim the heap (:func:`start_trimming`).
     Call it once, after imports and before the pipeline runs; all of it is
     process-wide.

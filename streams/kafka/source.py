@@ -30,15 +30,16 @@ import numpy as np
 
 from streams.channel import Outbox
 from streams.errors import ConfigError, SourceError
-from streams.kafka_client import transient, within
-from streams.kafka_records import raw_records_marker
-from streams.kafka_topics import await_topics, unfinished_partitions
-from streams.kafka_url import KafkaTarget, PartitionLag, parse_kafka_url, partition_name
+from streams.kafka.client import within
+from streams.kafka.errors import map_kafka_errors, transient
+from streams.kafka.records import raw_records_marker
+from streams.kafka.topics import await_topics, unfinished_partitions
+from streams.kafka.url import PartitionLag, partition_name
 from streams.records import Chunk, Positions
 from streams.sink import Sink
 from streams.source import Source
 
-__all__ = ["KAFKA_FORMATS", "KafkaSource", "KafkaTarget", "parse_kafka_url", "partition_name"]
+__all__ = ["KAFKA_FORMATS", "KafkaSource"]
 
 log = logging.getLogger("embedstream.kafka")
 
@@ -98,7 +99,7 @@ class KafkaSource(Source):
             settings, fetch sizes, timeouts...).
         consumer_factory: makes the consumer; for tests with a fake one.
         raw_records: take aiokafka's raw records instead of ``ConsumerRecord``
-            objects (about twice the rate; see :mod:`streams.kafka_records`).
+            objects (about twice the rate; see :mod:`streams.kafka.records`).
         stall_timeout: when nothing arrived for this long, ask the broker whether
             records are waiting; if so (or if it cannot be asked), replace the
             consumer, which resumes at what was already emitted.
@@ -236,16 +237,11 @@ class KafkaSource(Source):
                         log.warning("stopping the Kafka consumer failed: %s", exc)
 
     async def _start_consumer(self, consumer: Consumer) -> None:
-        from aiokafka.errors import KafkaError
-
-        try:
+        where = f"kafka://{self.bootstrap_servers}"
+        with map_kafka_errors(
+            where, "cannot connect: ", "check the address and that the broker runs"
+        ):
             await consumer.start()
-        except KafkaError as exc:
-            raise SourceError(
-                f"kafka://{self.bootstrap_servers}",
-                f"cannot connect: {exc}",
-                "check the address and that the broker runs",
-            ) from exc
 
     async def _consume(self, consumer: Consumer, outbox: Outbox[Chunk]) -> bool:
         """Poll and send until idle (False) or the client is stuck (True)."""
