@@ -74,8 +74,8 @@ async def _stall(snapshot_every: float | None, n: int) -> dict[str, Any]:
         "during_snapshot_p99_ms": _pct(during, 99) * 1e3 if during else 0.0,
         "during_snapshot_max_ms": max(during) * 1e3 if during else 0.0,
         "writes_during_snapshots": len(during),
-        "snapshots": st["snapshots"],
-        "deferred_batches": st["deferred_batches"],
+        "snapshots": st.snapshots,
+        "deferred_batches": st.deferred_batches,
     }
 
 
@@ -139,7 +139,7 @@ async def _bytes() -> dict[str, Any]:
                 for b in _batches(50_000, 10_000, start=j * 1_000_000, partition=p):
                     await sink.write(b)
             await sink.snapshot()
-            out["all 4 shards new"] = sink.statistics()["last_snapshot_bytes"]
+            out["all 4 shards new"] = sink.statistics().last_snapshot_bytes
             for changed in (1, 2, 4):
                 for j, p in enumerate(parts[:changed]):
                     await sink.write(
@@ -148,7 +148,7 @@ async def _bytes() -> dict[str, Any]:
                         ]
                     )
                 await sink.snapshot()
-                out[f"{changed} of 4 changed"] = sink.statistics()["last_snapshot_bytes"]
+                out[f"{changed} of 4 changed"] = sink.statistics().last_snapshot_bytes
             await sink.close(ok=False)
     return out
 

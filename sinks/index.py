@@ -1,50 +1,60 @@
 """FaissSink: incrementally updated, searchable, snapshotted FAISS indexes.
 
-One shard per source partition (see :mod:`sinks.shard`). Adds run in worker threads;
-searches run concurrently under each shard's readers-writer lock. Snapshots go to a
-content-addressed store (:mod:`sinks.store`) every ``snapshot_every`` seconds and at
-the end of a run, each holding every shard together with its partition position, so
-that a restart resumes exactly after what the index holds.
+A front object composed of parts, each owning its own state:
+
+- :class:`~sinks.config.IndexConfig`: what kind of index (dimension, factory,
+  metric, trained template or codec), adopted from the directory;
+- the shards (:class:`~sinks.shard.Shard`, thread-side index structures: segments,
+  id sets, readers-writer lock), one per source partition;
+- :class:`~sinks.gate.WriteGate`: the event-loop side, applying batches in worker
+  threads and queueing them while a snapshot captures their shard;
+- :class:`~sinks.snapshots.Snapshotter`: periodic, atomic snapshots with the
+  positions;
+- :class:`~sinks.handover.HandOver`: shards loaded from the directory and moved
+  between workers.
+
+Following one batch: :meth:`FaissSink.write` checks ownership and the dimension,
+buffers it while an index trains, then ``WriteGate.apply`` runs ``Shard.apply`` in a
+worker thread. Searches run concurrently under each shard's read lock.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
-import faiss
 import numpy as np
 import numpy.typing as npt
 from anyio.abc import TaskGroup
 
+from sinks.config import DEFAULT_FACTORY, DEFAULT_METRIC, IndexConfig
 from sinks.floats import FloatStore, floats_path
+from sinks.gate import WriteGate
 from sinks.handover import HandOver
 from sinks.ownership import Ownership
 from sinks.search import SearchResults, prepare_queries, search_shards
-from sinks.segment import Segment, faiss_message, make_index
+from sinks.segment import Segment, faiss_message
 from sinks.shard import DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_SIZE, Shard
 from sinks.shared import combine
-from sinks.snapshots import SnapshotListener, Snapshots
+from sinks.snapshots import SnapshotListener, Snapshotter
 from sinks.store import DEFAULT_GRACE_SECONDS, SnapshotStore
 from streams.errors import ConfigError
 from streams.histogram import DEFAULT_SECONDS_BUCKETS, Histogram
 from streams.records import Batch, Positions
 from streams.sink import Sink
+from streams.statistics import ShardStatistics, SinkStatistics
 
-__all__ = ["FaissSink"]
+__all__ = ["DEFAULT_FACTORY", "DEFAULT_METRIC", "FaissSink"]
 
 log = logging.getLogger("embedstream.sink")
-
-DEFAULT_FACTORY = "Flat"
-DEFAULT_METRIC = "ip"
 
 WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 
-class FaissSink(HandOver, Snapshots, Sink[Batch]):
+class FaissSink(Sink[Batch]):
     """Writes batches into FAISS shards in a snapshot directory.
 
     Args:
@@ -110,69 +120,73 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
         gc_grace: float = DEFAULT_GRACE_SECONDS,
         name: str = "faiss",
     ) -> None:
-        if metric is not None and metric not in ("ip", "l2"):
-            raise ConfigError(f"unknown metric {metric!r}: use 'ip' or 'l2'")
         if keep < 1:
             raise ConfigError(f"keep must be at least 1, got {keep}")
         self.path = str(path)
         self.name = name
-        self._factory_arg = factory
-        self._metric_arg = metric
-        self.factory = factory or DEFAULT_FACTORY
-        self.metric = metric or DEFAULT_METRIC
+        self.config = IndexConfig(
+            self.path,
+            factory=factory,
+            metric=metric,
+            normalize_queries=normalize_queries,
+            codec=codec,
+            rerank=rerank,
+        )
         self.snapshot_every = snapshot_every or None
         self.keep = keep
-        self.normalize_queries = normalize_queries
         self.train_size = max(1, train_size)
-        self.max_deferred_bytes = max_deferred_bytes
         self.segment_size = max(1, segment_size)
         self.segment_bytes = segment_bytes
-        self.codec = codec
-        self.rerank = rerank if codec is not None else 0
         self.worker = worker
         self.release_timeout = release_timeout
         self.gc_grace = gc_grace
-        self.ownership = Ownership(worker)
-        if codec is not None:
-            self.factory = {"sq8": "SQ8", "binary": "BFlat"}.get(codec.kind, f"PQ{codec.pq_m}x8")
-        self._codec_object: str | None = None
-        self.dim: int | None = None
         self.shards: dict[str, Shard] = {}
-        self.store: SnapshotStore | None = None
-        self._template: faiss.Index | None = None
-        self._template_object: str | None = None
-        self._training: list[Batch] = []
-        self._training_rows = 0
-        self._snapshot_lock = anyio.Lock()
-        self._loop_scope: anyio.CancelScope | None = None
-        self._listeners: list[SnapshotListener] = []
+        self.ownership = Ownership(worker)
+        self.stats = SinkStatistics()
         self.freshness = Histogram(DEFAULT_SECONDS_BUCKETS)
-        self._stats: dict[str, Any] = {
-            "batches": 0,
-            "records": 0,
-            "snapshots": 0,
-            "last_snapshot_seq": None,
-            "last_snapshot_time": None,
-            "last_snapshot_seconds": None,
-            "last_snapshot_bytes": 0,
-            "snapshot_bytes_total": 0,
-            "deferred_batches": 0,
-            "compactions": 0,
-            "snapshot_failures": 0,
-            "claimed_shards": 0,
-            "released_shards": 0,
-            "release_timeouts": 0,
-            "unowned_batches": 0,
-        }
         # How long each write() took: the ingestion stall, including snapshots.
         self.write_seconds = Histogram(WRITE_BUCKETS)
         self.snapshot_durations = Histogram(DEFAULT_SECONDS_BUCKETS)
+        self.gate = WriteGate(max_deferred_bytes, self.stats, self.freshness, self.write_seconds)
+        self.store: SnapshotStore | None = None
+        self.snapshotter: Snapshotter | None = None
+        self.handover: HandOver | None = None
+        self._listeners: list[SnapshotListener] = []
+        self._training: list[Batch] = []
+        self._training_rows = 0
+        self._loop_scope: anyio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return (
             f"<FaissSink {self.path!r} {self.factory} {self.metric} dim={self.dim}"
             f" | shards {len(self.shards)}, ntotal {self.ntotal}>"
         )
+
+    # The configuration, as the directory and the arguments settled it.
+
+    @property
+    def factory(self) -> str:
+        return self.config.factory
+
+    @property
+    def metric(self) -> str:
+        return self.config.metric
+
+    @property
+    def dim(self) -> int | None:
+        return self.config.dim
+
+    @property
+    def codec(self) -> Any:
+        return self.config.codec
+
+    @property
+    def rerank(self) -> int:
+        return self.config.rerank
+
+    @property
+    def normalize_queries(self) -> bool:
+        return self.config.normalize_queries
 
     @property
     def ntotal(self) -> int:
@@ -183,17 +197,42 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
         """Await ``fn(seq, positions)`` after every durable snapshot (e.g. to commit
         Kafka offsets)."""
         self._listeners.append(fn)
+        if self.snapshotter is not None:
+            self.snapshotter.listeners.append(fn)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self, task_group: TaskGroup) -> Positions:
-        self.store = SnapshotStore(self.path, chain=self.worker)
+        store = self.store = SnapshotStore(self.path, chain=self.worker)
+        self.snapshotter = Snapshotter(
+            store,
+            self.config,
+            self.shards,
+            self.gate,
+            self.ownership,
+            self.stats,
+            self.snapshot_durations,
+            keep=self.keep,
+            gc_grace=self.gc_grace,
+        )
+        self.snapshotter.listeners.extend(self._listeners)
+        self.handover = HandOver(
+            self.snapshotter,
+            self.config,
+            self.shards,
+            self.gate,
+            self.ownership,
+            self.stats,
+            prepare=self._prepare,
+            drop_training=self._drop_training,
+            release_timeout=self.release_timeout,
+        )
         # A worker needs only the configuration now; shards are verified when claimed.
         only = None if self.worker is None else ()
         combined = await anyio.to_thread.run_sync(combine, self.path, only)
         positions: Positions = {}
         if combined is not None:
-            self._adopt(combined)
+            self.handover.adopt(combined)
             for fb in combined.fallbacks:
                 log.warning(
                     "%s: fell back past snapshot %s of %s: %s",
@@ -204,10 +243,16 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
                 )
             if self.worker is None:
                 # The only writer: every shard is ours.
-                positions = await self._take(combined, sorted(combined.shards))
+                positions = await self.handover.take(combined, sorted(combined.shards))
         if self.snapshot_every:
-            task_group.start_soon(self._snapshot_loop)
+            task_group.start_soon(self._snapshot_loop, self.snapshot_every)
         return positions
+
+    async def _snapshot_loop(self, every: float) -> None:
+        assert self.snapshotter is not None
+        with anyio.CancelScope() as scope:
+            self._loop_scope = scope
+            await self.snapshotter.loop(every, self.compact)
 
     async def compact(self) -> int:
         """Rebuild segments of indexes that cannot remove ids (HNSW) whose replaced
@@ -218,7 +263,7 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
         rebuilt = 0
         for shard in list(self.shards.values()):
             rebuilt += await anyio.to_thread.run_sync(shard.compact)
-        self._stats["compactions"] += rebuilt
+        self.stats.compactions += rebuilt
         return rebuilt
 
     async def close(self, *, ok: bool) -> None:
@@ -234,6 +279,55 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
                 # Another writer may take the directory from here on.
                 self.store.close()
 
+    async def snapshot(self) -> int | None:
+        """Write a snapshot of every shard now (only changed shards cost I/O).
+
+        Returns the new seq, or ``None`` when nothing changed (or before
+        :meth:`open`).
+
+        Raises:
+            SnapshotError: the snapshot could not be written; the previous one stays
+                in force.
+        """
+        if self.snapshotter is None:
+            return None
+        return await self.snapshotter.snapshot()
+
+    def saved_positions(self) -> Positions:
+        """Per shard, the position held by the last durable snapshot."""
+        return {} if self.snapshotter is None else self.snapshotter.saved_positions()
+
+    @property
+    def snapshotting(self) -> bool:
+        """True while a snapshot is being written."""
+        return self.snapshotter is not None and self.snapshotter.lock.locked()
+
+    # -- moving partitions (several workers sharing one directory) --------------------
+
+    @property
+    def moves_partitions(self) -> bool:
+        """True when partitions (and their shards) move between workers."""
+        return self.worker is not None
+
+    async def claim(self, partitions: Sequence[str]) -> Positions:
+        """Take over ``partitions``: load each one's newest shard from the directory
+        (whichever worker wrote it) and return the positions to resume from; a
+        partition without a shard yet is missing from the result."""
+        assert self.handover is not None, "claim() before open()"
+        return await self.handover.claim(partitions)
+
+    async def release(self, partitions: Sequence[str], upto: Positions) -> None:
+        """Hand ``partitions`` over once the records the source emitted for them (up
+        to ``upto``) have arrived: snapshot, then drop their shards (after
+        ``release_timeout``, as of the last snapshot)."""
+        assert self.handover is not None, "release() before open()"
+        await self.handover.release(partitions, upto, self.snapshot)
+
+    def _drop_training(self, names: Sequence[str]) -> None:
+        # Vectors waiting for training are in no shard yet: the next owner reads them.
+        self._training = [b for b in self._training if b.partition not in names]
+        self._training_rows = sum(len(b) for b in self._training)
+
     # -- writing ---------------------------------------------------------------------
 
     async def write(self, item: Batch) -> None:
@@ -242,7 +336,7 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
             if item.partition not in own.owned:
                 # Its partition was handed over: the new owner reads these records
                 # again from the position our last snapshot of the shard holds.
-                self._stats["unowned_batches"] += 1
+                self.stats.unowned_batches += 1
                 return
             own.arrive(item.partition, item.position)
         if len(item) == 0:
@@ -256,19 +350,15 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
             if item.partition in self.shards:
                 await self._apply(item)
             return
-        if self.codec is not None:
-            await self._write_codes(item)
+        config = self.config
+        if config.codec is not None:
+            self._check_codes(item)
+            config.check_dim(config.codec.dim, item.partition)
+            config.ensure_template()
+            await self._apply(item)
             return
-        if self.dim is None:
-            self.dim = item.dim
-        elif item.dim != self.dim:
-            raise ConfigError(
-                f"a batch of partition {item.partition!r} has dimension {item.dim}; the "
-                f"index at {self.path} has {self.dim}"
-            )
-        if self._template is None:
-            self._template = make_index(self.dim, self.factory, self.metric)
-        if not self._template.is_trained:
+        config.check_dim(item.dim, item.partition)
+        if not config.ensure_template().is_trained:
             self._training.append(item)
             self._training_rows += len(item)
             if self._training_rows >= self.train_size:
@@ -276,8 +366,8 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
             return
         await self._apply(item)
 
-    async def _write_codes(self, item: Batch) -> None:
-        codec = self.codec
+    def _check_codes(self, item: Batch) -> None:
+        codec = self.config.codec
         if item.vectors.dtype != np.uint8 or not codec.is_trained:
             raise ConfigError(
                 f"the sink at {self.path} has a codec, but a batch of partition "
@@ -291,27 +381,22 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
             )
         if self.rerank and item.floats is None:
             raise ConfigError("rerank needs quantize(codec, keep_floats=True)")
-        if self.dim is None:
-            self.dim = codec.dim
-        if self._template is None:
-            self._template = codec.empty_index()
-        await self._apply(item)
 
-    def _new_index(self) -> Any:
-        """A new empty segment index: a clone of the (trained) template."""
-        if self.codec is not None:
-            return self.codec.empty_index()
-        assert self._template is not None
-        return faiss.clone_index(self._template)
+    def _prepare(self, shard: Shard) -> None:
+        """Make a shard loaded from disk writable by this sink."""
+        shard.new_index = self.config.new_index
+        shard.segment_size = self.segment_size
+        shard.segment_bytes = self.segment_bytes
 
     def _new_shard(self, name: str) -> Shard:
-        assert self.dim is not None
-        floats = FloatStore(floats_path(self.path, name), self.dim) if self.rerank else None
-        segment = Segment(self._new_index(), codes=self.codec is not None)
+        dim = self.config.dim
+        assert dim is not None
+        floats = FloatStore(floats_path(self.path, name), dim) if self.rerank else None
+        segment = Segment(self.config.new_index(), codes=self.codec is not None)
         return Shard(
             name,
             [segment],
-            self._new_index,
+            self.config.new_index,
             floats=floats,
             segment_size=self.segment_size,
             segment_bytes=self.segment_bytes,
@@ -320,36 +405,13 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
     async def _apply(self, item: Batch) -> None:
         shard = self.shards.get(item.partition)
         if shard is None:
-            shard = self._new_shard(item.partition)
-            self.shards[item.partition] = shard
-        started = time.perf_counter()
-        while True:
-            async with shard.gate:
-                if not shard.capturing and not shard.draining:
-                    await self._apply_now(shard, item)
-                    break
-                # A snapshot is writing this shard: queue the batch rather than
-                # stall ingestion, up to a memory bound.
-                if shard.deferred_bytes + item.nbytes <= self.max_deferred_bytes:
-                    shard.deferred.append(item)
-                    shard.deferred_bytes += item.nbytes
-                    self._stats["deferred_batches"] += 1
-                    break
-                drained = shard.drained
-            await drained.wait()
-        self.write_seconds.observe([time.perf_counter() - started])
-
-    async def _apply_now(self, shard: Shard, item: Batch) -> None:
-        await anyio.to_thread.run_sync(shard.apply, item)
-        self.freshness.observe(shard.searchable_at - item.timestamps)
-        self._stats["batches"] += 1
-        self._stats["records"] += len(item)
+            shard = self.shards[item.partition] = self._new_shard(item.partition)
+        await self.gate.apply(shard, item)
 
     async def _train_and_apply(self) -> None:
-        assert self._template is not None
+        template = self.config.ensure_template()
         batches, self._training, self._training_rows = self._training, [], 0
         sample = np.concatenate([b.vectors[: self.train_size] for b in batches])[: self.train_size]
-        template = self._template
 
         def train() -> None:
             try:
@@ -383,11 +445,6 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
             search_shards, list(self.shards.values()), q, k, self.metric, self.rerank
         )
 
-    @property
-    def snapshotting(self) -> bool:
-        """True while a snapshot is being written."""
-        return self._snapshot_lock.locked()
-
     def searchable_positions(self) -> Positions:
         """Per shard, the position up to which records are searchable."""
         return {name: dict(s.position) for name, s in self.shards.items()}
@@ -399,14 +456,10 @@ class FaissSink(HandOver, Snapshots, Sink[Batch]):
             "write_seconds": self.write_seconds,
         }
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            **self._stats,
-            "ntotal": self.ntotal,
-            "shards": {
-                n: {"ntotal": s.ntotal, "position": dict(s.position)}
-                for n, s in self.shards.items()
-            },
-            "freshness_p50_seconds": self.freshness.quantile(0.5),
-            "freshness_p99_seconds": self.freshness.quantile(0.99),
-        }
+    def statistics(self) -> SinkStatistics:
+        st = self.stats
+        st.ntotal = self.ntotal
+        st.shards = {n: ShardStatistics(s.ntotal, dict(s.position)) for n, s in self.shards.items()}
+        st.freshness_p50_seconds = self.freshness.quantile(0.5)
+        st.freshness_p99_seconds = self.freshness.quantile(0.99)
+        return SinkStatistics(**{f: getattr(st, f) for f in st.__dataclass_fields__})

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import faiss
 import msgspec
 import numpy as np
@@ -119,15 +118,6 @@ class Shard:
         self.saved_version = 0
         self.saved_entry: dict[str, Any] | None = None
         self.searchable_at = 0.0
-        # While a snapshot writes this shard, batches wait here instead of blocking
-        # ingestion on the index lock; the snapshot applies them when it is done.
-        self.gate = anyio.Lock()
-        self.capturing = False
-        self.draining = False
-        self.deferred: list[Batch] = []
-        self.deferred_bytes = 0
-        self.drained = anyio.Event()
-        self.drained.set()
         if new_index is not None and self._flat:
             segments[-1].reserve(self.seal_at)
 

@@ -13,8 +13,8 @@ Ids of numeric files are row numbers plus the file's *id offset*, so that two fi
 in one index never overwrite each other: the first numeric file starts at
 ``id_offset`` (default 0), each further file of the same run right after the one
 before it, and the offset each file got (when not 0) is kept in the position
-(``"ids:<path>"``) so a later run gives it the same ids. A file whose id range would overlap another's
-is refused with the offset to use instead.
+(``"ids:<path>"``) so a later run gives it the same ids. A file whose id range would
+overlap another's is refused with the offset to use instead.
 
 Only regular files are memory-mapped (``.npy``, ``.fvecs``, ``.bvecs``); JSONL can
 also come from a FIFO or socket, read by readiness polling so that stopping never

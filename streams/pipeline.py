@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup
 from streams.channel import DEFAULT_CAPACITY, Channel, ChannelStatistics, Inbox, Outbox
 from streams.errors import ConfigError, EmbedstreamError, StageError
 from streams.records import Chunk, Positions
+from streams.statistics import SinkStatistics, SourceStatistics
 
 if TYPE_CHECKING:
     from streams.operator import Operator
@@ -53,8 +54,8 @@ class PipelineMetrics:
     elapsed_seconds: float
     stages: dict[str, StageStatistics]
     channels: dict[str, ChannelStatistics]
-    sink: dict[str, Any] = field(default_factory=dict)
-    source: dict[str, Any] = field(default_factory=dict)
+    sink: SinkStatistics = field(default_factory=SinkStatistics)
+    source: SourceStatistics = field(default_factory=SourceStatistics)
     first_record_seconds: float | None = None
     """Seconds from the start of the run until the source emitted its first record
     (startup, opening the index, a Kafka group join); ``None`` before one."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from anyio.abc import TaskGroup
 
 from streams.histogram import Histogram
 from streams.records import Positions
+from streams.statistics import SinkStatistics
 
 __all__ = ["Sink"]
 
@@ -75,6 +76,6 @@ class Sink(ABC, Generic[T]):
         """Histograms for the metrics exporter (``freshness_seconds``, ...)."""
         return {}
 
-    def statistics(self) -> dict[str, Any]:
-        """Sink-specific figures for :meth:`Pipeline.metrics`."""
-        return {}
+    def statistics(self) -> SinkStatistics:
+        """The sink's figures for :meth:`Pipeline.metrics` (the defaults: nothing)."""
+        return SinkStatistics()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, overload
 from streams.channel import Outbox
 from streams.flow import Flow
 from streams.records import Chunk, Positions
+from streams.statistics import SourceStatistics
 
 if TYPE_CHECKING:
     from streams.operator import Operator
@@ -66,9 +67,9 @@ class Source(ABC):
         Kafka commits offsets here; the default does nothing.
         """
 
-    def statistics(self) -> dict[str, Any]:
-        """Source-specific figures for :meth:`Pipeline.metrics` (lag, ...)."""
-        return {}
+    def statistics(self) -> SourceStatistics:
+        """The source's figures for :meth:`Pipeline.metrics` (lag, ...)."""
+        return SourceStatistics()
 
     @overload
     def __or__(self, other: Operator[Any, Any] | Flow) -> Flow: ...

@@ -212,8 +212,8 @@ def stats_json(m: PipelineMetrics) -> dict[str, Any]:
             "channels": {
                 k: dataclasses.asdict(v) | {"fill": v.fill} for k, v in m.channels.items()
             },
-            "source": m.source,
-            "sink": m.sink,
+            "source": dataclasses.asdict(m.source),
+            "sink": dataclasses.asdict(m.sink),
         }
     )
     return body

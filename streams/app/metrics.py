@@ -119,17 +119,17 @@ class PipelineCollector(Collector):
             "Seconds behind the partition's newest record",
             labels=["topic", "partition"],
         )
-        for info in m.source.get("lag", {}).values():
-            labels = [info["topic"], str(info["partition"])]
-            lag.add_metric(labels, info["records"])
-            lag_s.add_metric(labels, info["seconds"])
+        for info in m.source.lag.values():
+            labels = [info.topic, str(info.partition)]
+            lag.add_metric(labels, info.records)
+            lag_s.add_metric(labels, info.seconds)
         yield lag
         yield lag_s
         vectors = GaugeMetricFamily(
             "embedstream_index_vectors", "Vectors a shard holds", labels=["shard"]
         )
-        for name, shard in m.sink.get("shards", {}).items():
-            vectors.add_metric([name], shard["ntotal"])
+        for name, shard in m.sink.shards.items():
+            vectors.add_metric([name], shard.ntotal)
         yield vectors
         hists = self.pipeline.sink.histograms()
         if "freshness_seconds" in hists:
@@ -147,10 +147,10 @@ class PipelineCollector(Collector):
         last = GaugeMetricFamily(
             "embedstream_last_snapshot_timestamp_seconds", "Unix time of the last durable snapshot"
         )
-        last.add_metric([], m.sink.get("last_snapshot_time") or 0.0)
+        last.add_metric([], m.sink.last_snapshot_time or 0.0)
         yield last
         snaps = CounterMetricFamily("embedstream_snapshots", "Snapshots written")
-        snaps.add_metric([], m.sink.get("snapshots", 0))
+        snaps.add_metric([], m.sink.snapshots)
         yield snaps
         dead = CounterMetricFamily(
             "embedstream_dead_letters", "Records dead-lettered", labels=["reason"]

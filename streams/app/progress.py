@@ -82,26 +82,26 @@ def summary_line(m: PipelineMetrics) -> str:
         parts = [f"{records:,} records in {active:.2f}s ({rate:,.0f} records/s)"]
         assert m.first_record_seconds is not None and m.last_record_seconds is not None
         before = [f"{m.first_record_seconds:.2f}s until the first record"]
-        joined = m.source.get("first_assignment_at")
-        if isinstance(joined, float):
+        joined = m.source.first_assignment_at
+        if joined is not None:
             before.append(f"{joined - m.started_at:.2f}s until the group assigned partitions")
         after = m.elapsed_seconds - m.last_record_seconds
         parts.append(
             f"{', '.join(before)}, {after:.2f}s after the last"
-            + (" (idle wait)" if m.source.get("until_idle") else "")
+            + (" (idle wait)" if m.source.until_idle else "")
         )
-    if "ntotal" in sink:
-        parts.append(f"index holds {sink['ntotal']:,} vectors")
-    lag = m.source.get("lag")
+    if sink.ntotal is not None:
+        parts.append(f"index holds {sink.ntotal:,} vectors")
+    lag = m.source.lag
     if lag:
-        parts.append(f"lag {sum(v['records'] for v in lag.values()):,} records")
-    p50 = float(sink.get("freshness_p50_seconds", "nan"))
-    p99 = float(sink.get("freshness_p99_seconds", "nan"))
+        parts.append(f"lag {sum(v.records for v in lag.values()):,} records")
+    p50 = sink.freshness_p50_seconds
+    p99 = sink.freshness_p99_seconds
     if p50 == p50:  # not NaN
         parts.append(f"freshness p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
-    if sink.get("last_snapshot_seq") is not None:
-        age = time.time() - (sink.get("last_snapshot_time") or time.time())
-        parts.append(f"snapshot {sink['last_snapshot_seq']} ({age:.0f}s ago)")
+    if sink.last_snapshot_seq is not None:
+        age = time.time() - (sink.last_snapshot_time or time.time())
+        parts.append(f"snapshot {sink.last_snapshot_seq} ({age:.0f}s ago)")
     bottleneck = m.bottleneck()
     if bottleneck:
         parts.append(f"bottleneck {bottleneck}")

@@ -38,6 +38,7 @@ from streams.kafka.url import PartitionLag, partition_name
 from streams.records import Chunk, Positions
 from streams.sink import Sink
 from streams.source import Source
+from streams.statistics import PartitionLagStatistics, SourceStatistics
 
 __all__ = ["KAFKA_FORMATS", "KafkaSource"]
 
@@ -498,26 +499,26 @@ class KafkaSource(Source):
             # Commits only inform lag tools; the snapshot already holds the truth.
             log.warning("committing offsets of snapshot %s failed: %s", seq, exc)
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> SourceStatistics:
         now = time.time()
-        return {
-            "rebalances": self._rebalances,
-            "first_assignment_at": self._first_assignment_at,
-            "until_idle": self.until_idle,
-            "commits": self._commits,
-            "consumer_restarts": self._restarts,
-            "lag": {
-                name: {
-                    "topic": lag.topic,
-                    "partition": lag.partition,
-                    "records": lag.records,
-                    "seconds": lag.seconds(now),
-                    "position": lag.position,
-                    "highwater": lag.highwater,
-                }
+        return SourceStatistics(
+            rebalances=self._rebalances,
+            commits=self._commits,
+            consumer_restarts=self._restarts,
+            lag={
+                name: PartitionLagStatistics(
+                    lag.topic,
+                    lag.partition,
+                    lag.records,
+                    lag.seconds(now),
+                    lag.position,
+                    lag.highwater,
+                )
                 for name, lag in self.lag.items()
             },
-        }
+            first_assignment_at=self._first_assignment_at,
+            until_idle=self.until_idle,
+        )
 
 
 def _listener(source: KafkaSource) -> Any:

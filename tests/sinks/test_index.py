@@ -37,7 +37,7 @@ async def test_same_file_twice_adds_nothing(make_npy, tmp_path: Path) -> None:
     path, _x = make_npy(3000, 8)
     idx = tmp_path / "idx"
     m1 = await file_pipeline(path, idx).run()
-    assert m1.sink["ntotal"] == 3000
+    assert m1.sink.ntotal == 3000
     m2 = await file_pipeline(path, idx).run()
     assert m2.stages["faiss"].records == 0
     view = open_snapshot(idx)
@@ -147,10 +147,10 @@ async def test_unchanged_shards_are_referenced_not_rewritten(tmp_path: Path) -> 
         await sink.write(big)
         await sink.write(_mk("b", np.arange(10), 32, 1))
         await sink.snapshot()
-        first = sink.statistics()["last_snapshot_bytes"]
+        first = sink.statistics().last_snapshot_bytes
         await sink.write(_mk("b", np.arange(10, 20), 32, 2))
         await sink.snapshot()
-        second = sink.statistics()["last_snapshot_bytes"]
+        second = sink.statistics().last_snapshot_bytes
         await sink.close(ok=True)
     assert first > 20000 * 32 * 4
     assert second < 20 * 32 * 4 + 4096  # only shard b was written again
@@ -185,12 +185,12 @@ async def test_segments_seal_search_together_and_snapshot_only_what_changed(
         res = await sink.search(x[[0, 1234, 2499]], 1)
         assert res.ids[:, 0].tolist() == [0, 1234, 2499]
         await sink.snapshot()
-        full = sink.statistics()["last_snapshot_bytes"]
+        full = sink.statistics().last_snapshot_bytes
         # An upsert into the first (sealed) segment and an add to the active one:
         # the second sealed segment is referenced, not written again.
         await sink.write(Batch(np.array([5, 2600]), x[[7, 8]], np.zeros(2), "p", {"offset": 2600}))
         await sink.snapshot()
-        part = sink.statistics()["last_snapshot_bytes"]
+        part = sink.statistics().last_snapshot_bytes
         await sink.close(ok=True)
     assert part < full * 0.75
     view = open_snapshot(tmp_path / "idx")
@@ -327,7 +327,7 @@ async def test_disk_full_during_snapshots_loses_nothing_and_recovers(tmp_path: P
             ids = np.arange(start, start + 200)
             await sink.write(Batch(ids, x[ids], np.zeros(200), "p", {"offset": start + 200}))
             await anyio.sleep(0.02)
-        failures = sink.statistics()["snapshot_failures"]
+        failures = sink.statistics().snapshot_failures
         assert failures >= 3 and commits == []  # nothing committed while the disk is full
         assert not list((tmp_path / "idx" / "objects").glob(".*.tmp"))  # no leaked temp files
         assert sink.ntotal == 2000  # ingestion went on

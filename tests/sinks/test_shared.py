@@ -81,13 +81,13 @@ async def test_hand_over_keeps_the_shard_visible_and_raises_its_epoch(tmp_path: 
 
         tg.start_soon(late)
         await a.release(["p0"], {"p0": {"offset": 2000}})
-        assert "p0" not in a.shards and a.statistics()["release_timeouts"] == 0
+        assert "p0" not in a.shards and a.statistics().release_timeouts == 0
         # Released but not yet committed by anyone else: still in the view, from a.
         m = open_snapshot(idx).manifest
         assert [(s["owner"], s["epoch"], s["ntotal"]) for s in m["shards"]] == [("a", 1, 2000)]
         # A late batch for a partition a no longer owns is not applied.
         await a.write(part_batch("p0", np.arange(2000, 2100), x, 2100))
-        assert a.statistics()["unowned_batches"] == 1
+        assert a.statistics().unowned_batches == 1
 
         assert await b.claim(["p0"]) == {"p0": {"offset": 2000}}
         await b.write(part_batch("p0", np.arange(2000, 3000), x, 3000))
@@ -121,7 +121,7 @@ async def test_release_times_out_to_the_last_snapshot(tmp_path: Path) -> None:
         await a.write(part_batch("p0", np.arange(500, 600), x, 600))
         # Offset 1000 never arrives: the shard goes as of a snapshot holding what did.
         await a.release(["p0"], {"p0": {"offset": 1000}})
-        assert a.statistics()["release_timeouts"] == 1
+        assert a.statistics().release_timeouts == 1
         await a.close(ok=True)
     m = open_snapshot(idx).manifest
     assert m["shards"][0]["position"] == {"offset": 500}

@@ -107,7 +107,7 @@ async def test_metrics_healthz_and_search(make_npy, tmp_path) -> None:
             done.set()
 
         tg.start_soon(run)
-        while not server.started or sink.ntotal < 5000 or sink.statistics()["snapshots"] < 1:
+        while not server.started or sink.ntotal < 5000 or sink.statistics().snapshots < 1:
             await anyio.sleep(0.02)
         code, text = await anyio.to_thread.run_sync(fetch, f"{base}/metrics")
         health = await anyio.to_thread.run_sync(fetch, f"{base}/healthz")

@@ -189,6 +189,7 @@ async def test_slow_sink_is_the_bottleneck_and_blocks_upstream() -> None:
 def test_the_summary_rate_counts_from_the_first_to_the_last_record() -> None:
     from streams.app.progress import summary_line
     from streams.pipeline import PipelineMetrics, StageStatistics
+    from streams.statistics import SourceStatistics
 
     m = PipelineMetrics(
         elapsed_seconds=3.07,
@@ -197,7 +198,7 @@ def test_the_summary_rate_counts_from_the_first_to_the_last_record() -> None:
             "faiss": StageStatistics("faiss", records=200_000),
         },
         channels={},
-        source={"until_idle": 2.0, "first_assignment_at": 100.4},
+        source=SourceStatistics(until_idle=2.0, first_assignment_at=100.4),
         first_record_seconds=0.5,
         last_record_seconds=1.0,
         started_at=100.0,

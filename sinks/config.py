@@ -1,0 +1,188 @@
+"""What kind of index a sink writes: dimension, factory, metric, query
+normalisation, rerank, and the trained template or codec every shard clones.
+
+A new sink takes it from its arguments; a sink opening a directory adopts what the
+directory holds (:meth:`IndexConfig.adopt`) and refuses arguments that disagree with
+it. A snapshot writes it into the manifest (:meth:`IndexConfig.manifest_fields`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+
+from sinks.durable import read_regular
+from sinks.segment import make_index
+from sinks.store import SnapshotStore
+from streams.errors import ConfigError
+
+__all__ = ["DEFAULT_FACTORY", "DEFAULT_METRIC", "IndexConfig"]
+
+DEFAULT_FACTORY = "Flat"
+DEFAULT_METRIC = "ip"
+
+
+class IndexConfig:
+    """The index configuration of one sink (and of its directory, once adopted).
+
+    Args:
+        path: the directory, for messages.
+        factory: the asked-for ``faiss.index_factory`` string (``None``: the default,
+            or what the directory holds).
+        metric: the asked-for metric (``None``: likewise).
+        normalize_queries: vectors are L2-normalised, so queries are too.
+        codec: a trained-or-not quantize codec (its codes replace the factory).
+        rerank: with a codec, candidates per shard re-scored from stored floats.
+
+    Raises:
+        ConfigError: an unknown metric.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        factory: str | None,
+        metric: str | None,
+        normalize_queries: bool,
+        codec: Any,
+        rerank: int,
+    ) -> None:
+        if metric is not None and metric not in ("ip", "l2"):
+            raise ConfigError(f"unknown metric {metric!r}: use 'ip' or 'l2'")
+        self.path = path
+        self.factory_arg = factory
+        self.metric_arg = metric
+        self.factory = factory or DEFAULT_FACTORY
+        self.metric = metric or DEFAULT_METRIC
+        self.normalize_queries = normalize_queries
+        self.codec = codec
+        self.rerank = rerank if codec is not None else 0
+        if codec is not None:
+            self.factory = {"sq8": "SQ8", "binary": "BFlat"}.get(codec.kind, f"PQ{codec.pq_m}x8")
+        self.dim: int | None = None
+        # The trained empty index every segment clones, and the objects that hold
+        # it (or the codec) in the directory once a snapshot wrote them.
+        self.template: Any = None
+        self.template_object: str | None = None
+        self.codec_object: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<IndexConfig {self.factory} {self.metric} dim={self.dim}>"
+
+    @property
+    def saved(self) -> bool:
+        """True once a snapshot holds the template (or codec)."""
+        return bool(self.template_object or self.codec_object)
+
+    def check_dim(self, dim: int, partition: str) -> None:
+        """Fix the dimension at the first batch; refuse another one later.
+
+        Raises:
+            ConfigError: ``dim`` differs from the index's.
+        """
+        if self.dim is None:
+            self.dim = dim
+        elif dim != self.dim:
+            raise ConfigError(
+                f"a batch of partition {partition!r} has dimension {dim}; the "
+                f"index at {self.path} has {self.dim}"
+            )
+
+    def ensure_template(self) -> Any:
+        """The template index, made on first use (untrained for IVF/PQ)."""
+        if self.template is None:
+            assert self.dim is not None
+            self.template = (
+                self.codec.empty_index()
+                if self.codec is not None
+                else make_index(self.dim, self.factory, self.metric)
+            )
+        return self.template
+
+    def new_index(self) -> Any:
+        """A new empty segment index: a clone of the (trained) template."""
+        if self.codec is not None:
+            return self.codec.empty_index()
+        assert self.template is not None
+        return faiss.clone_index(self.template)
+
+    def adopt(self, held: dict[str, Any], store: SnapshotStore) -> None:
+        """Take the configuration (and trained template or codec) the directory
+        holds; once this sink wrote its own, only check that they still agree.
+
+        Raises:
+            ConfigError: the directory holds another dimension, factory, metric or
+                codec than this sink was given.
+        """
+        if self.dim is not None and held.get("dim") != self.dim:
+            raise ConfigError(
+                f"{self.path} holds {held.get('dim')}-d vectors; this pipeline has "
+                f"{self.dim}-d ones"
+            )
+        if self.saved:
+            return  # this worker already wrote its own
+        if self.codec is not None and self.codec.is_trained and held.get("codec"):
+            raise ConfigError(
+                f"{self.path} holds codes of a codec trained by another worker, and this "
+                "worker trained its own (workers started together on an empty directory); "
+                "start one worker until its first snapshot, then the others"
+            )
+        for arg, key in ((self.factory_arg, "factory"), (self.metric_arg, "metric")):
+            if arg is not None and arg != held.get(key):
+                raise ConfigError(
+                    f"{self.path} holds a {held.get('factory')!r} index with metric "
+                    f"{held.get('metric')!r}; you asked for {key} {arg!r}. Drop the option to "
+                    "keep the existing index, or use a new directory."
+                )
+        self.factory = str(held["factory"])
+        self.metric = str(held["metric"])
+        self.dim = int(held["dim"])
+        self.normalize_queries = self.normalize_queries or bool(held.get("normalize_queries"))
+        self._adopt_codec(held, store)
+        if held.get("template"):
+            self.template = faiss.read_index(str(store.objects / held["template"]))
+            self.template_object = held["template"]
+
+    def _adopt_codec(self, held: dict[str, Any], store: SnapshotStore) -> None:
+        kind = held.get("quantize")
+        mine = self.codec.kind if self.codec is not None else None
+        if kind != mine:
+            raise ConfigError(
+                f"{self.path} holds {'codes of --quantize ' + kind if kind else 'float vectors'}"
+                f"; this pipeline {'quantizes with ' + mine if mine else 'does not quantize'}. "
+                "Use the same setting, or a new directory."
+            )
+        if self.codec is not None:
+            self.codec.restore(read_regular(store.objects / held["codec"]))
+            self.codec_object = held["codec"]
+            self.template = self.codec.empty_index()
+            self.rerank = self.rerank or int(held.get("rerank") or 0)
+
+    def save(self, store: SnapshotStore) -> int:
+        """Store the codec or the trained template once (blocking). Returns bytes
+        written."""
+        if self.codec is not None and self.codec_object is None:
+            state = self.codec.state()
+            self.codec_object = store.put_object(state)
+            return len(state)
+        if self.template_object is None and self.template is not None and self.codec is None:
+            data = faiss.serialize_index(self.template)
+            self.template_object = store.put_object(data)
+            return len(data)
+        return 0
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The configuration part of a manifest."""
+        return {
+            "dim": self.dim,
+            "metric": self.metric,
+            "factory": self.factory,
+            "normalize_queries": self.normalize_queries,
+            "template": self.template_object,
+            "quantize": self.codec.kind if self.codec is not None else None,
+            "codec": self.codec_object,
+            "binary": bool(self.codec is not None and self.codec.binary),
+            "rerank": self.rerank,
+        }
