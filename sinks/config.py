@@ -3,7 +3,7 @@ normalisation, rerank, and the trained template or codec every shard clones.
 
 A new sink takes it from its arguments; a sink opening a directory adopts what the
 directory holds (:meth:`IndexConfig.adopt`) and refuses arguments that disagree with
-it. A snapshot writes it into the manifest (:meth:`IndexConfig.manifest_fields`).
+it. A snapshot writes it into the manifest (:meth:`IndexConfig.manifest`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import faiss
 
 from sinks.durable import read_regular
+from sinks.manifest import IndexManifest
 from sinks.segment import make_index
 from sinks.store import SnapshotStore
 from streams.errors import ConfigError
@@ -108,7 +109,7 @@ class IndexConfig:
         assert self.template is not None
         return faiss.clone_index(self.template)
 
-    def adopt(self, held: dict[str, Any], store: SnapshotStore) -> None:
+    def adopt(self, held: IndexManifest, store: SnapshotStore) -> None:
         """Take the configuration (and trained template or codec) the directory
         holds; once this sink wrote its own, only check that they still agree.
 
@@ -116,37 +117,36 @@ class IndexConfig:
             ConfigError: the directory holds another dimension, factory, metric or
                 codec than this sink was given.
         """
-        if self.dim is not None and held.get("dim") != self.dim:
+        if self.dim is not None and held.dim != self.dim:
             raise ConfigError(
-                f"{self.path} holds {held.get('dim')}-d vectors; this pipeline has "
-                f"{self.dim}-d ones"
+                f"{self.path} holds {held.dim}-d vectors; this pipeline has {self.dim}-d ones"
             )
         if self.saved:
             return  # this worker already wrote its own
-        if self.codec is not None and self.codec.is_trained and held.get("codec"):
+        if self.codec is not None and self.codec.is_trained and held.codec:
             raise ConfigError(
                 f"{self.path} holds codes of a codec trained by another worker, and this "
                 "worker trained its own (workers started together on an empty directory); "
                 "start one worker until its first snapshot, then the others"
             )
         for arg, key in ((self.factory_arg, "factory"), (self.metric_arg, "metric")):
-            if arg is not None and arg != held.get(key):
+            if arg is not None and arg != getattr(held, key):
                 raise ConfigError(
-                    f"{self.path} holds a {held.get('factory')!r} index with metric "
-                    f"{held.get('metric')!r}; you asked for {key} {arg!r}. Drop the option to "
+                    f"{self.path} holds a {held.factory!r} index with metric "
+                    f"{held.metric!r}; you asked for {key} {arg!r}. Drop the option to "
                     "keep the existing index, or use a new directory."
                 )
-        self.factory = str(held["factory"])
-        self.metric = str(held["metric"])
-        self.dim = int(held["dim"])
-        self.normalize_queries = self.normalize_queries or bool(held.get("normalize_queries"))
+        self.factory = held.factory
+        self.metric = held.metric
+        self.dim = held.dim
+        self.normalize_queries = self.normalize_queries or held.normalize_queries
         self._adopt_codec(held, store)
-        if held.get("template"):
-            self.template = faiss.read_index(str(store.objects / held["template"]))
-            self.template_object = held["template"]
+        if held.template:
+            self.template = faiss.read_index(str(store.objects / held.template))
+            self.template_object = held.template
 
-    def _adopt_codec(self, held: dict[str, Any], store: SnapshotStore) -> None:
-        kind = held.get("quantize")
+    def _adopt_codec(self, held: IndexManifest, store: SnapshotStore) -> None:
+        kind = held.quantize
         mine = self.codec.kind if self.codec is not None else None
         if kind != mine:
             raise ConfigError(
@@ -155,10 +155,11 @@ class IndexConfig:
                 "Use the same setting, or a new directory."
             )
         if self.codec is not None:
-            self.codec.restore(read_regular(store.objects / held["codec"]))
-            self.codec_object = held["codec"]
+            assert held.codec is not None
+            self.codec.restore(read_regular(store.objects / held.codec))
+            self.codec_object = held.codec
             self.template = self.codec.empty_index()
-            self.rerank = self.rerank or int(held.get("rerank") or 0)
+            self.rerank = self.rerank or held.rerank
 
     def save(self, store: SnapshotStore) -> int:
         """Store the codec or the trained template once (blocking). Returns bytes
@@ -173,16 +174,17 @@ class IndexConfig:
             return len(data)
         return 0
 
-    def manifest_fields(self) -> dict[str, Any]:
+    def manifest(self) -> IndexManifest:
         """The configuration part of a manifest."""
-        return {
-            "dim": self.dim,
-            "metric": self.metric,
-            "factory": self.factory,
-            "normalize_queries": self.normalize_queries,
-            "template": self.template_object,
-            "quantize": self.codec.kind if self.codec is not None else None,
-            "codec": self.codec_object,
-            "binary": bool(self.codec is not None and self.codec.binary),
-            "rerank": self.rerank,
-        }
+        assert self.dim is not None
+        return IndexManifest(
+            dim=self.dim,
+            metric=self.metric,
+            factory=self.factory,
+            normalize_queries=self.normalize_queries,
+            template=self.template_object,
+            quantize=self.codec.kind if self.codec is not None else None,
+            codec=self.codec_object,
+            binary=bool(self.codec is not None and self.codec.binary),
+            rerank=self.rerank,
+        )

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
+import msgspec
 
 from sinks.config import IndexConfig
 from sinks.gate import WriteGate
@@ -82,13 +83,14 @@ class HandOver:
         where each resumes (a shard the directory does not hold yet is missing)."""
         store = self.snapshotter.store
         positions: Positions = {}
-        config = combined.config if combined is not None else {}
+        config = combined.config if combined is not None else None
         for name in names:
             state = combined.shards.get(name) if combined is not None else None
             self.ownership.claimed(name, state)
             if state is None:
                 continue
-            codec = state.loaded.manifest.get("codec")
+            assert config is not None
+            codec = state.loaded.manifest.codec
             if self.config.codec_object is not None and codec != self.config.codec_object:
                 raise ConfigError(
                     f"shard {name} of {self.config.path} holds codes of another trained codec "
@@ -99,7 +101,9 @@ class HandOver:
             if shard is None:
                 shard = await anyio.to_thread.run_sync(load_shard, store, state.entry, config)
                 self.prepare(shard)
-            shard.saved_entry = {**state.entry, "epoch": self.ownership.epochs[name]}
+            shard.saved_entry = msgspec.structs.replace(
+                state.entry, epoch=self.ownership.epochs[name]
+            )
             self.shards[name] = shard
             positions[name] = dict(shard.position)
             self.stats.claimed_shards += 1

@@ -48,7 +48,7 @@ class LiveView:
         self._current = self._current_text()
 
     def __repr__(self) -> str:
-        return f"<LiveView {self.root!r} seq={self.view.manifest['seq']}>"
+        return f"<LiveView {self.root!r} seq={self.view.combined.seq}>"
 
     def _current_text(self) -> str:
         # Every chain's CURRENT: a new snapshot of any worker changes it.
@@ -77,7 +77,7 @@ class LiveView:
                 why = str(exc) if isinstance(exc, SnapshotError) else f"{type(exc).__name__}: {exc}"
                 if why != self.last_error:
                     log.warning(
-                        "%s: keeping snapshot %s: %s", self.root, self.view.manifest["seq"], why
+                        "%s: keeping snapshot %s: %s", self.root, self.view.combined.seq, why
                     )
                 self.reload_failures += 1
                 self.last_error = why
@@ -95,7 +95,7 @@ class LiveView:
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` adds: the snapshot being served and, when the newest one
         did not load, why (the last good one is served meanwhile)."""
-        out: dict[str, Any] = {"seq": self.view.manifest["seq"], "loaded_at": self.loaded_at}
+        out: dict[str, Any] = {"seq": self.view.combined.seq, "loaded_at": self.loaded_at}
         skipped = [f"snapshot {fb['seq']}: {fb['reason']}" for fb in self.view.fallbacks]
         if self.last_error is not None:
             skipped.insert(0, self.last_error)

@@ -1,24 +1,37 @@
-"""The manifest schema: what a snapshot's ``manifests/<seq>.json`` must look like.
+"""The manifest schema: what a snapshot's ``manifests/<seq>.json`` holds, typed.
 
-A manifest is parsed as JSON and then checked against these msgspec Structs, so a
-file that is valid JSON but has a wrong type anywhere (``"shards": "abc"``, an
-object name that is not a SHA-256, a negative count) counts as corrupt: loading
-falls back past it with the reason, exactly as for a torn file. Object names must be
-64 lowercase hex digits, so no manifest can point outside ``DIR/objects``.
+Manifests are read straight into these msgspec Structs, so a file that is valid
+JSON but has a wrong type anywhere (``"shards": "abc"``, an object name that is not
+a SHA-256, a negative count) counts as corrupt: loading falls back past it with the
+reason, exactly as for a torn file. Object names must be 64 lowercase hex digits,
+so no manifest can point outside ``DIR/objects``.
 
-Unknown fields are allowed (a newer minor version may add some); fields that a
-reader needs are required.
+Every manifest written before still loads: unknown fields are ignored, fields added
+later have defaults, and the first releases' one-object shards (``"object"``) are
+read as they were.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 
 from streams.errors import SnapshotError
 
-__all__ = ["Digest", "Manifest", "SegmentManifest", "ShardManifest", "validate_manifest"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Digest",
+    "IndexManifest",
+    "Manifest",
+    "ManifestBody",
+    "SegmentManifest",
+    "ShardManifest",
+    "decode_manifest",
+    "encode_manifest",
+]
+
+SCHEMA_VERSION = 1
 
 Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 """The SHA-256 hex name of an object in ``DIR/objects``."""
@@ -26,7 +39,7 @@ Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class SegmentManifest(msgspec.Struct, forbid_unknown_fields=False):
+class SegmentManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=True):
     """One segment of a shard: its index object and, optionally, its dead ids."""
 
     object: Digest
@@ -34,34 +47,37 @@ class SegmentManifest(msgspec.Struct, forbid_unknown_fields=False):
     dead: Digest | None = None
 
 
-class ShardManifest(msgspec.Struct, forbid_unknown_fields=False):
-    """One shard: its segments, key map, count and source position."""
+class ShardManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=True):
+    """One shard: its segments, key map, count and source position.
+
+    ``epoch`` rises by one each time a worker takes the shard over; the directory's
+    state of a shard is its entry with the highest epoch (:mod:`sinks.shared`).
+    """
 
     name: str
     ntotal: Count
     position: dict[str, Count]
     segments: list[SegmentManifest] = []
-    # Manifests of the first releases held a shard as one index object.
-    object: Digest | None = None
     epoch: Count = 0
     keys: Digest | None = None
     floats_map: Digest | None = None
     float_rows: Count = 0
+    # Manifests of the first releases held a shard as one index object.
+    object: Digest | None = None
+
+    def objects(self) -> list[str]:
+        """Every object this shard names."""
+        out = [d for s in self.segments for d in (s.object, s.dead) if d]
+        out.extend(d for d in (self.object, self.keys, self.floats_map) if d)
+        return out
 
 
-class Manifest(msgspec.Struct, forbid_unknown_fields=False):
-    """One snapshot: the index configuration and every shard."""
+class IndexManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    """The index configuration: what every shard of the directory is."""
 
-    schema: int
-    seq: Count
-    shards: list[ShardManifest]
     dim: Annotated[int, msgspec.Meta(ge=1)]
     metric: str = "ip"
     factory: str = "Flat"
-    ntotal: Count = 0
-    parent: Count | None = None
-    created: str | None = None
-    worker: str | None = None
     normalize_queries: bool = False
     template: Digest | None = None
     quantize: str | None = None
@@ -70,17 +86,63 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=False):
     rerank: Count = 0
 
 
-def validate_manifest(body: Any, seq: int) -> None:
-    """Check a parsed manifest against the schema.
+class ManifestBody(IndexManifest, kw_only=True):
+    """What a writer commits: the configuration, the writer, and every shard."""
+
+    worker: str | None = None
+    ntotal: Count = 0
+    shards: list[ShardManifest]
+
+
+class Manifest(ManifestBody, kw_only=True):
+    """One committed snapshot (:meth:`sinks.store.SnapshotStore.commit` adds the
+    sequence number, its parent and the time)."""
+
+    schema: int
+    seq: Count
+    parent: Count | None = None
+    created: str | None = None
+
+    def objects(self, names: frozenset[str] | set[str] | None = None) -> list[str]:
+        """Every object this snapshot names (of the shards in ``names``, if given)."""
+        out = [d for d in (self.template, self.codec) if d]
+        for shard in self.shards:
+            if names is None or shard.name in names:
+                out.extend(shard.objects())
+        return out
+
+
+_decoder = msgspec.json.Decoder(Manifest)
+
+
+def decode_manifest(data: bytes, seq: int) -> Manifest:
+    """Parse and check one manifest.
 
     Raises:
-        SnapshotError: naming the first field that is wrong, e.g. ``Expected `array`,
-            got `str` - at `$.shards```.
+        SnapshotError: not JSON, not this schema version, or a field of the wrong
+            type (the message names it, e.g. ``Expected `array`, got `str` - at
+            `$.shards```).
     """
     try:
-        msgspec.convert(body, Manifest)
+        raw = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise SnapshotError(f"manifest {seq} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("seq") != seq or "shards" not in raw:
+        raise SnapshotError(f"manifest {seq} is incomplete or not a manifest")
+    if raw.get("schema") != SCHEMA_VERSION:
+        raise SnapshotError(
+            f"manifest {seq} has schema {raw.get('schema')!r}; this version reads {SCHEMA_VERSION}"
+        )
+    try:
+        manifest = _decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise SnapshotError(f"manifest {seq} does not match the manifest schema: {exc}") from None
-    names = [s["name"] for s in body["shards"]]
+    names = [s.name for s in manifest.shards]
     if len(set(names)) != len(names):
         raise SnapshotError(f"manifest {seq} names a shard twice")
+    return manifest
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The JSON of a manifest, indented for people who read it."""
+    return msgspec.json.format(msgspec.json.encode(manifest), indent=1)

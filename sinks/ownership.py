@@ -9,10 +9,9 @@ is never missing from the directory's view.
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 
+from sinks.manifest import ShardManifest
 from sinks.shard import Shard
 from sinks.shared import ShardState
 from streams.records import Position
@@ -55,7 +54,7 @@ class Ownership:
         self.arrived: dict[str, Position] = {}
         # Last durable entries of shards handed over, named in our manifests until
         # their new owner commits a newer epoch.
-        self.handed_off: dict[str, dict[str, Any]] = {}
+        self.handed_off: dict[str, ShardManifest] = {}
         # Shards handed over in a rebalance, kept until the new assignment is known:
         # a partition that comes straight back is not read from disk again.
         self.released: dict[str, Shard] = {}
@@ -87,7 +86,9 @@ class Ownership:
         saved = shard.saved_entry
         if shard.dirty or saved is None:
             return None
-        same = all(saved.get(k) == state.entry.get(k) for k in ("segments", "position", "epoch"))
+        same = all(
+            getattr(saved, k) == getattr(state.entry, k) for k in ("segments", "position", "epoch")
+        )
         return shard if same else None
 
     def arrive(self, name: str, position: Position) -> None:
@@ -118,6 +119,6 @@ class Ownership:
     def superseded(self, newer: dict[str, int]) -> None:
         """Forget handed-over shards that another worker holds at a newer epoch."""
         for name, entry in list(self.handed_off.items()):
-            if newer.get(name, -1) > int(entry.get("epoch") or 0):
+            if newer.get(name, -1) > entry.epoch:
                 del self.handed_off[name]
                 self.released.pop(name, None)

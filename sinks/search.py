@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from sinks.durable import NotRegularFileError, read_regular, require_regular
 from sinks.floats import FloatStore, floats_path
+from sinks.manifest import IndexManifest, SegmentManifest, ShardManifest
 from sinks.segment import Segment, faiss_message
 from sinks.shard import Shard, decode_keys
 from sinks.shared import Combined, combine
@@ -113,18 +114,18 @@ def search_shards(
 
 
 def load_shard(
-    store: SnapshotStore, entry: dict[str, Any], config: dict[str, Any], *, readonly: bool = False
+    store: SnapshotStore, entry: ShardManifest, config: IndexManifest, *, readonly: bool = False
 ) -> Shard:
     """Read one shard of a verified manifest (blocking).
 
-    ``config`` is the manifest (or a combined view's configuration) the entry
-    belongs to: it says whether segments are binary or codes, and the dimension.
+    ``config`` is the configuration of the manifest the entry belongs to: it says
+    whether segments are binary or codes, and the dimension.
     """
-    binary = bool(config.get("binary"))
-    codes = bool(config.get("quantize"))
+    binary = config.binary
+    codes = bool(config.quantize)
     segments = []
-    for seg in entry["segments"]:
-        path = store.objects / seg["object"]
+    for seg in _segments(entry):
+        path = store.objects / seg.object
         # Missing: pruned by a writer since the manifest was verified (the caller
         # retries); anything but a regular file is refused before FAISS opens it.
         require_regular(path)
@@ -138,31 +139,38 @@ def load_shard(
                 "directory from a backup, or ingest into a new one"
             ) from None
         dead = None
-        if seg.get("dead"):
-            dead = np.frombuffer(read_regular(store.objects / seg["dead"]), dtype="<i8")
+        if seg.dead:
+            dead = np.frombuffer(read_regular(store.objects / seg.dead), dtype="<i8")
         segments.append(
             Segment(
                 index,
                 codes=codes,
-                saved_object=seg["object"],
+                saved_object=seg.object,
                 dead=dead,
-                saved_dead=seg.get("dead"),
+                saved_dead=seg.dead,
             )
         )
-    keys = decode_keys(read_regular(store.objects / entry["keys"])) if entry.get("keys") else {}
+    keys = decode_keys(read_regular(store.objects / entry.keys)) if entry.keys else {}
     floats = None
-    if entry.get("floats_map"):
-        mapping = FloatStore.read_mapping(read_regular(store.objects / entry["floats_map"]))
+    if entry.floats_map:
+        mapping = FloatStore.read_mapping(read_regular(store.objects / entry.floats_map))
         floats = FloatStore(
-            floats_path(store.root, entry["name"]),
-            int(config["dim"]),
-            int(entry["float_rows"]),
+            floats_path(store.root, entry.name),
+            config.dim,
+            entry.float_rows,
             mapping,
             readonly=readonly,
         )
-    shard = Shard(entry["name"], segments, None, entry.get("position"), keys, floats=floats)
-    shard.saved_entry = dict(entry)
+    shard = Shard(entry.name, segments, None, entry.position, keys, floats=floats)
+    shard.saved_entry = entry
     return shard
+
+
+def _segments(entry: ShardManifest) -> list[SegmentManifest]:
+    if entry.object and not entry.segments:
+        # The first releases wrote a shard as one index object.
+        return [SegmentManifest(entry.object, entry.ntotal)]
+    return entry.segments
 
 
 @dataclass
@@ -173,10 +181,16 @@ class SnapshotView:
     root: str
     combined: Combined
     shards: list[Shard]
-    manifest: dict[str, Any] = field(init=False)
+    config: IndexManifest = field(init=False)
 
     def __post_init__(self) -> None:
-        self.manifest = self.combined.manifest()
+        self.config = self.combined.config
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The combined state as one manifest-shaped JSON object (what ``inspect
+        --json`` prints)."""
+        return self.combined.describe()
 
     @property
     def fallbacks(self) -> list[dict[str, Any]]:
@@ -185,16 +199,20 @@ class SnapshotView:
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        return self.config.dim
 
     @property
     def metric(self) -> str:
-        return str(self.manifest["metric"])
+        return self.config.metric
+
+    @property
+    def ntotal(self) -> int:
+        return self.combined.ntotal
 
     def search(self, queries: npt.ArrayLike, k: int = 10) -> SearchResults:
         """Top-``k`` over all shards (queries normalised when the index was)."""
-        q = prepare_queries(queries, self.dim, bool(self.manifest.get("normalize_queries")))
-        return search_shards(self.shards, q, k, self.metric, int(self.manifest.get("rerank") or 0))
+        q = prepare_queries(queries, self.dim, self.config.normalize_queries)
+        return search_shards(self.shards, q, k, self.metric, self.config.rerank)
 
 
 def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:

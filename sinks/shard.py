@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sinks.floats import FloatStore
+from sinks.manifest import SegmentManifest, ShardManifest
 from sinks.rwlock import RWLock
 from sinks.segment import (
     Segment,
@@ -61,7 +62,7 @@ _keys_decoder = msgspec.msgpack.Decoder(dict[int, str])
 class Capture:
     """A shard's state as written by a snapshot, consistent with its position."""
 
-    segments: list[dict[str, Any]]
+    segments: list[SegmentManifest]
     keys_bytes: bytes | None
     position: Position
     ntotal: int
@@ -116,7 +117,7 @@ class Shard:
         # Snapshot bookkeeping: the version and manifest entry of the last durable
         # snapshot; an unchanged shard is referenced by that entry again.
         self.saved_version = 0
-        self.saved_entry: dict[str, Any] | None = None
+        self.saved_entry: ShardManifest | None = None
         self.searchable_at = 0.0
         if new_index is not None and self._flat:
             segments[-1].reserve(self.seal_at)
@@ -258,7 +259,7 @@ class Shard:
         """Write the changed segments into ``store`` and take the key map and
         position, all under the read lock so they agree (blocking; searches go on)."""
         with self.lock.read():
-            entries: list[dict[str, Any]] = []
+            entries: list[SegmentManifest] = []
             written: list[tuple[Segment, str, int, str | None]] = []
             nbytes = 0
             for seg in self.segments:
@@ -279,10 +280,7 @@ class Shard:
                 else:
                     assert seg.saved_object is not None
                     digest = seg.saved_object
-                entry = {"object": digest, "ntotal": seg.live}
-                if dead:
-                    entry["dead"] = dead
-                entries.append(entry)
+                entries.append(SegmentManifest(digest, seg.live, dead))
             keys = _keys_encoder.encode(self.keys) if self.keys else None
             cap = Capture(
                 entries, keys, dict(self.position), self.ntotal, self.version, nbytes, written
@@ -293,7 +291,7 @@ class Shard:
                 cap.float_map = self.floats.mapping()
             return cap
 
-    def saved(self, cap: Capture, entry: dict[str, Any]) -> None:
+    def saved(self, cap: Capture, entry: ShardManifest) -> None:
         """Record that the snapshot holding ``cap`` is durable."""
         for seg, digest, version, dead in cap.written:
             seg.saved_object = digest

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from sinks.manifest import IndexManifest, ManifestBody, ShardManifest
 from sinks.store import (
     DEFAULT_GRACE_SECONDS,
     WORKERS,
@@ -52,34 +55,22 @@ __all__ = [
 
 log = logging.getLogger("embedstream.snapshot")
 
-CONFIG_KEYS = (
-    "dim",
-    "metric",
-    "factory",
-    "normalize_queries",
-    "template",
-    "quantize",
-    "codec",
-    "binary",
-    "rerank",
-)
-
 
 @dataclass
 class ShardState:
     """The winning entry of one shard and the chain it comes from."""
 
-    entry: dict[str, Any]
+    entry: ShardManifest
     chain: str | None
     loaded: Loaded
 
     @property
     def epoch(self) -> int:
-        return int(self.entry.get("epoch") or 0)
+        return self.entry.epoch
 
     @property
     def owner(self) -> str:
-        return self.chain or str(self.loaded.manifest.get("worker") or "-")
+        return self.chain or self.loaded.manifest.worker or "-"
 
 
 @dataclass
@@ -100,14 +91,25 @@ class Combined:
     failures: dict[str | None, str] = field(default_factory=dict)
 
     @property
-    def config(self) -> dict[str, Any]:
+    def config(self) -> IndexManifest:
         """The index configuration (dimension, metric, factory...), from the chain
         that holds the most shards."""
         best = max(
             self.chains.values(),
             key=lambda ld: sum(1 for s in self.shards.values() if s.loaded is ld),
         )
-        return {k: best.manifest.get(k) for k in CONFIG_KEYS}
+        fields = IndexManifest.__struct_fields__
+        return IndexManifest(**{f: getattr(best.manifest, f) for f in fields})
+
+    @property
+    def seq(self) -> int | None:
+        """The seq of the only chain, or ``None`` when several workers share it."""
+        return next(iter(self.chains.values())).seq if len(self.chains) == 1 else None
+
+    @property
+    def newest_seq(self) -> int:
+        """The highest seq over the chains."""
+        return max(ld.seq for ld in self.chains.values())
 
     @property
     def fallbacks(self) -> list[dict[str, Any]]:
@@ -119,23 +121,23 @@ class Combined:
 
     @property
     def ntotal(self) -> int:
-        return sum(int(s.entry["ntotal"]) for s in self.shards.values())
+        return sum(s.entry.ntotal for s in self.shards.values())
 
-    def manifest(self) -> dict[str, Any]:
-        """One manifest-shaped view of everything: the configuration, ``ntotal``,
-        and every winning shard entry with its ``owner`` and ``epoch``."""
-        single = next(iter(self.chains.values())) if len(self.chains) == 1 else None
+    def describe(self) -> dict[str, Any]:
+        """One manifest-shaped JSON view of everything, for ``inspect --json`` and
+        ``/stats``: the configuration, ``ntotal``, each chain's seq, and every
+        winning shard entry with its ``owner`` and ``epoch``."""
         return {
-            **self.config,
-            "seq": single.seq if single is not None else None,
-            "created": max((ld.manifest.get("created") or "") for ld in self.chains.values()),
+            **msgspec.to_builtins(self.config),
+            "seq": self.seq,
+            "created": max((ld.manifest.created or "") for ld in self.chains.values()),
             "ntotal": self.ntotal,
             "workers": {
-                (chain or "-"): {"seq": ld.seq, "created": ld.manifest.get("created")}
+                (chain or "-"): {"seq": ld.seq, "created": ld.manifest.created}
                 for chain, ld in self.chains.items()
             },
             "shards": [
-                {**s.entry, "owner": s.owner, "epoch": s.epoch}
+                {**msgspec.to_builtins(s.entry), "owner": s.owner, "epoch": s.epoch}
                 for _, s in sorted(self.shards.items())
             ],
         }
@@ -143,8 +145,7 @@ class Combined:
 
 def _rank(state: ShardState) -> tuple[int, int, str]:
     # Highest epoch wins; the rest only orders equal epochs deterministically.
-    offset = state.entry.get("position", {}).get("offset", -1)
-    return (state.epoch, int(offset) if isinstance(offset, int) else -1, state.chain or "")
+    return (state.epoch, state.entry.position.get("offset", -1), state.chain or "")
 
 
 def combine(root: str | os.PathLike[str], shards: Collection[str] | None = None) -> Combined | None:
@@ -176,11 +177,11 @@ def combine(root: str | os.PathLike[str], shards: Collection[str] | None = None)
         return None
     states: dict[str, ShardState] = {}
     for chain, loaded in chains.items():
-        for entry in loaded.manifest["shards"]:
+        for entry in loaded.manifest.shards:
             state = ShardState(entry, chain, loaded)
-            held = states.get(entry["name"])
+            held = states.get(entry.name)
             if held is None or _rank(state) > _rank(held):
-                states[entry["name"]] = state
+                states[entry.name] = state
     for chain, why in failures.items():
         log.warning("%s: worker %s has no loadable snapshot: %s", root, chain or "-", why)
     return Combined(str(root), chains, states, failures)
@@ -188,10 +189,10 @@ def combine(root: str | os.PathLike[str], shards: Collection[str] | None = None)
 
 def current_manifests(
     root: str | os.PathLike[str], exclude: str | None = None
-) -> dict[str | None, dict[str, Any]]:
+) -> dict[str | None, ManifestBody]:
     """The current manifest of every chain (but ``exclude``), read without
     verifying objects: cheap, for bookkeeping that a stale answer cannot harm."""
-    out: dict[str | None, dict[str, Any]] = {}
+    out: dict[str | None, ManifestBody] = {}
     for chain in chain_names(root):
         if chain == exclude:
             continue
@@ -210,14 +211,14 @@ def stored_dim(root: str | os.PathLike[str]) -> int | None:
     if not os.path.isdir(root):
         return None
     for manifest in current_manifests(root).values():
-        return int(manifest["dim"])
+        return manifest.dim
     return None
 
 
 def latest_epochs(
     root: str | os.PathLike[str],
     exclude: str | None,
-    manifests: dict[str | None, dict[str, Any]] | None = None,
+    manifests: dict[str | None, ManifestBody] | None = None,
 ) -> dict[str, int]:
     """Per shard, the highest epoch the current manifests of the other chains name
     (``manifests`` when the caller has read them already).
@@ -231,9 +232,8 @@ def latest_epochs(
     for chain, manifest in manifests.items():
         if chain == exclude:
             continue
-        for entry in manifest["shards"]:
-            name, epoch = entry["name"], int(entry.get("epoch") or 0)
-            out[name] = max(out.get(name, -1), epoch)
+        for entry in manifest.shards:
+            out[entry.name] = max(out.get(entry.name, -1), entry.epoch)
     return out
 
 
@@ -241,7 +241,7 @@ def retire_chains(
     root: str | os.PathLike[str],
     own: str | None,
     grace: float = DEFAULT_GRACE_SECONDS,
-    manifests: dict[str | None, dict[str, Any]] | None = None,
+    manifests: dict[str | None, ManifestBody] | None = None,
 ) -> list[str]:
     """Remove the chains of workers that are gone: no shard they name is held at
     their epoch (a newer owner committed it), and they have not committed for
@@ -257,10 +257,10 @@ def retire_chains(
         manifests = current_manifests(root)
     best: dict[str, tuple[int, str]] = {}
     for chain, manifest in manifests.items():
-        for entry in manifest["shards"]:
-            rank = (int(entry.get("epoch") or 0), chain or "")
-            if rank > best.get(entry["name"], (-1, "")):
-                best[entry["name"]] = rank
+        for entry in manifest.shards:
+            rank = (entry.epoch, chain or "")
+            if rank > best.get(entry.name, (-1, "")):
+                best[entry.name] = rank
     winners = {chain for _, chain in best.values()}
     cutoff = time.time() - grace
     removed = []

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
+import msgspec
 
 from sinks.config import IndexConfig
 from sinks.gate import WriteGate
+from sinks.manifest import ManifestBody, ShardManifest
 from sinks.ownership import Ownership
 from sinks.shard import Capture, Shard
 from sinks.shared import current_manifests, latest_epochs, retire_chains
@@ -136,7 +137,7 @@ class Snapshotter:
             self.store._step("snapshot:listeners-done")
             return seq
 
-    async def _capture(self, shard: Shard) -> tuple[Capture, dict[str, Any]]:
+    async def _capture(self, shard: Shard) -> tuple[Capture, ShardManifest]:
         """Write ``shard``'s changed segments, key map and float map; its entry."""
         store = self.store
         cap = await self.gate.capture(shard, lambda: anyio.to_thread.run_sync(shard.capture, store))
@@ -145,23 +146,23 @@ class Snapshotter:
             keys = await anyio.to_thread.run_sync(store.put_object, cap.keys_bytes)
         if cap.float_map is not None:
             floats_map = await anyio.to_thread.run_sync(store.put_object, cap.float_map)
-        entry: dict[str, Any] = {
-            "name": shard.name,
-            "epoch": self.ownership.epoch(shard.name),
-            "segments": cap.segments,
-            "keys": keys,
-            "ntotal": cap.ntotal,
-            "position": cap.position,
-        }
-        if floats_map is not None:
-            entry.update(floats_map=floats_map, float_rows=cap.float_rows)
+        entry = ShardManifest(
+            name=shard.name,
+            ntotal=cap.ntotal,
+            position=cap.position,
+            segments=cap.segments,
+            epoch=self.ownership.epoch(shard.name),
+            keys=keys,
+            floats_map=floats_map,
+            float_rows=cap.float_rows if floats_map is not None else 0,
+        )
         return cap, entry
 
     async def _write(self) -> tuple[int, int]:
         store = self.store
         written = await anyio.to_thread.run_sync(self.config.save, store)
-        entries: list[dict[str, Any]] = []
-        saved: list[tuple[Shard, Capture, dict[str, Any]]] = []
+        entries: list[ShardManifest] = []
+        saved: list[tuple[Shard, Capture, ShardManifest]] = []
         for name in sorted(self.shards):
             shard = self.shards[name]
             if shard.dirty:
@@ -182,12 +183,12 @@ class Snapshotter:
             newer = await anyio.to_thread.run_sync(latest_epochs, store.root, worker, others)
             self.ownership.superseded(newer)
             entries.extend(self.ownership.handed_off.values())
-        manifest = {
-            "worker": worker,
-            **self.config.manifest_fields(),
-            "ntotal": sum(int(e["ntotal"]) for e in entries),
-            "shards": entries,
-        }
+        manifest = ManifestBody(
+            **msgspec.structs.asdict(self.config.manifest()),
+            worker=worker,
+            ntotal=sum(e.ntotal for e in entries),
+            shards=entries,
+        )
 
         def commit() -> int:
             seq = store.commit(manifest)
@@ -205,7 +206,7 @@ class Snapshotter:
     def saved_positions(self) -> Positions:
         """Per shard, the position held by the last durable snapshot."""
         return {
-            name: dict(s.saved_entry["position"])
+            name: dict(s.saved_entry.position)
             for name, s in self.shards.items()
             if s.saved_entry is not None
         }

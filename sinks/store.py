@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import re
 import stat
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from sinks.dirlock import WriterLock, claim_directory
 from sinks.durable import (
@@ -47,7 +48,13 @@ from sinks.durable import (
     sha256_file,
     unique,
 )
-from sinks.manifest import validate_manifest
+from sinks.manifest import (
+    SCHEMA_VERSION,
+    Manifest,
+    ManifestBody,
+    decode_manifest,
+    encode_manifest,
+)
 from streams.errors import SnapshotError
 
 __all__ = [
@@ -63,8 +70,6 @@ __all__ = [
 
 log = logging.getLogger("embedstream.snapshot")
 
-SCHEMA_VERSION = 1
-
 
 @dataclass
 class Loaded:
@@ -72,12 +77,12 @@ class Loaded:
 
     Attributes:
         seq: the manifest's sequence number.
-        manifest: the manifest's JSON object.
+        manifest: the manifest.
         fallbacks: for every newer manifest that was skipped, ``{"seq", "reason"}``.
     """
 
     seq: int
-    manifest: dict[str, Any]
+    manifest: Manifest
     fallbacks: list[dict[str, Any]] = field(default_factory=list)
 
     def object_path(self, store: SnapshotStore, digest: str) -> Path:
@@ -274,10 +279,10 @@ class SnapshotStore:
         self._step(f"objects/{digest}:renamed")
         return digest, size
 
-    def commit(self, manifest: dict[str, Any]) -> int:
-        """Write ``manifest`` as the next snapshot and make it current.
+    def commit(self, body: ManifestBody) -> int:
+        """Write ``body`` as the next snapshot and make it current.
 
-        ``manifest`` gets ``schema``, ``seq``, ``parent`` and ``created`` filled in.
+        The manifest gets ``schema``, ``seq``, ``parent`` and ``created`` filled in.
         Every object it names must have been stored with :meth:`put_object`.
 
         Returns the new seq.
@@ -289,17 +294,17 @@ class SnapshotStore:
         seqs = self.seqs()
         seq = (seqs[-1] if seqs else 0) + 1
         parent = self.current_seq()
-        body = {
-            "schema": SCHEMA_VERSION,
-            "seq": seq,
-            "parent": parent,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **manifest,
-        }
+        manifest = Manifest(
+            **msgspec.structs.asdict(body),
+            schema=SCHEMA_VERSION,
+            seq=seq,
+            parent=parent,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
         # Objects first: they must be durable before a manifest names them.
         fsync_dir(self.objects)
         self._step("objects:dir-synced")
-        data = json.dumps(body, indent=1, sort_keys=False).encode()
+        data = encode_manifest(manifest)
         atomic_write(self.manifests / f"{seq:08d}.json", data, self.hook)
         fsync_dir(self.manifests)
         self._step("manifests:dir-synced")
@@ -337,7 +342,7 @@ class SnapshotStore:
             )
             for seq in store.seqs():
                 try:
-                    live.update(_objects_of(store.read_manifest(seq)))
+                    live.update(store.read_manifest(seq).objects())
                 except SnapshotError:
                     continue
         cutoff = time.time() - grace if shared else float("inf")
@@ -379,31 +384,22 @@ class SnapshotStore:
             return None
         return int(text) if text.isascii() and text.isdigit() else None
 
-    def read_manifest(self, seq: int) -> dict[str, Any]:
-        """Parse one manifest. Raises SnapshotError when unreadable."""
+    def read_manifest(self, seq: int) -> Manifest:
+        """Parse one manifest. Raises SnapshotError when unreadable or not of the
+        schema (:mod:`sinks.manifest`)."""
         path = self.manifests / f"{seq:08d}.json"
         try:
-            body = json.loads(read_regular(path))
+            data = read_regular(path)
         except FileNotFoundError:
             raise SnapshotError(f"manifest {seq} is missing") from None
         except OSError as exc:
             raise SnapshotError(f"manifest {seq} cannot be read ({exc})") from None
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise SnapshotError(f"manifest {seq} is not valid JSON ({exc})") from None
-        if not isinstance(body, dict) or body.get("seq") != seq or "shards" not in body:
-            raise SnapshotError(f"manifest {seq} is incomplete or not a manifest")
-        if body.get("schema") != SCHEMA_VERSION:
-            raise SnapshotError(
-                f"manifest {seq} has schema {body.get('schema')!r}; this version reads "
-                f"{SCHEMA_VERSION}"
-            )
-        validate_manifest(body, seq)
-        return body
+        return decode_manifest(data, seq)
 
-    def verify(self, manifest: dict[str, Any], shards: Collection[str] | None = None) -> None:
+    def verify(self, manifest: Manifest, shards: Collection[str] | None = None) -> None:
         """Check that every object of ``manifest`` (of the named ``shards`` only, when
         given) exists and matches its hash."""
-        for digest in _objects_of(manifest, shards):
+        for digest in manifest.objects(None if shards is None else set(shards)):
             path = self.objects / digest
             try:
                 actual = sha256_file(path)
@@ -465,29 +461,12 @@ class SnapshotStore:
                 self.verify(m)
                 entry.update(
                     ok=True,
-                    parent=m.get("parent"),
-                    created=m.get("created"),
-                    ntotal=m.get("ntotal"),
-                    shards=len(m["shards"]),
+                    parent=m.parent,
+                    created=m.created,
+                    ntotal=m.ntotal,
+                    shards=len(m.shards),
                 )
             except SnapshotError as exc:
                 entry.update(ok=False, error=str(exc))
             out.append(entry)
         return out
-
-
-def _objects_of(manifest: dict[str, Any], names: Collection[str] | None = None) -> Iterable[str]:
-    for key in ("template", "codec"):
-        if manifest.get(key):
-            yield manifest[key]
-    for shard in manifest.get("shards", []):
-        if names is not None and shard.get("name") not in names:
-            continue
-        for seg in shard.get("segments", []):
-            yield seg["object"]
-            if seg.get("dead"):
-                yield seg["dead"]
-        for key in ("object", "keys", "floats_map"):
-            digest = shard.get(key)
-            if digest:
-                yield digest

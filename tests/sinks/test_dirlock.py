@@ -15,6 +15,7 @@ import pytest
 
 from sinks import open_snapshot
 from sinks.dirlock import MARKER
+from sinks.manifest import ManifestBody
 from sinks.store import SnapshotStore
 from streams import SnapshotError
 from tests.helpers import run_cli
@@ -63,7 +64,7 @@ def test_cleanup_and_gc_only_remove_our_own_files(tmp_path: Path) -> None:
     s.close()
     s = SnapshotStore(tmp_path / "idx")
     assert not ours.exists()
-    s.commit({"dim": 2, "shards": []})
+    s.commit(ManifestBody(dim=2, shards=[]))
     s.prune(1, grace=0)
     assert all(p.read_text() == "not ours" for p in foreign)
     assert outside.read_text() == "keep" and link.is_symlink()

@@ -100,7 +100,7 @@ async def test_hand_over_keeps_the_shard_visible_and_raises_its_epoch(tmp_path: 
         await a.snapshot()
         loaded = SnapshotStore(idx, chain="a", readonly=True).load()
         assert loaded is not None
-        names = [e["name"] for e in loaded.manifest["shards"]]
+        names = [e.name for e in loaded.manifest.shards]
         assert names == ["p9"]
         await a.close(ok=True)
         await b.close(ok=True)
@@ -182,7 +182,7 @@ async def test_gone_workers_are_retired_and_their_objects_collected(tmp_path: Pa
     assert retire_chains(idx, own="b") == ["a"]
     assert not (idx / "workers" / "a").exists()
     store = SnapshotStore(idx, chain="b")
-    live = {seg["object"] for s in store.load().manifest["shards"] for seg in s["segments"]}
+    live = {seg.object for s in store.load().manifest.shards for seg in s.segments}
     for p in (idx / "objects").iterdir():
         os.utime(p, (old, old))
     store.prune(1)

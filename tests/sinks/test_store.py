@@ -3,25 +3,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sinks.manifest import ManifestBody
 from sinks.store import SnapshotStore
 from streams import SnapshotError
 
 
 def commit(store: SnapshotStore, payload: bytes, pos: int) -> int:
     obj = store.put_object(payload)
-    return store.commit(
-        {
-            "ntotal": 1,
-            "dim": 2,
-            "shards": [
-                {"name": "p", "object": obj, "keys": None, "ntotal": 1, "position": {"o": pos}}
-            ],
-        }
-    )
+    body = {
+        "ntotal": 1,
+        "dim": 2,
+        "shards": [{"name": "p", "object": obj, "keys": None, "ntotal": 1, "position": {"o": pos}}],
+    }
+    return store.commit(msgspec.convert(body, ManifestBody))
 
 
 def test_commit_load_and_content_addressing(tmp_path: Path) -> None:
@@ -32,7 +31,7 @@ def test_commit_load_and_content_addressing(tmp_path: Path) -> None:
     assert len(list((tmp_path / "objects").iterdir())) == 1
     loaded = s.load()
     assert loaded is not None and loaded.seq == 2 and loaded.fallbacks == []
-    assert loaded.manifest["parent"] == 1
+    assert loaded.manifest.parent == 1
     assert (tmp_path / "CURRENT").read_text().strip() == "2"
 
 
@@ -41,7 +40,7 @@ def test_corrupt_object_falls_back_with_reason(tmp_path: Path) -> None:
     commit(s, b"one", 1)
     commit(s, b"two", 2)
     m = s.read_manifest(2)
-    obj = tmp_path / "objects" / m["shards"][0]["object"]
+    obj = tmp_path / "objects" / m.shards[0].object
     data = bytearray(obj.read_bytes())
     data[0] ^= 0xFF
     obj.write_bytes(bytes(data))
@@ -60,7 +59,7 @@ def test_damage_falls_back_to_previous(tmp_path: Path, damage: str) -> None:
     commit(s, b"one", 1)
     commit(s, b"two", 2)
     man = tmp_path / "manifests" / "00000002.json"
-    obj = tmp_path / "objects" / s.read_manifest(2)["shards"][0]["object"]
+    obj = tmp_path / "objects" / s.read_manifest(2).shards[0].object
     if damage == "truncate":
         man.write_bytes(man.read_bytes()[:20])
     elif damage == "empty":
@@ -139,7 +138,7 @@ def test_crash_at_every_step_leaves_previous_state(tmp_path: Path) -> None:
             s.prune(1)
         loaded = SnapshotStore(d, readonly=True).load()
         assert loaded is not None, step
-        pos = loaded.manifest["shards"][0]["position"]["o"]
+        pos = loaded.manifest.shards[0].position["o"]
         # Before the CURRENT rename: the old state; after it: the new one. Never torn.
         assert pos in (1, 2), step
         if step.startswith("manifests/") or step.startswith("objects"):
@@ -234,7 +233,7 @@ def test_random_bytes_in_manifests_and_current_never_raise_anything_else(
         combine(d)
     except SnapshotError:
         return  # a clear "no snapshot loads" with every reason
-    assert loaded is not None and loaded.manifest["seq"] in (1, 2)
+    assert loaded is not None and loaded.manifest.seq in (1, 2)
 
 
 def test_a_hash_valid_object_faiss_cannot_read_is_one_clear_error(tmp_path: Path) -> None:
