@@ -19,11 +19,9 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import numpy as np
-import numpy.typing as npt
 
 from streams.channel import Inbox
 from streams.errors import ConfigError
@@ -42,63 +40,12 @@ def last_wins(b: Batch) -> Batch:
     _, first_rev = np.unique(ids[::-1], return_index=True)
     if len(first_rev) == len(ids):
         return b
-    keep = np.sort(len(ids) - 1 - first_rev)
-    return Batch(
-        ids=ids[keep],
-        vectors=b.vectors[keep],
-        timestamps=b.timestamps[keep],
-        partition=b.partition,
-        position=b.position,
-        deleted=None if b.deleted is None else b.deleted[keep],
-        keys=b.keys,
-        metadata=None if b.metadata is None else [b.metadata[i] for i in keep],
-        created=b.created,
-    )
+    return b.take(np.sort(len(ids) - 1 - first_rev))
 
 
 def concat(parts: list[Batch], position: Position) -> Batch:
     """One batch holding ``parts`` in order, with ``position``."""
-    if len(parts) == 1 and parts[0].position is position:
-        return parts[0]
-    keys: dict[int, str] | None = None
-    for p in parts:
-        if p.keys:
-            keys = {**(keys or {}), **p.keys}
-    deleted: npt.NDArray[np.bool_] | None = None
-    if any(p.deleted is not None for p in parts):
-        deleted = np.concatenate(
-            [p.deleted if p.deleted is not None else np.zeros(len(p), bool) for p in parts]
-        )
-    metadata: list[Any] | None = None
-    if any(p.metadata is not None for p in parts):
-        metadata = []
-        for p in parts:
-            metadata.extend(p.metadata if p.metadata is not None else [None] * len(p))
-    return Batch(
-        ids=np.concatenate([p.ids for p in parts]),
-        vectors=np.concatenate([p.vectors for p in parts]),
-        timestamps=np.concatenate([p.timestamps for p in parts]),
-        partition=parts[0].partition,
-        position=position,
-        deleted=deleted,
-        keys=keys,
-        metadata=metadata,
-        created=parts[0].created,
-    )
-
-
-def _slice(b: Batch, start: int, stop: int, position: Position) -> Batch:
-    return Batch(
-        ids=b.ids[start:stop],
-        vectors=b.vectors[start:stop],
-        timestamps=b.timestamps[start:stop],
-        partition=b.partition,
-        position=position,
-        deleted=None if b.deleted is None else b.deleted[start:stop],
-        keys=b.keys,
-        metadata=None if b.metadata is None else b.metadata[start:stop],
-        created=b.created,
-    )
+    return Batch.concat(parts, position)
 
 
 @dataclass
@@ -138,7 +85,7 @@ class _Batcher:
         while start < n:
             take = min(max(limit - p.rows, 1), n - start)
             whole = start == 0 and take == n
-            p.parts.append(b if whole else _slice(b, start, start + take, p.position))
+            p.parts.append(b if whole else b.take(slice(start, start + take), p.position))
             p.rows += take
             start += take
             if p.rows >= limit:

@@ -23,6 +23,7 @@ from operators.blobs import BlobPool
 from operators.codecs import Columns, decode_payloads
 from streams.channel import Inbox
 from streams.deadletters import Rejected, Rejects
+from streams.formats import FORMATS
 from streams.operator import Operator
 from streams.records import Batch, Chunk
 
@@ -31,8 +32,6 @@ __all__ = ["decode"]
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
 
 _ZERO = "the vector is all zeros and cannot be normalised"
-
-_SLOW_FORMATS = frozenset({"json", "msgpack"})
 
 
 class _Decoder:
@@ -53,7 +52,7 @@ class _Decoder:
             if chunk.vectors is not None:
                 return self._numeric(chunk)
             cols, dim = decode_payloads(
-                chunk.format,
+                FORMATS[chunk.format].payload,
                 chunk.payloads or [],
                 chunk.keys,
                 max_bytes=self.max_bytes,
@@ -208,7 +207,7 @@ def decode(
 
     async def run(inbox: Inbox[Chunk]) -> AsyncIterator[Batch]:
         async for chunk in inbox:
-            if chunk.format in _SLOW_FORMATS:
+            if FORMATS[chunk.format].threaded:
                 # Record-by-record decoding takes tens of milliseconds per chunk: a
                 # worker thread keeps the event loop (searches, metrics, Kafka
                 # heartbeats) responsive meanwhile.

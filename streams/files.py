@@ -36,6 +36,8 @@ import numpy as np
 import numpy.typing as npt
 
 from streams.errors import SourceError
+from streams.formats import FORMATS as REGISTRY
+from streams.formats import file_formats, format_for_suffix
 from streams.records import Chunk, Position, Positions
 from streams.source import Source
 
@@ -43,16 +45,7 @@ __all__ = ["FILES_PARTITION", "FORMATS", "FileSource", "detect_format"]
 
 FILES_PARTITION = "files"
 
-FORMATS = ("jsonl", "npy", "fvecs", "bvecs")
-
-_SUFFIXES = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".npy": "npy",
-    ".fvecs": "fvecs",
-    ".bvecs": "bvecs",
-}
+FORMATS = file_formats()
 
 _NPY_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 
@@ -73,15 +66,15 @@ def detect_format(path: Path) -> str:
     Raises:
         SourceError: the suffix is not one of the known formats.
     """
-    fmt = _SUFFIXES.get(path.suffix.lower())
+    fmt = format_for_suffix(path.suffix)
     if fmt is None:
-        known = ", ".join(sorted(_SUFFIXES))
+        known = ", ".join(sorted(s for f in FORMATS for s in REGISTRY[f].suffixes))
         raise SourceError(
             str(path),
             f"cannot tell the format from the suffix {path.suffix!r}",
             f"known suffixes: {known}; or pass format= / --format",
         )
-    return fmt
+    return fmt.name
 
 
 class FileSource(Source):
@@ -330,7 +323,7 @@ async def _read_jsonl(
             yield Chunk(
                 partition=FILES_PARTITION,
                 source=str(path),
-                format="json",
+                format="jsonl",
                 position={key: end},
                 locations=np.asarray(where, dtype=np.int64),
                 location_kind="line",

@@ -14,13 +14,14 @@ ones with ``dict.update``, so one partition can track several files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Batch", "Chunk", "Position", "Positions", "merge_positions"]
+__all__ = ["ROW_FIELDS", "Batch", "Chunk", "Position", "Positions", "merge_positions"]
 
 Position = dict[str, int]
 """Next offset per stream (file path, or ``"offset"`` for a Kafka partition)."""
@@ -149,3 +150,72 @@ class Batch:
     def n_deletes(self) -> int:
         """How many rows are deletes."""
         return 0 if self.deleted is None else int(self.deleted.sum())
+
+    def take(self, rows: slice | npt.NDArray[np.intp], position: Position | None = None) -> Batch:
+        """The batch of ``rows`` (a slice or an index array), every per-row field
+        (:data:`ROW_FIELDS`) cut alike; ``position`` defaults to this batch's."""
+        cut: dict[str, Any] = {}
+        for name in ROW_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                cut[name] = None
+            elif isinstance(value, list):
+                cut[name] = value[rows] if isinstance(rows, slice) else [value[i] for i in rows]
+            else:
+                cut[name] = value[rows]
+        return Batch(
+            **cut,
+            partition=self.partition,
+            position=self.position if position is None else position,
+            keys=self.keys,
+            created=self.created,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Batch], position: Position) -> Batch:
+        """One batch holding ``parts`` (of one partition) in order, with
+        ``position``. An optional per-row field set in some parts only is filled
+        for the others (not deleted, no metadata, NaN floats)."""
+        if len(parts) == 1 and parts[0].position is position:
+            return parts[0]
+        joined: dict[str, Any] = {}
+        for name in ROW_FIELDS:
+            values = [getattr(p, name) for p in parts]
+            if all(v is None for v in values):
+                joined[name] = None
+                continue
+            like = next(v for v in values if v is not None)
+            filled = [
+                v if v is not None else _missing(name, len(p), like)
+                for p, v in zip(parts, values, strict=True)
+            ]
+            if isinstance(like, list):
+                joined[name] = [x for v in filled for x in v]
+            else:
+                joined[name] = np.concatenate(filled)
+        keys: dict[int, str] | None = None
+        for p in parts:
+            if p.keys:
+                keys = {**(keys or {}), **p.keys}
+        return Batch(
+            **joined,
+            partition=parts[0].partition,
+            position=position,
+            keys=keys,
+            created=parts[0].created,
+        )
+
+
+ROW_FIELDS = ("ids", "vectors", "timestamps", "deleted", "metadata", "floats")
+"""The fields of :class:`Batch` that hold one entry per row; :meth:`Batch.take` and
+:meth:`Batch.concat` carry every one of them."""
+
+
+def _missing(name: str, n: int, like: Any) -> Any:
+    if name == "deleted":
+        return np.zeros(n, dtype=bool)
+    if name == "metadata":
+        return [None] * n
+    if name == "floats":
+        return np.full((n, like.shape[1]), np.nan, dtype=np.float32)
+    raise ValueError(f"every part of a batch has {name}")

@@ -30,6 +30,7 @@ import numpy as np
 
 from streams.channel import Outbox
 from streams.errors import ConfigError, SourceError
+from streams.formats import kafka_formats
 from streams.kafka.client import within
 from streams.kafka.errors import map_kafka_errors, transient
 from streams.kafka.records import raw_records_marker
@@ -46,7 +47,7 @@ log = logging.getLogger("embedstream.kafka")
 
 T = TypeVar("T")
 
-KAFKA_FORMATS = ("f32", "f16", "json", "msgpack")
+KAFKA_FORMATS = kafka_formats()
 
 
 _offset = attrgetter("offset")
