@@ -63,6 +63,7 @@ def vectors_by_id(idx: Path) -> dict[int, np.ndarray]:
     return out
 
 
+@pytest.mark.asyncio
 async def test_ingest_restart_and_pick_up_new_records(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -86,6 +87,7 @@ async def test_ingest_restart_and_pick_up_new_records(
         assert np.array_equal(got[i], x[i])
 
 
+@pytest.mark.asyncio
 async def test_tombstones_delete_and_bad_messages_go_to_dead_letter_topic(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -115,6 +117,7 @@ async def test_tombstones_delete_and_bad_messages_go_to_dead_letter_topic(
         assert r["raw"] is None or isinstance(r["raw"], (str, dict))
 
 
+@pytest.mark.asyncio
 async def test_two_processes_in_one_group_split_partitions_and_lag_reaches_zero(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -193,6 +196,7 @@ async def test_two_processes_in_one_group_split_partitions_and_lag_reaches_zero(
     assert ids == set(range(20000))
 
 
+@pytest.mark.asyncio
 async def test_a_slow_sink_pauses_fetching_without_leaving_the_group(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -231,6 +235,7 @@ async def test_a_slow_sink_pauses_fetching_without_leaving_the_group(
     assert p.metrics().channels["kafka->decode"].send_blocked_seconds > 5
 
 
+@pytest.mark.asyncio
 async def test_kill_9_at_random_moments_then_exactly_once(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -294,6 +299,7 @@ def test_out_of_range_offset_is_an_error(kafka: str, topic_name: str, tmp_path: 
     assert "no longer on the broker" in proc.stderr or "offset" in proc.stderr
 
 
+@pytest.mark.asyncio
 async def test_live_record_is_searchable_within_a_second_over_http(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from tests.reliability.oracle import ingest_argv
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.asyncio
 async def test_keys_map_to_ids_record_by_record(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -52,6 +53,7 @@ async def test_keys_map_to_ids_record_by_record(
     assert inspect(jidx)["ntotal"] == 0
 
 
+@pytest.mark.asyncio
 async def test_a_stray_record_does_not_fix_the_dimension(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -91,6 +93,7 @@ def test_a_bad_kafka_url_is_one_line(tmp_path: Path) -> None:
     assert len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.asyncio
 async def test_until_idle_waits_for_partitions_a_dead_member_still_holds(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:

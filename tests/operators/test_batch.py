@@ -12,6 +12,8 @@ from streams import Batch, Chunk, ConfigError, Source
 from streams.records import Positions
 from tests.helpers import collect
 
+pytestmark = pytest.mark.anyio
+
 
 def mk(ids: list[int], part: str = "p", pos: int = 0, dim: int = 2) -> Batch:
     a = np.asarray(ids, dtype=np.int64)

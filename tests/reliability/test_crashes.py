@@ -29,6 +29,7 @@ from tests.reliability.oracle import (
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.asyncio
 async def test_crash_at_every_step_of_the_snapshot_protocol(
     kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
@@ -44,6 +45,7 @@ async def test_crash_at_every_step_of_the_snapshot_protocol(
     assert verdict.ok, verdict
 
 
+@pytest.mark.asyncio
 async def test_kill_9_while_ingesting(kafka: str, topic_name: str, tmp_path: Path) -> None:
     x = np.random.default_rng(12).standard_normal((50_000, 32)).astype(np.float32)
     await create_topic(kafka, topic_name, 4)
@@ -56,6 +58,7 @@ async def test_kill_9_while_ingesting(kafka: str, topic_name: str, tmp_path: Pat
     assert verdict.ok, verdict
 
 
+@pytest.mark.asyncio
 async def test_broker_restart_mid_stream(
     kafka: str, kafka_broker, topic_name: str, tmp_path: Path
 ) -> None:
@@ -94,6 +97,7 @@ async def test_broker_restart_mid_stream(
     assert verdict.ok, (verdict, out, err[-3000:])
 
 
+@pytest.mark.asyncio
 async def test_searches_during_adds_upserts_and_deletes(tmp_path: Path) -> None:
     searches, batches, half = await search_soak(tmp_path, 3.0)
     assert searches > 20 and batches > 20

@@ -33,6 +33,7 @@ def write_jsonl(path: Path, ids, vectors, extra=None) -> Path:
     return path
 
 
+@pytest.mark.asyncio
 async def test_same_file_twice_adds_nothing(make_npy, tmp_path: Path) -> None:
     path, _x = make_npy(3000, 8)
     idx = tmp_path / "idx"
@@ -46,6 +47,7 @@ async def test_same_file_twice_adds_nothing(make_npy, tmp_path: Path) -> None:
     assert view.manifest["shards"][0]["position"] == {str(path.resolve()): 3000}
 
 
+@pytest.mark.asyncio
 async def test_resume_after_partial_file(make_npy, tmp_path: Path) -> None:
     _path, x = make_npy(1000, 4)
     idx = tmp_path / "idx"
@@ -60,6 +62,7 @@ async def test_resume_after_partial_file(make_npy, tmp_path: Path) -> None:
     assert res.ids[:, 0].tolist() == [0, 500, 999]
 
 
+@pytest.mark.asyncio
 async def test_file_a_then_b_upserts(tmp_path: Path, rng) -> None:
     a = write_jsonl(tmp_path / "a.jsonl", range(3000), rng.standard_normal((3000, 8)))
     bv = rng.standard_normal((3000, 8)).astype(np.float32)
@@ -77,6 +80,7 @@ async def test_file_a_then_b_upserts(tmp_path: Path, rng) -> None:
     assert res.ids[:, 0].tolist() == [1500, 2999]
 
 
+@pytest.mark.asyncio
 async def test_upsert_in_one_stream_keeps_the_newer(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "u.jsonl", [7, 8, 7], [[1, 0], [0, 1], [0.6, 0.8]])
     idx = tmp_path / "idx"
@@ -87,6 +91,7 @@ async def test_upsert_in_one_stream_keeps_the_newer(tmp_path: Path) -> None:
     assert res.ids[0, 0] == 7 and res.scores[0, 0] == pytest.approx(1.0)
 
 
+@pytest.mark.asyncio
 async def test_delete_records(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     lines = [{"id": i, "vector": [float(i), 1.0]} for i in range(10)]
@@ -100,6 +105,7 @@ async def test_delete_records(tmp_path: Path) -> None:
     assert 3 not in found and 4 in found
 
 
+@pytest.mark.asyncio
 async def test_string_ids_round_trip(tmp_path: Path, rng) -> None:
     keys = [f"doc-{i}" for i in range(50)]
     x = rng.standard_normal((50, 6)).astype(np.float32)
@@ -111,6 +117,7 @@ async def test_string_ids_round_trip(tmp_path: Path, rng) -> None:
     assert [r["ids"][0] for r in rows] == ["doc-3", "doc-17"]
 
 
+@pytest.mark.asyncio
 async def test_training_index_types(make_npy, tmp_path: Path) -> None:
     path, x = make_npy(2000, 16)
     idx = tmp_path / "idx"
@@ -124,6 +131,7 @@ async def test_training_index_types(make_npy, tmp_path: Path) -> None:
     assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.asyncio
 async def test_config_mismatch_is_refused(make_npy, tmp_path: Path) -> None:
     path, _ = make_npy(10, 4)
     idx = tmp_path / "idx"
@@ -139,6 +147,7 @@ def _mk(part: str, ids: np.ndarray, dim: int, pos: int) -> Batch:
     return Batch(ids, v, np.zeros(len(ids)), part, {"offset": pos})
 
 
+@pytest.mark.asyncio
 async def test_unchanged_shards_are_referenced_not_rewritten(tmp_path: Path) -> None:
     sink = FaissSink(tmp_path / "idx", snapshot_every=None)
     async with anyio.create_task_group() as tg:
@@ -161,6 +170,7 @@ async def test_unchanged_shards_are_referenced_not_rewritten(tmp_path: Path) -> 
     }
 
 
+@pytest.mark.asyncio
 async def test_search_during_ingest_never_sees_half_a_batch(tmp_path: Path) -> None:
     """Adds, upserts and deletes of whole blocks while two tasks search."""
     from tests.reliability.oracle import search_soak
@@ -170,6 +180,7 @@ async def test_search_during_ingest_never_sees_half_a_batch(tmp_path: Path) -> N
     assert half == []
 
 
+@pytest.mark.asyncio
 async def test_segments_seal_search_together_and_snapshot_only_what_changed(
     tmp_path: Path, rng
 ) -> None:
@@ -227,6 +238,7 @@ async def _add_blocks(sink: FaissSink, x: np.ndarray, start: int, stop: int, ste
         ("HNSW16", [5000], [6644]),
     ],
 )
+@pytest.mark.asyncio
 async def test_flat_code_segments_also_seal_at_segment_bytes(
     tmp_path: Path, rng, factory: str, first: list[int], then: list[int]
 ) -> None:
@@ -261,6 +273,7 @@ def test_segment_bytes_never_seals_below_1024_vectors(tmp_path: Path) -> None:
     assert Shard("p", [Segment(make_index(16, "Flat", "l2"))]).seal_at == 131_072
 
 
+@pytest.mark.asyncio
 async def test_hnsw_upserts_and_deletes_with_tombstones_and_compaction(tmp_path: Path, rng) -> None:
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     sink = FaissSink(
@@ -303,6 +316,7 @@ async def test_hnsw_upserts_and_deletes_with_tombstones_and_compaction(tmp_path:
     assert again[:3] == [0, 1, 2] and not set(again[3:]) & set(dels.tolist())
 
 
+@pytest.mark.asyncio
 async def test_disk_full_during_snapshots_loses_nothing_and_recovers(tmp_path: Path, rng) -> None:
     import errno
 

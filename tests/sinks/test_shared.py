@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import faiss
 import numpy as np
+import pytest
 from anyio.abc import TaskGroup
 
 from sinks import FaissSink, SnapshotStore, open_snapshot
@@ -35,6 +36,7 @@ async def two_workers(tg: TaskGroup, idx: Path) -> tuple[FaissSink, FaissSink]:
     return a, b
 
 
+@pytest.mark.asyncio
 async def test_two_workers_make_one_combined_index(tmp_path: Path) -> None:
     idx = tmp_path / "idx"
     x = rows(4000, 1)
@@ -66,6 +68,7 @@ async def test_two_workers_make_one_combined_index(tmp_path: Path) -> None:
     assert (got.ids == want).all()
 
 
+@pytest.mark.asyncio
 async def test_hand_over_keeps_the_shard_visible_and_raises_its_epoch(tmp_path: Path) -> None:
     idx = tmp_path / "idx"
     x = rows(3000, 3)
@@ -109,6 +112,7 @@ async def test_hand_over_keeps_the_shard_visible_and_raises_its_epoch(tmp_path: 
     assert got.tolist() == [*range(3000), 5000]
 
 
+@pytest.mark.asyncio
 async def test_release_times_out_to_the_last_snapshot(tmp_path: Path) -> None:
     idx = tmp_path / "idx"
     x = rows(1000, 4)
@@ -127,6 +131,7 @@ async def test_release_times_out_to_the_last_snapshot(tmp_path: Path) -> None:
     assert m["shards"][0]["position"] == {"offset": 500}
 
 
+@pytest.mark.asyncio
 async def test_a_worker_taking_back_its_own_shard_does_not_reload_it(tmp_path: Path) -> None:
     idx = tmp_path / "idx"
     x = rows(500, 5)
@@ -142,6 +147,7 @@ async def test_a_worker_taking_back_its_own_shard_does_not_reload_it(tmp_path: P
         await a.close(ok=True)
 
 
+@pytest.mark.asyncio
 async def test_single_writer_takes_over_a_shared_directory(tmp_path: Path) -> None:
     idx = tmp_path / "idx"
     x = rows(2000, 6)
@@ -160,6 +166,7 @@ async def test_single_writer_takes_over_a_shared_directory(tmp_path: Path) -> No
     assert [(s["owner"], s["epoch"], s["ntotal"]) for s in m["shards"]] == [("-", 2, 2000)]
 
 
+@pytest.mark.asyncio
 async def test_gone_workers_are_retired_and_their_objects_collected(tmp_path: Path) -> None:
     idx = tmp_path / "idx"
     x = rows(1000, 7)
@@ -201,6 +208,7 @@ def test_fresh_unreferenced_objects_survive_gc_in_a_shared_directory(tmp_path: P
     assert not (store.objects / digest).exists()
 
 
+@pytest.mark.asyncio
 async def test_serve_view_follows_every_workers_snapshots(tmp_path: Path) -> None:
     from sinks.live import LiveView
 

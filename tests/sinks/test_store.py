@@ -255,6 +255,7 @@ def test_a_hash_valid_object_faiss_cannot_read_is_one_clear_error(tmp_path: Path
     assert "faiss cannot read this segment" in line and "kept changing" not in line
 
 
+@pytest.mark.asyncio
 async def test_serve_keeps_the_last_good_snapshot_and_says_why(tmp_path: Path) -> None:
     import anyio
     import numpy as np

@@ -5,6 +5,8 @@ import pytest
 
 from streams.channel import Channel
 
+pytestmark = pytest.mark.anyio
+
 
 async def test_slow_consumer_blocks_producer_and_depth_stays_within_capacity() -> None:
     ch: Channel[int] = Channel("p->c", capacity=3)

@@ -17,6 +17,8 @@ from sinks import open_snapshot
 from streams import BadRecordError, FileSource, SourceError, StageError
 from tests.helpers import collect, run_cli
 
+pytestmark = pytest.mark.anyio
+
 
 async def test_npy_in_chunks_with_row_positions(make_npy) -> None:
     path, x = make_npy(1000, 8)

@@ -66,6 +66,7 @@ async def serve(pipeline: Pipeline, search: Any = None) -> tuple[str, Server]:
     return f"http://127.0.0.1:{port}", server
 
 
+@pytest.mark.asyncio
 async def test_slow_sink_is_named_the_bottleneck_and_blocks_upstream(make_npy) -> None:
     path, _ = make_npy(60_000, 8)
     p = FileSource(path, chunk_bytes=8 * 4 * 500) | decode() | batch(500) | SlowSink()
@@ -93,6 +94,7 @@ async def test_slow_sink_is_named_the_bottleneck_and_blocks_upstream(make_npy) -
     assert "bottleneck slow-sink" in summary_line(p.metrics())
 
 
+@pytest.mark.asyncio
 async def test_metrics_healthz_and_search(make_npy, tmp_path) -> None:
     path, x = make_npy(5000, 8)
     sink = FaissSink(tmp_path / "idx", metric="l2", snapshot_every=0.1)
@@ -262,6 +264,7 @@ def _app(index: Path, limits: RequestLimits | None = None) -> Any:
         ({"vectors": [], "k": 1}, None, 400, "empty"),
     ],
 )
+@pytest.mark.asyncio
 async def test_bad_and_oversized_search_requests_get_a_4xx_naming_the_problem(
     small_index: Path, body: Any, content_type: str | None, status: int, says: str
 ) -> None:
@@ -274,6 +277,7 @@ async def test_bad_and_oversized_search_requests_get_a_4xx_naming_the_problem(
     assert ok == 200 and len(json.loads(text)["results"][0]["ids"]) == 3
 
 
+@pytest.mark.asyncio
 async def test_nan_literals_and_deep_nesting_are_400(small_index: Path) -> None:
     app = _app(small_index)
     for body in (b'{"vectors": [[NaN, 1, 2, 3]]}', b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe"):
@@ -300,6 +304,7 @@ _bodies = st.one_of(
 @settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@pytest.mark.asyncio
 @given(body=_bodies, raw=st.binary(max_size=64))
 async def test_fuzzed_search_bodies_never_get_a_5xx(
     small_index: Path, body: Any, raw: bytes

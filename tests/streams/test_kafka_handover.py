@@ -90,6 +90,7 @@ class SharedSink(Sink[Any]):
         return {p: {"offset": 42} for p in partitions}
 
 
+@pytest.mark.asyncio
 async def test_a_failed_claim_fails_the_source_instead_of_being_swallowed() -> None:
     consumer = FakeConsumer()
     source = KafkaSource("x:1", ["t"], group="g", consumer_factory=lambda: consumer)
@@ -100,6 +101,7 @@ async def test_a_failed_claim_fails_the_source_instead_of_being_swallowed() -> N
     assert consumer.seeks == []
 
 
+@pytest.mark.asyncio
 async def test_a_claimed_partition_resumes_at_the_sinks_offset() -> None:
     consumer = FakeConsumer()
     sink = SharedSink(fail=False)

@@ -25,6 +25,8 @@ from streams import (
 from streams.records import Positions
 from tests.helpers import Collect
 
+pytestmark = pytest.mark.anyio
+
 
 class CountingSource(Source):
     """Emits ``n`` numeric chunks of ``rows`` rows, forever when ``n`` is None."""
