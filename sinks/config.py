@@ -68,6 +68,8 @@ class IndexConfig:
         self.template: Any = None
         self.template_object: str | None = None
         self.codec_object: str | None = None
+        # Default search-time parameters (from `embedstream tune`, kept with the index).
+        self.search_params: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<IndexConfig {self.factory} {self.metric} dim={self.dim}>"
@@ -140,6 +142,7 @@ class IndexConfig:
         self.metric = held.metric
         self.dim = held.dim
         self.normalize_queries = self.normalize_queries or held.normalize_queries
+        self.search_params = dict(held.search_params)
         self._adopt_codec(held, store)
         if held.template:
             self.template = faiss.read_index(str(store.objects / held.template))
@@ -187,4 +190,5 @@ class IndexConfig:
             codec=self.codec_object,
             binary=bool(self.codec is not None and self.codec.binary),
             rerank=self.rerank,
+            search_params=dict(self.search_params),
         )

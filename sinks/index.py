@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -35,6 +35,7 @@ from sinks.floats import FloatStore, floats_path
 from sinks.gate import WriteGate
 from sinks.handover import HandOver
 from sinks.ownership import Ownership
+from sinks.params import parse_params
 from sinks.search import SearchResults, prepare_queries, search_shards
 from sinks.segment import Segment, faiss_message
 from sinks.shard import DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_SIZE, Shard
@@ -429,20 +430,29 @@ class FaissSink(Sink[Batch]):
 
     # -- searching -------------------------------------------------------------------
 
-    async def search(self, queries: npt.ArrayLike, k: int = 10) -> SearchResults:
+    async def search(
+        self,
+        queries: npt.ArrayLike,
+        k: int = 10,
+        params: str | Mapping[str, Any] | None = None,
+    ) -> SearchResults:
         """Top-``k`` over all shards, while ingestion goes on.
 
         Never sees half of a batch. Queries are normalised when the sink was told
-        vectors are (``normalize_queries``).
+        vectors are (``normalize_queries``). ``params``: search-time parameters
+        (``"nprobe=32,efSearch=128"`` or a mapping; :mod:`sinks.params`), by default
+        the ones ``embedstream tune`` stored with the index.
 
         Raises:
-            ConfigError: nothing was ingested yet, or the queries' dimension differs.
+            ConfigError: nothing was ingested yet, the queries' dimension differs, or
+                a parameter does not apply to the index.
         """
         if self.dim is None:
             raise ConfigError(f"{self.path}: the index is empty; nothing to search yet")
+        chosen = self.config.search_params if params is None else parse_params(params)
         q = prepare_queries(queries, self.dim, self.normalize_queries)
         return await anyio.to_thread.run_sync(
-            search_shards, list(self.shards.values()), q, k, self.metric, self.rerank
+            search_shards, list(self.shards.values()), q, k, self.metric, self.rerank, chosen
         )
 
     def searchable_positions(self) -> Positions:

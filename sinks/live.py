@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,12 @@ class LiveView:
             self.reloads += 1
             self.last_error = None
 
-    async def search(self, queries: npt.ArrayLike, k: int) -> SearchResults:
+    async def search(
+        self, queries: npt.ArrayLike, k: int, params: Mapping[str, Any] | str | None = None
+    ) -> SearchResults:
+        """Search the snapshot being served (see :meth:`SnapshotView.search`)."""
         view = self.view
-        return await anyio.to_thread.run_sync(view.search, queries, k)
+        return await anyio.to_thread.run_sync(view.search, queries, k, params)
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` adds: the snapshot being served and, when the newest one

@@ -84,6 +84,8 @@ class IndexManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     codec: Digest | None = None
     binary: bool = False
     rerank: Count = 0
+    # Search-time parameters searches use by default (``embedstream tune`` picks them).
+    search_params: dict[str, Count] = {}
 
 
 class ManifestBody(IndexManifest, kw_only=True):

@@ -10,6 +10,7 @@ another process is ingesting into.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy.typing as npt
 from sinks.durable import NotRegularFileError, read_regular, require_regular
 from sinks.floats import FloatStore, floats_path
 from sinks.manifest import IndexManifest, SegmentManifest, ShardManifest
+from sinks.params import SearchParams, parse_params
 from sinks.segment import Segment, faiss_message
 from sinks.shard import Shard, decode_keys
 from sinks.shared import Combined, combine
@@ -83,11 +85,13 @@ def search_shards(
     k: int,
     metric: str,
     rerank: int = 0,
+    params: SearchParams | None = None,
 ) -> SearchResults:
     """Search every shard and merge (blocking; run in a worker thread).
 
     With ``rerank``, each shard proposes that many candidates from its codes and the
-    full-precision vectors on disk decide the final order and scores.
+    full-precision vectors on disk decide the final order and scores. ``params`` are
+    search-time parameters for every segment (:mod:`sinks.params`).
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
@@ -97,12 +101,12 @@ def search_shards(
     if rerank and all(s.floats is not None for s in shards):
         parts = []
         for s in shards:
-            _, cand = s.search(queries, max(rerank, k))
+            _, cand = s.search(queries, max(rerank, k), params)
             parts.append((s.exact(queries, cand, metric), cand))
         scores, ids = merge_topk(parts, k, metric)
     else:
         order = "l2" if any(s.binary for s in shards) else metric
-        scores, ids = merge_topk([s.search(queries, k) for s in shards], k, order)
+        scores, ids = merge_topk([s.search(queries, k, params) for s in shards], k, order)
     keys: dict[int, str] = {}
     for s in shards:
         if s.keys:
@@ -209,10 +213,20 @@ class SnapshotView:
     def ntotal(self) -> int:
         return self.combined.ntotal
 
-    def search(self, queries: npt.ArrayLike, k: int = 10) -> SearchResults:
-        """Top-``k`` over all shards (queries normalised when the index was)."""
+    def search(
+        self, queries: npt.ArrayLike, k: int = 10, params: str | Mapping[str, Any] | None = None
+    ) -> SearchResults:
+        """Top-``k`` over all shards (queries normalised when the index was).
+
+        ``params``: search-time parameters (``"nprobe=32"`` or ``{"nprobe": 32}``,
+        see :mod:`sinks.params`); by default the ones ``embedstream tune`` stored.
+
+        Raises:
+            ConfigError: the queries do not fit, or a parameter is unknown to the index.
+        """
+        chosen = self.config.search_params if params is None else parse_params(params)
         q = prepare_queries(queries, self.dim, self.config.normalize_queries)
-        return search_shards(self.shards, q, k, self.metric, self.config.rerank)
+        return search_shards(self.shards, q, k, self.metric, self.config.rerank, chosen)
 
 
 def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:

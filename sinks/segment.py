@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sinks.idset import IdSet
+from sinks.params import SearchParams, make_search_parameters
 from streams.errors import ConfigError
 
 __all__ = ["Segment", "faiss_message", "flat_codes", "index_ids", "make_index", "metric_code"]
@@ -336,21 +337,30 @@ class Segment:
         return isinstance(faiss.downcast_index(inner), faiss.IndexHNSW)
 
     def search(
-        self, queries: npt.NDArray[np.float32], k: int
+        self, queries: npt.NDArray[np.float32], k: int, params: SearchParams | None = None
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Top-``k`` of this segment; binary segments search the queries' sign bits
-        and score by Hamming distance."""
+        """Top-``k`` of this segment, with search-time ``params`` (:mod:`sinks.params`);
+        binary segments search the queries' sign bits and score by Hamming distance.
+
+        Raises:
+            ConfigError: a parameter this segment's index type does not have.
+        """
         if self.binary:
+            if params:
+                raise ConfigError("binary codes (--quantize binary) take no search parameters")
             dist, ids = self.index.search(np.packbits(queries > 0, axis=1), k)
             return dist.astype(np.float32), ids
+        sel = keep = None
         if len(self.dead):
             dead = self.dead.to_array()
-            batch = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
-            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorNot(batch))  # type: ignore[attr-defined]
-            scores, ids = self.index.search(queries, k, params=params)
-            del batch  # kept alive until the search is done
-            return scores, ids
-        scores, ids = self.index.search(queries, k)
+            keep = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
+            sel = faiss.IDSelectorNot(keep)
+        search_params, alive = make_search_parameters(self.index, params or {}, sel)
+        if search_params is None:
+            scores, ids = self.index.search(queries, k)
+        else:
+            scores, ids = self.index.search(queries, k, params=search_params)
+        del keep, alive  # kept alive until the search is done
         return scores, ids
 
     def reconstruct(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[Any]:

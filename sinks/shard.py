@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from sinks.floats import FloatStore
 from sinks.manifest import SegmentManifest, ShardManifest
+from sinks.params import SearchParams
 from sinks.rwlock import RWLock
 from sinks.segment import (
     Segment,
@@ -215,7 +216,7 @@ class Shard:
             self.searchable_at = time.time()
 
     def search(
-        self, queries: npt.NDArray[np.float32], k: int
+        self, queries: npt.NDArray[np.float32], k: int, params: SearchParams | None = None
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Top-``k`` of this shard (blocking); ids -1 where it has fewer than k.
 
@@ -225,7 +226,7 @@ class Shard:
         with self.lock.read():
             # No segment is asked for more than it holds: a huge k costs only the
             # merged result, never a FAISS allocation of nq x k per segment.
-            parts = [s.search(queries, min(k, s.ntotal)) for s in self.segments if s.ntotal]
+            parts = [s.search(queries, min(k, s.ntotal), params) for s in self.segments if s.ntotal]
         if not parts:
             return np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64)
         return merge_topk(parts, k, self.order)

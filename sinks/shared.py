@@ -188,13 +188,14 @@ def combine(root: str | os.PathLike[str], shards: Collection[str] | None = None)
 
 
 def current_manifests(
-    root: str | os.PathLike[str], exclude: str | None = None
+    root: str | os.PathLike[str], exclude: Collection[str | None] = ()
 ) -> dict[str | None, ManifestBody]:
-    """The current manifest of every chain (but ``exclude``), read without
-    verifying objects: cheap, for bookkeeping that a stale answer cannot harm."""
+    """The current manifest of every chain but those in ``exclude`` (``None`` is the
+    directory's own chain), read without verifying objects: cheap, for bookkeeping
+    that a stale answer cannot harm."""
     out: dict[str | None, ManifestBody] = {}
     for chain in chain_names(root):
-        if chain == exclude:
+        if chain in exclude:
             continue
         store = SnapshotStore(root, chain=chain, readonly=True)
         seq = store.current_seq()
@@ -227,7 +228,7 @@ def latest_epochs(
     committed them.
     """
     if manifests is None:
-        manifests = current_manifests(root, exclude)
+        manifests = current_manifests(root, (exclude,))
     out: dict[str, int] = {}
     for chain, manifest in manifests.items():
         if chain == exclude:

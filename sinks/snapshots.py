@@ -178,7 +178,7 @@ class Snapshotter:
         worker = self.worker
         others = None
         if worker is not None:
-            others = await anyio.to_thread.run_sync(current_manifests, store.root, worker)
+            others = await anyio.to_thread.run_sync(current_manifests, store.root, (worker,))
         if self.ownership.handed_off:
             newer = await anyio.to_thread.run_sync(latest_epochs, store.root, worker, others)
             self.ownership.superseded(newer)

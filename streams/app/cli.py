@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,15 +22,17 @@ import anyio
 import click
 import numpy as np
 from rich.console import Console
+from rich.table import Table
 
 from sinks import SnapshotStore, open_snapshot
+from sinks.params import parse_params
 from sinks.store import chain_names
 from streams.app.gc_tuning import tune_gc
 from streams.app.ingest import IngestOptions, build_ingest_pipeline
 from streams.app.logs import configure as configure_logging
 from streams.app.memory import pin_mmap_threshold, start_trimming
 from streams.app.progress import channel_table, summary_line, watch
-from streams.errors import EmbedstreamError, StageError
+from streams.errors import ConfigError, EmbedstreamError, StageError
 from streams.files import FORMATS
 from streams.kafka import KAFKA_FORMATS, KafkaSource
 from streams.pipeline import Pipeline, PipelineMetrics
@@ -49,7 +52,7 @@ def _fail(exc: BaseException, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def _limit_options(f: Any) -> Any:
+def _serve_options(f: Any) -> Any:
     """The ``POST /search`` bounds, shared by every command that serves HTTP."""
     from streams.app.http import RequestLimits
 
@@ -84,20 +87,49 @@ def _limit_options(f: Any) -> Any:
             help="POST /search: largest request body.",
         ),
     ]
-    for option in reversed(options):
+    for option in reversed([*options, _params_option]):
         f = option(f)
     return f
 
 
-def _limits(options: dict[str, Any]) -> Any:
+def _parse_params_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_params(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_params_option = click.option(
+    "--params",
+    default=None,
+    metavar="NAME=VALUE[,...]",
+    callback=_parse_params_option,
+    help="Search-time parameters, FAISS ParameterSpace syntax: nprobe=32 (IVF), "
+    "efSearch=128 (HNSW), max_codes, quantizer_efSearch, ht. [default: what "
+    "`embedstream tune` stored with the index]",
+)
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """How the HTTP endpoints answer: request bounds and default search parameters."""
+
+    limits: Any
+    params: dict[str, int] | None
+
+
+def _serving(options: dict[str, Any]) -> _Serving:
     from streams.app.http import RequestLimits
 
-    return RequestLimits(
+    limits = RequestLimits(
         max_k=options.pop("max_k"),
         max_queries=options.pop("max_queries"),
         max_results=options.pop("max_results"),
         max_request_bytes=options.pop("max_request_bytes"),
     )
+    return _Serving(limits, options.pop("params"))
 
 
 def _listen(hostport: str) -> tuple[str, int, Any]:
@@ -116,7 +148,7 @@ def _listen(hostport: str) -> tuple[str, int, Any]:
 
 
 async def _run(
-    pipeline: Pipeline, *, progress: bool, serve: tuple[str, int, Any] | None, limits: Any
+    pipeline: Pipeline, *, progress: bool, serve: tuple[str, int, Any] | None, serving: _Serving
 ) -> PipelineMetrics:
     error: EmbedstreamError | None = None
     metrics: PipelineMetrics | None = None
@@ -124,7 +156,7 @@ async def _run(
         if progress:
             tg.start_soon(watch, pipeline)
         if serve:
-            tg.start_soon(_serve_pipeline, pipeline, serve, limits)
+            tg.start_soon(_serve_pipeline, pipeline, serve, serving)
         try:
             metrics = await pipeline.run(handle_signals=True)
         except EmbedstreamError as exc:
@@ -138,7 +170,9 @@ async def _run(
     return metrics
 
 
-async def _serve_pipeline(pipeline: Pipeline, listener: tuple[str, int, Any], limits: Any) -> None:
+async def _serve_pipeline(
+    pipeline: Pipeline, listener: tuple[str, int, Any], serving: _Serving
+) -> None:
     from streams.app.http import Server, make_app, stats_json
     from streams.app.metrics import pipeline_registry
 
@@ -149,7 +183,8 @@ async def _serve_pipeline(pipeline: Pipeline, listener: tuple[str, int, Any], li
         pipeline_registry(pipeline),
         search,
         healthy=lambda: not pipeline.stopping,
-        limits=limits,
+        limits=serving.limits,
+        params=serving.params,
     )
     server = Server.for_app(app, host, port)
     log.warning("serving /metrics, /healthz, /stats and POST /search on http://%s:%d", host, port)
@@ -161,7 +196,7 @@ def run_pipeline(
     *,
     progress: bool = True,
     serve: str | None = None,
-    limits: Any = None,
+    serving: _Serving | None = None,
 ) -> PipelineMetrics:
     """Run ``pipeline`` with signal handling, progress and (optionally) the HTTP
     endpoints; exit on error."""
@@ -172,7 +207,10 @@ def run_pipeline(
     tune_gc()
     start_trimming()
     try:
-        return anyio.run(lambda: _run(pipeline, progress=progress, serve=listener, limits=limits))
+        settings = serving or _Serving(None, None)
+        return anyio.run(
+            lambda: _run(pipeline, progress=progress, serve=listener, serving=settings)
+        )
     except EmbedstreamError as exc:
         _fail(exc)
 
@@ -380,19 +418,19 @@ def main(verbose: int) -> None:
     help="Serve /metrics, /healthz, /stats and POST /search while running "
     "(binds 127.0.0.1 unless a host is given).",
 )
-@_limit_options
+@_serve_options
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
 def ingest(
     sources: tuple[str, ...], index_dir: str, progress: bool, serve: str | None, **options: Any
 ) -> None:
     """Ingest files (JSONL, .npy, .fvecs, .bvecs) or Kafka topics
     (kafka://HOST:PORT/TOPIC[,TOPIC...]) into the index at DIR."""
-    limits = _limits(options)
+    serving = _serving(options)
     try:
         pipeline = build_ingest_pipeline(list(sources), index_dir, IngestOptions(**options))
     except EmbedstreamError as exc:
         _fail(exc, 2)
-    metrics = run_pipeline(pipeline, progress=progress, serve=serve, limits=limits)
+    metrics = run_pipeline(pipeline, progress=progress, serve=serve, serving=serving)
     click.echo(summary_line(metrics))
 
 
@@ -420,17 +458,95 @@ def _load_queries(path: str) -> np.ndarray[Any, Any]:
 @click.option(
     "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query."
 )
-def search(index_dir: str, queries: str, k: int) -> None:
+@_params_option
+def search(index_dir: str, queries: str, k: int, params: dict[str, int] | None) -> None:
     """Search the latest complete snapshot in DIR; one JSON line per query."""
     q = _load_queries(queries)
     try:
         view = open_snapshot(index_dir)
-        results = view.search(q, k)
+    except EmbedstreamError as exc:
+        _fail(exc)
+    try:
+        results = view.search(q, k, params)
+    except ConfigError as exc:
+        _fail(exc, 2)  # parameters or queries that do not fit the index
     except EmbedstreamError as exc:
         _fail(exc)
     out = sys.stdout
     for row in results.rows():
         out.write(json.dumps(row) + "\n")
+
+
+@main.command()
+@click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
+@click.option(
+    "--recall",
+    "target",
+    required=True,
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    help="The recall@k to reach, e.g. 0.95.",
+)
+@click.option(
+    "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query."
+)
+@click.option(
+    "--sample",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Query vectors drawn from the index's own vectors.",
+)
+@click.option(
+    "--queries",
+    "-q",
+    default=None,
+    help="Use these queries (.npy or JSONL) instead of a sample of the index.",
+)
+@click.option("--dry-run", is_flag=True, help="Print the table; store nothing.")
+def tune(
+    index_dir: str, target: float, k: int, sample: int, queries: str | None, dry_run: bool
+) -> None:
+    """Find the cheapest search parameters (nprobe, efSearch) that reach --recall,
+    and store them with the index: searches, serve and ingest then use them."""
+    from sinks.tune import store_choice
+    from sinks.tune import tune as run_tune
+
+    q = _load_queries(queries) if queries else None
+    try:
+        view = open_snapshot(index_dir)
+        result = run_tune(view, target, k=k, sample=sample, queries=q)
+    except ConfigError as exc:
+        _fail(exc, 2)
+    except EmbedstreamError as exc:
+        _fail(exc)
+    console = Console()
+    table = Table(title=f"recall@{result.k} over {result.queries:,} queries (target {target})")
+    table.add_column("parameters")
+    table.add_column("recall", justify="right")
+    table.add_column("ms per query", justify="right")
+    for t in result.trials:
+        mark = " <- chosen" if t is result.chosen else ""
+        shown = ",".join(f"{n}={v}" for n, v in t.params.items()) or "(none)"
+        table.add_row(shown + mark, f"{t.recall:.4f}", f"{t.seconds_per_query * 1000:.3f}")
+    console.print(table)
+    if result.chosen is None:
+        best = result.best
+        assert best is not None
+        _fail(
+            EmbedstreamError(
+                f"no setting reached recall {target} (best {best.recall:.4f} with "
+                f"{best.params or 'no parameters'}); build the index with more lists or "
+                "links, or ask for less; nothing was stored"
+            )
+        )
+    if dry_run:
+        return
+    try:
+        seqs = store_choice(index_dir, result.chosen.params)
+    except EmbedstreamError as exc:
+        _fail(exc)
+    shown = ",".join(f"{n}={v}" for n, v in result.chosen.params.items()) or "(none)"
+    click.echo(f"stored search parameters {shown} in snapshot {', '.join(map(str, seqs))}")
 
 
 @main.command()
@@ -495,7 +611,7 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
     type=click.FloatRange(min=0.05),
     help="Seconds between checks for a new snapshot.",
 )
-@_limit_options
+@_serve_options
 def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) -> None:
     """Serve POST /search, /stats, /healthz and /metrics over the snapshots in DIR,
     read-only, picking up each new snapshot as ingestion publishes it (and keeping
@@ -503,7 +619,7 @@ def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) ->
     from sinks.live import LiveView
     from streams.app.http import Server, make_app
 
-    limits = _limits(options)
+    serving = _serving(options)
     host, port, sock = _listen(hostport)
     try:
         live = LiveView(index_dir)
@@ -511,7 +627,14 @@ def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) ->
         _fail(exc)
 
     async def main_() -> None:
-        app = make_app(live.stats, live.registry(), live.search, limits=limits, health=live.health)
+        app = make_app(
+            live.stats,
+            live.registry(),
+            live.search,
+            limits=serving.limits,
+            health=live.health,
+            params=serving.params,
+        )
         server = Server.for_app(app, host, port)
 
         async def stop_on_signal() -> None:
@@ -539,11 +662,11 @@ def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) ->
     help="Serve /metrics, /healthz, /stats and POST /search while running "
     "(binds 127.0.0.1 unless a host is given).",
 )
-@_limit_options
+@_serve_options
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
 def run(pipeline_file: str, progress: bool, serve: str | None, **options: Any) -> None:
     """Run the ``pipeline`` object that PIPELINE.py defines."""
-    limits = _limits(options)
+    serving = _serving(options)
     try:
         namespace = runpy.run_path(pipeline_file, run_name="__embedstream__")
     except FileNotFoundError:
@@ -556,7 +679,7 @@ def run(pipeline_file: str, progress: bool, serve: str | None, **options: Any) -
             ),
             2,
         )
-    metrics = run_pipeline(pipeline, progress=progress, serve=serve, limits=limits)
+    metrics = run_pipeline(pipeline, progress=progress, serve=serve, serving=serving)
     click.echo(summary_line(metrics))
 
 

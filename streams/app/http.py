@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sinks.params import parse_params
 from streams.errors import ConfigError, EmbedstreamError
 from streams.pipeline import PipelineMetrics
 
@@ -43,7 +44,7 @@ __all__ = ["RequestLimits", "Server", "bind", "make_app", "parse_hostport", "sta
 
 log = logging.getLogger("embedstream.http")
 
-SearchFn = Callable[[Any, int], Awaitable[Any]]
+SearchFn = Callable[[Any, int, Any], Awaitable[Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,7 @@ class RequestLimits:
 class _SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     vectors: list[list[float]]
     k: Annotated[int, msgspec.Meta(ge=1)] = 10
+    params: dict[str, int] | None = None
 
 
 _decode_request = msgspec.json.Decoder(_SearchRequest)
@@ -114,7 +116,9 @@ async def _read_body(request: Request, limits: RequestLimits) -> bytes:
     return bytes(body)
 
 
-def _parse_search(body: bytes, limits: RequestLimits) -> tuple[np.ndarray[Any, Any], int]:
+def _parse_search(
+    body: bytes, limits: RequestLimits
+) -> tuple[np.ndarray[Any, Any], int, dict[str, int] | None]:
     usage = 'send {"vectors": [[...], ...], "k": 10}'
     try:
         req = _decode_request.decode(body)
@@ -148,7 +152,12 @@ def _parse_search(body: bytes, limits: RequestLimits) -> tuple[np.ndarray[Any, A
     if not np.isfinite(q).all():
         row = int(np.flatnonzero(~np.isfinite(q).all(axis=1))[0])
         raise _Refused(400, f"bad request: vector {row} holds NaN, Inf or a value beyond float32")
-    return q, k
+    if req.params is not None:
+        try:
+            parse_params(req.params)
+        except ConfigError as exc:
+            raise _Refused(400, f"bad request: {exc}") from None
+    return q, k, req.params
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -226,13 +235,15 @@ def make_app(
     healthy: Callable[[], bool] = lambda: True,
     limits: RequestLimits | None = None,
     health: Callable[[], dict[str, Any]] | None = None,
+    params: dict[str, int] | None = None,
 ) -> Starlette:
     """The Starlette app serving a pipeline (or, for ``serve``, a snapshot view).
 
     Args:
         stats: the JSON body of ``/stats``.
         registry: what ``/metrics`` exports.
-        search: ``await search(vectors, k)`` returning search results.
+        search: ``await search(vectors, k, params)`` returning search results
+            (``params``: the request's search-time parameters, else ``params``).
         healthy: ``/healthz`` answers 503 when this is false.
         limits: bounds on search requests (defaults: :class:`RequestLimits`).
         health: more fields for the ``/healthz`` body (e.g. a snapshot that failed
@@ -255,11 +266,11 @@ def make_app(
         if search is None:
             return _error(501, "this pipeline's sink cannot search")
         try:
-            queries, k = _parse_search(await _read_body(request, bounds), bounds)
+            queries, k, asked = _parse_search(await _read_body(request, bounds), bounds)
         except _Refused as exc:
             return _error(exc.status, str(exc))
         try:
-            results = await search(queries, k)
+            results = await search(queries, k, asked if asked is not None else params)
         except EmbedstreamError as exc:
             return _error(400, str(exc))
         except MemoryError:
