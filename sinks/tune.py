@@ -11,6 +11,7 @@ keeps the first whose recall, less two standard errors, reaches the target. The 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ class Trial:
         """The recall less two standard errors over ``samples`` query-result pairs:
         a setting is chosen when this reaches the target, so that queries the
         sample did not contain reach it too."""
-        spread = (self.recall * (1 - self.recall) / max(samples, 1)) ** 0.5
+        spread = math.sqrt(self.recall * (1 - self.recall) / max(samples, 1))
         return self.recall - 2 * spread
 
 
