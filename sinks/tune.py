@@ -5,8 +5,9 @@ vectors, each moved by about its nearest-neighbour distance so that it behaves l
 new item (or takes given queries), computes their exact top-k by brute force over the
 stored vectors (the float file with ``--rerank``, else what the index reconstructs),
 then searches the index with each candidate parameter setting, cheapest first, and
-keeps the first whose recall, less two standard errors, reaches the target. The choice is stored in the next manifest
-(:meth:`store_choice`), so plain searches, ``serve`` and a restarted ``ingest`` use it.
+keeps the first whose recall, less two standard errors, reaches the target. The
+choice is stored in the next manifest (:meth:`store_choice`), so plain searches,
+``serve`` and a restarted ``ingest`` use it.
 """
 
 from __future__ import annotations
