@@ -34,6 +34,7 @@ from sinks.config import DEFAULT_FACTORY, DEFAULT_METRIC, IndexConfig
 from sinks.floats import FloatStore, floats_path
 from sinks.gate import WriteGate
 from sinks.handover import HandOver
+from sinks.merge import DEFAULT_MERGE_FACTOR
 from sinks.ownership import Ownership
 from sinks.params import parse_params
 from sinks.search import SearchResults, prepare_queries, search_shards
@@ -85,6 +86,9 @@ class FaissSink(Sink[Batch]):
             segment, so adds stay short and snapshots rewrite only changed segments.
         segment_bytes: flat-code indexes (Flat, SQ, PQ) also seal a segment at this
             many bytes of codes, which bounds the extra memory of FAISS growing it.
+        merge_factor: sealed segments merge in tiers of this many
+            (:mod:`sinks.merge`), so a shard keeps a number of segments logarithmic
+            in its size; below 2, segments never merge.
         worker: this process's name when several processes share ``path`` (Kafka
             consumer groups): it then writes its own manifest chain, holds only the
             shards of the partitions it is given (:meth:`claim`) and hands them
@@ -116,6 +120,7 @@ class FaissSink(Sink[Batch]):
         rerank: int = 0,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        merge_factor: int = DEFAULT_MERGE_FACTOR,
         worker: str | None = None,
         release_timeout: float = 20.0,
         gc_grace: float = DEFAULT_GRACE_SECONDS,
@@ -138,6 +143,7 @@ class FaissSink(Sink[Batch]):
         self.train_size = max(1, train_size)
         self.segment_size = max(1, segment_size)
         self.segment_bytes = segment_bytes
+        self.merge_factor = merge_factor
         self.worker = worker
         self.release_timeout = release_timeout
         self.gc_grace = gc_grace
@@ -156,6 +162,7 @@ class FaissSink(Sink[Batch]):
         self._training: list[Batch] = []
         self._training_rows = 0
         self._loop_scope: anyio.CancelScope | None = None
+        self._merge_wanted = anyio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -245,15 +252,27 @@ class FaissSink(Sink[Batch]):
             if self.worker is None:
                 # The only writer: every shard is ours.
                 positions = await self.handover.take(combined, sorted(combined.shards))
-        if self.snapshot_every:
-            task_group.start_soon(self._snapshot_loop, self.snapshot_every)
+        if self.snapshot_every or self.merge_factor >= 2:
+            task_group.start_soon(self._background)
         return positions
 
-    async def _snapshot_loop(self, every: float) -> None:
-        assert self.snapshotter is not None
+    async def _background(self) -> None:
+        """Periodic snapshots (and compaction), and merges whenever a segment seals;
+        cancelled by :meth:`close`."""
         with anyio.CancelScope() as scope:
             self._loop_scope = scope
-            await self.snapshotter.loop(every, self.compact)
+            async with anyio.create_task_group() as tg:
+                if self.snapshot_every:
+                    assert self.snapshotter is not None
+                    tg.start_soon(self.snapshotter.loop, self.snapshot_every, self.compact)
+                if self.merge_factor >= 2:
+                    tg.start_soon(self._merge_loop)
+
+    async def _merge_loop(self) -> None:
+        while True:
+            await self._merge_wanted.wait()
+            self._merge_wanted = anyio.Event()
+            await self.merge()
 
     async def compact(self) -> int:
         """Rebuild segments of indexes that cannot remove ids (HNSW) whose replaced
@@ -267,6 +286,35 @@ class FaissSink(Sink[Batch]):
         self.stats.compactions += rebuilt
         return rebuilt
 
+    async def merge(self) -> int:
+        """Merge sealed segments by the tiered policy (:mod:`sinks.merge`) in every
+        shard, in worker threads: batches for a shard whose segments are being read
+        queue meanwhile (as during a snapshot). Returns how many merges were done."""
+        if self.merge_factor < 2 or self.snapshotter is None:
+            return 0
+        done = 0
+        # No snapshot or hand-over while segments are swapped.
+        async with self.snapshotter.lock:
+            for shard in list(self.shards.values()):
+                while (group := shard.merge_plan(self.merge_factor)) is not None:
+                    self.snapshotter.store._step(f"merge:{shard.name}:start")
+                    merged = await self._merge_one(shard, group)
+                    if not merged:
+                        break
+                    self.snapshotter.store._step(f"merge:{shard.name}:swapped")
+                    done += 1
+        self.stats.merges += done
+        return done
+
+    async def _merge_one(self, shard: Shard, group: list[Segment]) -> bool:
+        async def run() -> bool:
+            return await anyio.to_thread.run_sync(shard.merge, group)
+
+        if group[0].removable:
+            # Removals mutate these segments: hold the shard's batches back meanwhile.
+            return await self.gate.capture(shard, run)
+        return await run()
+
     async def close(self, *, ok: bool) -> None:
         if self._loop_scope is not None:
             self._loop_scope.cancel()
@@ -274,6 +322,7 @@ class FaissSink(Sink[Batch]):
             if ok:
                 if self._training:
                     await self._train_and_apply()
+                await self.merge()
                 await self.snapshot()
         finally:
             if self.store is not None:
@@ -407,7 +456,10 @@ class FaissSink(Sink[Batch]):
         shard = self.shards.get(item.partition)
         if shard is None:
             shard = self.shards[item.partition] = self._new_shard(item.partition)
+        sealed = len(shard.segments)
         await self.gate.apply(shard, item)
+        if len(shard.segments) != sealed and self.merge_factor >= 2:
+            self._merge_wanted.set()  # a segment sealed: the merge task looks
 
     async def _train_and_apply(self) -> None:
         template = self.config.ensure_template()
@@ -469,7 +521,10 @@ class FaissSink(Sink[Batch]):
     def statistics(self) -> SinkStatistics:
         st = self.stats
         st.ntotal = self.ntotal
-        st.shards = {n: ShardStatistics(s.ntotal, dict(s.position)) for n, s in self.shards.items()}
+        st.shards = {
+            n: ShardStatistics(s.ntotal, dict(s.position), len(s.segments))
+            for n, s in self.shards.items()
+        }
         st.freshness_p50_seconds = self.freshness.quantile(0.5)
         st.freshness_p99_seconds = self.freshness.quantile(0.99)
         return SinkStatistics(**{f: getattr(st, f) for f in st.__dataclass_fields__})

@@ -145,9 +145,14 @@ class _ViewCollector(Collector):
         vectors = GaugeMetricFamily(
             "embedstream_index_vectors", "Vectors a shard holds", labels=["shard"]
         )
+        segments = GaugeMetricFamily(
+            "embedstream_segments", "Segments a shard searches", labels=["shard"]
+        )
         for s in m["shards"]:
             vectors.add_metric([s["name"]], s["ntotal"])
+            segments.add_metric([s["name"]], len(s.get("segments") or [0]))
         yield vectors
+        yield segments
         seq = GaugeMetricFamily(
             "embedstream_snapshot_seq",
             "Seq of the snapshot being served (the highest over workers' chains)",

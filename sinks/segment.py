@@ -88,6 +88,22 @@ def make_index(dim: int, factory: str, metric: str) -> faiss.Index:
     return index
 
 
+def _reconstruct_from_lists(ivf: Any, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+    """Vectors of ``ids`` from an IVF index without a direct map: found by scanning
+    its inverted lists (read-only; for tests, compaction and tuning, not searches)."""
+    out = np.zeros((len(ids), ivf.d), dtype=np.float32)
+    where = {int(i): row for row, i in enumerate(ids.tolist())}
+    inv = ivf.invlists
+    for lst in range(ivf.nlist):
+        n = inv.list_size(lst)
+        if not n:
+            continue
+        held = faiss.rev_swig_ptr(inv.get_ids(lst), n)
+        for offset in np.flatnonzero(np.isin(held, ids)).tolist():
+            ivf.reconstruct_from_offset(lst, offset, faiss.swig_ptr(out[where[int(held[offset])]]))
+    return out
+
+
 def reconstruct_ids(
     index: Any, ids: npt.NDArray[np.int64], *, reverse_map: bool = True
 ) -> npt.NDArray[Any]:
@@ -95,6 +111,8 @@ def reconstruct_ids(
     (blocking; a scan of the id map for wrappers without a reverse map, or when
     ``reverse_map`` is False because an ``IndexIDMap2``'s is not up to date)."""
     idx: Any = index
+    if isinstance(idx, faiss.IndexIVF) and idx.direct_map.no():
+        return _reconstruct_from_lists(idx, ids)
     if isinstance(idx, faiss.IndexIVF) or (isinstance(idx, faiss.IndexIDMap2) and reverse_map):
         out: npt.NDArray[Any] = idx.reconstruct_batch(ids)
         return out

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from sinks.floats import FloatStore
 from sinks.manifest import SegmentManifest, ShardManifest
+from sinks.merge import merged_index, plan
 from sinks.params import SearchParams
 from sinks.rwlock import RWLock
 from sinks.segment import (
@@ -190,9 +191,13 @@ class Shard:
                     seg.remove(ids[mask])
             if len(add_ids):
                 active = self.segments[-1]
-                # An index that cannot remove keeps replaced entries as tombstones;
-                # a new entry for the same id must then go to another segment.
-                replaced_here = bool(held) and not active.removable and held[-1][1].any()
+                # An index that cannot remove keeps replaced and deleted entries as
+                # tombstones; a new entry for such an id must go to another segment
+                # (searches filter the id out of this one).
+                replaced_here = not active.removable and (
+                    (bool(held) and bool(held[-1][1].any()))
+                    or bool(active.dead.contains(add_ids).any())
+                )
                 if replaced_here or (active.ntotal and active.ntotal + len(add_ids) > self.seal_at):
                     assert self.new_index is not None, "read-only shard"
                     active = Segment(self.new_index(), codes=self.codes)
@@ -300,6 +305,55 @@ class Shard:
             seg.saved_version = version
         self.saved_version = cap.version
         self.saved_entry = entry
+
+    def merge_plan(self, factor: int) -> list[Segment] | None:
+        """The sealed segments the tiered policy merges next (:mod:`sinks.merge`)."""
+        if self.new_index is None:
+            return None
+        sealed = self.segments[:-1]
+        picked = plan([s.live for s in sealed], factor, max(1, self.seal_at))
+        return None if picked is None else [sealed[i] for i in picked]
+
+    def merge(self, inputs: list[Segment]) -> bool:
+        """Replace ``inputs`` (sealed segments) by one merged segment (blocking).
+
+        Indexes that can remove are read under the read lock (the caller holds their
+        batches back meanwhile, see :class:`sinks.gate.WriteGate`); the others
+        (HNSW) are never mutated but for their tombstones, so they are read without
+        it, and ids replaced or deleted meanwhile are tombstoned again in the merged
+        segment. Only the swap takes the write lock. Returns False when a segment
+        is no longer there (a concurrent compaction replaced it).
+        """
+        assert self.new_index is not None
+        if inputs[0].removable:
+            with self.lock.read():
+                if any(s not in self.segments[:-1] for s in inputs):
+                    return False
+                index = merged_index(inputs, self.new_index)
+            merged = Segment(index, codes=self.codes)
+            gone = None
+        else:
+            with self.lock.read():
+                before = [s.ids.to_array().copy() for s in inputs]
+            index = merged_index(inputs, self.new_index)
+            merged = Segment(index, codes=self.codes)
+            gone = before
+        with self.lock.write():
+            if any(s not in self.segments[:-1] for s in inputs):
+                return False
+            if gone is not None:
+                # Replaced or deleted while the merged index was built.
+                for seg, live_before in zip(inputs, gone, strict=True):
+                    lost = live_before[~seg.ids.contains(live_before)]
+                    if len(lost):
+                        merged.dead.add(lost)
+                        merged.ids.discard(lost)
+            at = self.segments.index(inputs[0])
+            kept = [s for s in self.segments if s not in inputs]
+            kept.insert(at, merged)
+            self.segments = kept
+            self.version += 1
+        return True
 
     def compact(self, min_dead_fraction: float = 0.25) -> int:
         """Rebuild sealed segments whose tombstones exceed ``min_dead_fraction``

@@ -89,8 +89,7 @@ def candidates(index: Any, k: int) -> list[SearchParams]:
 
 
 def _stored_vectors(view: SnapshotView) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Every live id and its stored vector (exact floats with rerank). Blocking; the
-    view must be this caller's own (IVF segments get a direct map here)."""
+    """Every live id and its stored vector (exact floats with rerank). Blocking."""
     ids: list[npt.NDArray[np.int64]] = []
     vecs: list[npt.NDArray[np.float32]] = []
     for shard in view.shards:
@@ -104,8 +103,6 @@ def _stored_vectors(view: SnapshotView) -> tuple[npt.NDArray[np.int64], npt.NDAr
             elif seg.binary:
                 raise ConfigError("binary codes (--quantize binary) have nothing to tune")
             else:
-                if isinstance(seg.index, faiss.IndexIVF) and seg.index.direct_map.no():
-                    seg.index.make_direct_map()  # reconstruct by id; this view only
                 rows = np.asarray(seg.reconstruct(live), dtype=np.float32)
             ids.append(live)
             vecs.append(rows)

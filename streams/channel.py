@@ -78,8 +78,9 @@ class Channel(Generic[T]):
             raise ValueError(f"channel {name!r}: capacity must be at least 1, got {capacity}")
         send, receive = anyio.create_memory_object_stream[T](capacity)
         self.stats = ChannelStatistics(name=name, capacity=capacity)
-        self.outbox: Outbox[T] = Outbox(send, self.stats)
-        self.inbox: Inbox[T] = Inbox(receive, self.stats)
+        room = _Room()
+        self.outbox: Outbox[T] = Outbox(send, self.stats, room)
+        self.inbox: Inbox[T] = Inbox(receive, self.stats, room)
 
     @property
     def name(self) -> str:
@@ -103,12 +104,38 @@ class Channel(Generic[T]):
         )
 
 
+class _Room:
+    """Wakes a sender waiting for room when the receiver takes an item (or closes).
+
+    A full channel's sender waits here, then hands its item over with
+    ``send_nowait``, instead of parking the item inside the memory stream: a parked
+    item can be taken by the receiver and the sender still be cancelled (trio wakes
+    it that way), and then the item would be delivered but never counted.
+    """
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+
 class Outbox(Generic[T]):
     """The sending end of a :class:`Channel`."""
 
-    def __init__(self, stream: MemoryObjectSendStream[T], stats: ChannelStatistics) -> None:
+    def __init__(
+        self, stream: MemoryObjectSendStream[T], stats: ChannelStatistics, room: _Room | None = None
+    ) -> None:
         self._stream = stream
         self._stats = stats
+        self._room = room or _Room()
 
     async def send(self, item: T) -> None:
         """Send one item, waiting while the channel is full.
@@ -123,7 +150,13 @@ class Outbox(Generic[T]):
         except anyio.WouldBlock:
             started = time.perf_counter()
             try:
-                await self._stream.send(item)
+                while True:
+                    await self._room.wait()
+                    try:
+                        self._stream.send_nowait(item)
+                        break
+                    except anyio.WouldBlock:
+                        continue
             finally:
                 s.send_blocked_seconds += time.perf_counter() - started
         self._count(item)
@@ -167,9 +200,15 @@ class Outbox(Generic[T]):
 class Inbox(Generic[T]):
     """The receiving end of a :class:`Channel`; an async iterator of its items."""
 
-    def __init__(self, stream: MemoryObjectReceiveStream[T], stats: ChannelStatistics) -> None:
+    def __init__(
+        self,
+        stream: MemoryObjectReceiveStream[T],
+        stats: ChannelStatistics,
+        room: _Room | None = None,
+    ) -> None:
         self._stream = stream
         self._stats = stats
+        self._room = room or _Room()
 
     @property
     def name(self) -> str:
@@ -195,6 +234,7 @@ class Inbox(Generic[T]):
         try:
             item = self._stream.receive_nowait()
         except anyio.WouldBlock:
+            self._room.notify()
             started = time.perf_counter()
             try:
                 if timeout is None or math.isinf(timeout):
@@ -204,6 +244,7 @@ class Inbox(Generic[T]):
                         item = await self._stream.receive()
             finally:
                 self._stats.receive_wait_seconds += time.perf_counter() - started
+        self._room.notify()
         s = self._stats
         s.items_out += 1
         s.records_out += _records(item)
@@ -223,6 +264,7 @@ class Inbox(Generic[T]):
     async def aclose(self) -> None:
         """Close the receiving side. Idempotent."""
         await self._stream.aclose()
+        self._room.notify()  # a waiting sender finds the channel broken
 
     async def __aenter__(self) -> Inbox[T]:
         return self

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from streams.channel import DEFAULT_CAPACITY, Channel, ChannelStatistics, Inbox, Outbox
@@ -315,6 +316,9 @@ class Pipeline:
                     if self._stop_requested:
                         scope.cancel()
                     await self.source.run(start, outbox)
+        except anyio.BrokenResourceError as exc:
+            await _cancelled_first()
+            raise _stage_error(name, exc) from exc
         except Exception as exc:
             raise _stage_error(name, exc) from exc
 
@@ -329,6 +333,9 @@ class Pipeline:
                     await self._pump(items, stats, inbox, outbox)
                 finally:
                     await _aclose(items)
+        except anyio.BrokenResourceError as exc:
+            await _cancelled_first()
+            raise _stage_error(name, exc) from exc
         except Exception as exc:
             raise _stage_error(name, exc) from exc
 
@@ -386,6 +393,14 @@ class Pipeline:
                 else:
                     outer.cancel_scope.cancel()
                     return
+
+
+async def _cancelled_first() -> None:
+    """Raise the pending cancellation, if any. When the pipeline is cancelled from
+    outside, a stage can find the next stage's inbox already closed (trio wakes a
+    blocked send that way before it delivers the cancellation): that is the
+    cancellation, not a broken stage."""
+    await anyio.lowlevel.checkpoint()
 
 
 async def _aclose(it: AsyncIterator[Any]) -> None:

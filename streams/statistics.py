@@ -22,6 +22,7 @@ class ShardStatistics:
 
     ntotal: int
     position: Position
+    segments: int = 1
 
 
 @dataclass(slots=True)
@@ -42,6 +43,7 @@ class SinkStatistics:
         snapshot_failures: snapshots that failed (and were retried later).
         deferred_batches: batches queued while a snapshot captured their shard.
         compactions: segments rebuilt without their deleted entries.
+        merges: merges of sealed segments (:mod:`sinks.merge`).
         claimed_shards: shards taken over from the directory (scale-out).
         released_shards: shards handed over to another worker.
         release_timeouts: hand-overs that did not wait for every emitted record.
@@ -63,6 +65,7 @@ class SinkStatistics:
     snapshot_failures: int = 0
     deferred_batches: int = 0
     compactions: int = 0
+    merges: int = 0
     claimed_shards: int = 0
     released_shards: int = 0
     release_timeouts: int = 0

@@ -15,7 +15,8 @@ Families (labels in braces):
 - ``embedstream_stage_records_total{stage}``, ``embedstream_stage_busy_seconds_total{stage}``
 - ``embedstream_kafka_consumer_lag{topic,partition}`` (records),
   ``embedstream_kafka_consumer_lag_seconds{topic,partition}``
-- ``embedstream_index_vectors{shard}``
+- ``embedstream_index_vectors{shard}``, ``embedstream_segments{shard}``,
+  ``embedstream_merges_total``
 - ``embedstream_freshness_seconds`` (histogram: event time to searchable),
   ``embedstream_snapshot_duration_seconds`` (histogram),
   ``embedstream_last_snapshot_timestamp_seconds``, ``embedstream_snapshots_total``
@@ -128,9 +129,17 @@ class PipelineCollector(Collector):
         vectors = GaugeMetricFamily(
             "embedstream_index_vectors", "Vectors a shard holds", labels=["shard"]
         )
+        segments = GaugeMetricFamily(
+            "embedstream_segments", "Segments a shard searches", labels=["shard"]
+        )
         for name, shard in m.sink.shards.items():
             vectors.add_metric([name], shard.ntotal)
+            segments.add_metric([name], shard.segments)
         yield vectors
+        yield segments
+        merges = CounterMetricFamily("embedstream_merges", "Segment merges done")
+        merges.add_metric([], m.sink.merges)
+        yield merges
         hists = self.pipeline.sink.histograms()
         if "freshness_seconds" in hists:
             yield _histogram(

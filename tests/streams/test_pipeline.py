@@ -150,9 +150,13 @@ async def test_stop_drains_in_flight_items_and_closes_ok() -> None:
         tg.start_soon(stopper)
         await p.run()
     assert sink.closed is True
-    # Everything the source emitted reached the sink: nothing dropped on stop.
-    assert len(sink.items) == src.emitted
-    assert [b.position["offset"] for b in sink.items] == list(range(1, src.emitted + 1))
+    # Everything the source sent reached the sink: nothing dropped on stop. (Counted
+    # by the first channel: on trio a stop can land between the send and the
+    # source's own bookkeeping.)
+    sent = next(iter(p.metrics().channels.values())).items_in
+    assert sent >= src.emitted >= 5
+    assert len(sink.items) == sent
+    assert [b.position["offset"] for b in sink.items] == list(range(1, sent + 1))
 
 
 async def test_cancellation_from_outside_propagates() -> None:

@@ -1,0 +1,113 @@
+"""Segment merging: a tiered policy, in the manner of Lucene's TieredMergePolicy,
+keeps the number of sealed segments of a shard logarithmic in its size, so that an
+approximate index costs to search about what one index of that size costs.
+
+The policy (:func:`plan`): sealed segments fall into tiers by size (tier ``t``
+holds segments of ``floor * factor**t`` up to ``floor * factor**(t+1)`` vectors);
+when a tier holds ``factor`` segments, its ``factor`` smallest merge into one of the
+next tier. A shard of ``n`` vectors then has at most ``(factor - 1)`` sealed
+segments per tier, ``log_factor(n / floor)`` tiers.
+
+How segments merge (:func:`merged_index`), from a copy, never moving entries out of
+an input a search may be reading:
+
+- IVF segments sharing the trained coarse quantizer: their inverted lists are
+  copied list by list into a new empty index (no vector is re-encoded or
+  re-assigned).
+- Flat, SQ, PQ and LSH codes in an id map: the codes and ids are concatenated.
+- Everything else (HNSW): a new index is built from the live vectors.
+
+A merged segment replaces its inputs under the shard's write lock, so a search sees
+all the inputs or the merged segment, never both and never neither.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+
+from sinks.segment import Segment, index_ids
+
+__all__ = ["DEFAULT_MERGE_FACTOR", "merged_index", "plan"]
+
+DEFAULT_MERGE_FACTOR = 4
+
+
+def plan(sizes: Sequence[int], factor: int, floor: int) -> list[int] | None:
+    """The positions (in ``sizes``, the sealed segments' live counts) of the
+    segments to merge next, or ``None`` when every tier holds fewer than
+    ``factor`` segments."""
+    if factor < 2 or len(sizes) < factor:
+        return None
+    tiers: dict[int, list[int]] = {}
+    for i, size in enumerate(sizes):
+        tier = math.floor(math.log(max(size, floor) / floor, factor) + 1e-9)
+        tiers.setdefault(tier, []).append(i)
+    for tier in sorted(tiers):
+        members = tiers[tier]
+        if len(members) >= factor:
+            return sorted(sorted(members, key=lambda i: sizes[i])[:factor])
+    return None
+
+
+def merged_index(inputs: Sequence[Segment], new_index: Callable[[], Any]) -> Any:
+    """One index holding every live entry of ``inputs`` (blocking). Reads the inputs
+    only; the caller keeps writers off them meanwhile."""
+    first = inputs[0].index
+    out = new_index()
+    if isinstance(first, faiss.IndexIVF) and isinstance(out, faiss.IndexIVF):
+        _copy_lists(inputs, out)
+    elif _flat_map(first) and _flat_map(out):
+        _concat_codes(inputs, out)
+    else:
+        for seg in inputs:
+            live = seg.ids.to_array()
+            if len(live):
+                out.add_with_ids(seg.reconstruct(live), live)
+    return out
+
+
+def _flat_map(index: Any) -> bool:
+    return isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) and isinstance(
+        faiss.downcast_index(index.index), faiss.IndexFlatCodes
+    )
+
+
+def _copy_lists(inputs: Sequence[Segment], out: Any) -> None:
+    dst = out.invlists
+    for seg in inputs:
+        inv = seg.index.invlists
+        for lst in range(seg.index.nlist):
+            n = inv.list_size(lst)
+            if not n:
+                continue
+            codes, ids = inv.get_codes(lst), inv.get_ids(lst)
+            try:
+                dst.add_entries(lst, n, ids, codes)
+            finally:
+                inv.release_codes(lst, codes)
+                inv.release_ids(lst, ids)
+        out.ntotal += seg.index.ntotal
+
+
+def _concat_codes(inputs: Sequence[Segment], out: Any) -> None:
+    inner = faiss.downcast_index(out.index)
+    ids = []
+    for seg in inputs:
+        src: Any = faiss.downcast_index(seg.index.index)
+        n = int(seg.index.ntotal)
+        if not n:
+            continue
+        size = n * int(src.code_size)
+        codes = faiss.rev_swig_ptr(src.codes.data(), size).reshape(n, -1)
+        inner.add_sa_codes(np.ascontiguousarray(codes))
+        ids.append(index_ids(seg.index))
+    if ids:
+        faiss.copy_array_to_vector(np.concatenate(ids), out.id_map)
+    out.ntotal = inner.ntotal
+    if isinstance(out, faiss.IndexIDMap2):
+        out.construct_rev_map()
