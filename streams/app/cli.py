@@ -405,6 +405,14 @@ def main(verbose: int) -> None:
     "what the index recorded for the file]",
 )
 @click.option(
+    "--merge-factor",
+    default=_D.merge_factor,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Sealed segments merge in tiers of this many, keeping their number "
+    "logarithmic in the index size (0 or 1: never merge).",
+)
+@click.option(
     "--capacity",
     default=_D.capacity,
     show_default=True,

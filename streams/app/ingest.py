@@ -19,6 +19,7 @@ from operators import batch, decode
 from operators.decode import DEFAULT_MAX_PAYLOAD_BYTES
 from operators.quantize import Codec
 from sinks import FaissSink
+from sinks.merge import DEFAULT_MERGE_FACTOR
 from sinks.shared import stored_dim
 from sinks.store import DEFAULT_GRACE_SECONDS
 from streams.deadletters import DeadLetterFile, DeadLetterSink, Rejects
@@ -64,6 +65,7 @@ class IngestOptions:
     rerank: int = 0
     pq_m: int = 48
     id_offset: int | None = None
+    merge_factor: int = DEFAULT_MERGE_FACTOR
 
 
 def dead_letter_sink(target: str) -> DeadLetterSink:
@@ -195,6 +197,7 @@ def build_ingest_pipeline(
         rerank=o.rerank,
         worker=worker,
         gc_grace=o.gc_grace,
+        merge_factor=o.merge_factor,
     )
     pipeline = flow | sink
     pipeline.capacity = o.capacity
