@@ -204,15 +204,22 @@ def _numeric_rows(path: Path, fmt: str) -> int:
     return raw.shape[0] // rowbytes if rowbytes else 0
 
 
-def _require_regular(path: Path, fmt: str) -> None:
-    """Memory-mapped formats need a regular file (a FIFO or device would block or
-    never end)."""
+def _mode(path: Path) -> int:
+    """The file type and mode of an input (following symlinks); a directory or a
+    missing path is an error saying so."""
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
         raise _open_error(path, exc) from exc
     if stat.S_ISDIR(mode):
         raise SourceError(str(path), "is a directory, not a file")
+    return mode
+
+
+def _require_regular(path: Path, fmt: str) -> None:
+    """Memory-mapped formats need a regular file (a FIFO or device would block or
+    never end)."""
+    mode = _mode(path)
     if not stat.S_ISREG(mode):
         raise SourceError(
             str(path),
@@ -338,12 +345,7 @@ async def _read_jsonl(
 def _open_stream(path: Path) -> tuple[Any, bool]:
     """Open a JSONL input without ever blocking: a FIFO with no writer yet opens at
     once (non-blocking) and is then waited on by polling. Returns (file, regular)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise _open_error(path, exc) from exc
-    if stat.S_ISDIR(mode):
-        raise SourceError(str(path), "is a directory, not a file")
+    mode = _mode(path)
     regular = stat.S_ISREG(mode)
     if not (regular or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
         raise SourceError(

@@ -59,33 +59,18 @@ def _serve_options(f: Any) -> Any:
     d = RequestLimits()
     options = [
         click.option(
-            "--max-k",
-            default=d.max_k,
+            "--" + field.replace("_", "-"),
+            default=getattr(d, field),
             show_default=True,
             type=click.IntRange(min=1),
-            help="POST /search: largest k.",
-        ),
-        click.option(
-            "--max-queries",
-            default=d.max_queries,
-            show_default=True,
-            type=click.IntRange(min=1),
-            help="POST /search: most query vectors per request.",
-        ),
-        click.option(
-            "--max-results",
-            default=d.max_results,
-            show_default=True,
-            type=click.IntRange(min=1),
-            help="POST /search: most queries x k per request.",
-        ),
-        click.option(
-            "--max-request-bytes",
-            default=d.max_request_bytes,
-            show_default=True,
-            type=click.IntRange(min=1),
-            help="POST /search: largest request body.",
-        ),
+            help=f"POST /search: {what}.",
+        )
+        for field, what in (
+            ("max_k", "largest k"),
+            ("max_queries", "most query vectors per request"),
+            ("max_results", "most queries x k per request"),
+            ("max_request_bytes", "largest request body"),
+        )
     ]
     for option in reversed([*options, _params_option]):
         f = option(f)
