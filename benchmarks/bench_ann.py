@@ -7,6 +7,9 @@ same training sample. Both answer the same held-out queries at equal ``nprobe``:
 time per query (median of repeats, alternated) and recall@10 against the exact
 top-10. The ingest runs twice more, with merging on and off, for the rate.
 
+Part ``hnsw``: the same with ``HNSW32`` (``--hnsw-rows``), compared at equal recall
+(the offline index's cheapest ``efSearch`` whose recall is within 0.01 of ours).
+
 Part ``tune``: the real MiniLM embeddings of ``../shared/data`` (20,000 base vectors,
 500 held-out queries with exact ground truth) into IVF, HNSW and PQ with rerank;
 ``embedstream tune --recall 0.95`` on each, then recall@10 of the held-out queries
@@ -141,6 +144,70 @@ def run_ivf(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def run_hnsw(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any]:
+    """HNSW32 through `embedstream ingest` (merged segments) against one HNSW32 built
+    offline: time per query at equal recall, over a range of efSearch."""
+    from sinks import open_snapshot
+
+    dim = 128
+    DATA.mkdir(parents=True, exist_ok=True)
+    data = DATA / f"clustered-{rows}x{dim}.npy"
+    if not data.exists():
+        np.save(data, clustered(rows, dim, seed=1))
+    x = np.load(data)
+    q = clustered(queries, dim, seed=1)[:queries]
+    q = q + 0.01 * np.random.default_rng(9).standard_normal(q.shape, dtype=np.float32)
+    _, truth = faiss.knn(q, x, 10, metric=faiss.METRIC_L2)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-hnsw-"))
+    try:
+        started = time.perf_counter()
+        ours_s = _ingest(data, tmp / "idx", "HNSW32", 1, 4)
+        view = open_snapshot(tmp / "idx")
+        started = time.perf_counter()
+        offline = faiss.index_factory(dim, "HNSW32", faiss.METRIC_L2)
+        offline.add(x)
+        offline_s = time.perf_counter() - started
+        out: dict[str, Any] = {
+            "rows": rows,
+            "factory": "HNSW32",
+            "segments": [len(s.segments) for s in view.shards],
+            "ingest_seconds": round(ours_s, 1),
+            "offline_build_seconds": round(offline_s, 1),
+            "by_efSearch": {},
+        }
+        curve_off = {}
+        for ef in (16, 32, 64, 128, 256):
+            p = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            p.efSearch = ef
+            t_off, ids_off = _timed(
+                lambda qq, pp=p: offline.search(qq, 10, params=pp)[1], q, repeats
+            )
+            curve_off[ef] = (t_off, recall(ids_off, truth))
+        for ef in (16, 32, 64, 128, 256):
+            t_ours, ids_ours = _timed(
+                lambda qq, e=ef: view.search(qq, 10, {"efSearch": e}).ids, q, repeats
+            )
+            r_ours = recall(ids_ours, truth)
+            # The offline setting with the closest recall at least as high.
+            t_eq, _r_eq = min(
+                (v for v in curve_off.values() if v[1] >= r_ours - 0.01),
+                key=lambda v: v[0],
+                default=max(curve_off.values(), key=lambda v: v[1]),
+            )
+            out["by_efSearch"][str(ef)] = {
+                "ours_ms_per_query": round(t_ours * 1e3, 4),
+                "recall_ours": round(r_ours, 4),
+                "offline_ms_per_query_same_ef": round(curve_off[ef][0] * 1e3, 4),
+                "recall_offline_same_ef": round(curve_off[ef][1], 4),
+                "offline_ms_per_query_equal_recall": round(t_eq * 1e3, 4),
+                "ratio_at_equal_recall": round(t_ours / t_eq, 3),
+            }
+            print(ef, out["by_efSearch"][str(ef)], flush=True)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_tune(target: float = 0.95) -> dict[str, Any]:
     from sinks import open_snapshot
 
@@ -227,6 +294,23 @@ def report(result: dict[str, Any]) -> str:
                 ],
             )
         )
+    hnsw = result.get("hnsw")
+    if hnsw:
+        lines.append(
+            f"HNSW32, {hnsw['rows']:,} x 128-d clustered; segments {hnsw['segments']}; ingest "
+            f"{hnsw['ingest_seconds']} s, offline build {hnsw['offline_build_seconds']} s"
+        )
+        rows = [
+            [ef, f"{r['ours_ms_per_query']:.3f}", f"{r['recall_ours']:.4f}",
+             f"{r['offline_ms_per_query_equal_recall']:.3f}", f"{r['ratio_at_equal_recall']:.2f}x"]
+            for ef, r in hnsw["by_efSearch"].items()
+        ]  # fmt: skip
+        lines.append(
+            table(
+                rows,
+                ["efSearch", "ours ms/q", "recall ours", "offline ms/q at equal recall", "ratio"],
+            )
+        )
     tune = result.get("tune")
     if tune:
         rows = [
@@ -246,12 +330,15 @@ def report(result: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--only", nargs="*", choices=["ivf", "tune"])
+    ap.add_argument("--hnsw-rows", type=int, default=1_000_000)
+    ap.add_argument("--only", nargs="*", choices=["ivf", "hnsw", "tune"])
     a = ap.parse_args()
-    parts = a.only or ["ivf", "tune"]
+    parts = a.only or ["ivf", "hnsw", "tune"]
     result: dict[str, Any] = {}
     if "ivf" in parts:
         result["ivf"] = run_ivf(a.rows)
+    if "hnsw" in parts:
+        result["hnsw"] = run_hnsw(a.hnsw_rows)
     if "tune" in parts:
         result["tune"] = run_tune()
     name = "ann" if a.rows == 1_000_000 else f"ann-{a.rows}"
