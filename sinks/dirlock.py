@@ -1,11 +1,11 @@
 """Owning an index directory: the marker that says "this is an embedstream index",
 and the lock that keeps a second writer out.
 
-- ``DIR/EMBEDSTREAM`` marks a directory as an index. A writer refuses an existing,
-  non-empty directory without it (so ``--index ~/Documents`` never has its files
-  taken for leftovers), except a directory that already holds this project's layout
-  (``CURRENT``/``manifests``/``workers`` beside ``objects``), written before the
-  marker existed, which it adopts.
+- ``DIR/EMBEDSTREAM`` marks a directory as an index. A writer refuses an existing
+  directory without it that holds anything but this project's names (so ``--index
+  ~/Documents`` never has its files taken for leftovers); one that holds only them
+  (written before the marker existed, or being set up by another worker that
+  started at the same moment) it marks and uses.
 - ``LOCK`` in a manifest chain's home (``DIR/LOCK``, or ``DIR/workers/<name>/LOCK``)
   is held with ``fcntl.flock`` by the one process writing that chain. A second
   writer fails at once with the holder's pid and host instead of interleaving
@@ -25,7 +25,7 @@ import stat
 import time
 from pathlib import Path
 
-from sinks.durable import atomic_write, fsync_dir, open_regular
+from sinks.durable import TEMP_NAME, atomic_write, fsync_dir, open_regular
 from streams.errors import SnapshotError
 
 __all__ = ["MARKER", "WriterLock", "claim_directory"]
@@ -35,6 +35,7 @@ log = logging.getLogger("embedstream.snapshot")
 MARKER = "EMBEDSTREAM"
 _MARKER_TEXT = b"embedstream index directory (writers refuse a directory without this file)\n"
 _LAYOUT = ("CURRENT", "manifests", "workers")
+_OURS = frozenset({MARKER, "LOCK", "objects", "floats", *_LAYOUT})
 
 
 def _is_real_dir(path: Path) -> bool:
@@ -74,14 +75,16 @@ def claim_directory(root: Path) -> None:
         if not stat.S_ISREG(os.lstat(marker).st_mode):
             raise SnapshotError(f"{marker}: is not a regular file")
         return
-    entries = [e for e in os.listdir(root) if e != "LOCK"]
-    legacy = _is_real_dir(root / "objects") and any(os.path.lexists(root / n) for n in _LAYOUT)
-    if entries and not legacy:
+    # Only this project's names: a new directory another writer is setting up right
+    # now (workers starting together), or one written before markers existed.
+    foreign = [e for e in os.listdir(root) if e not in _OURS and not TEMP_NAME.match(e)]
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:3]) + (" ..." if len(foreign) > 3 else "")
         raise SnapshotError(
-            f"{root}: is not empty and is not an embedstream index (no {MARKER} file); "
-            "give a new or empty directory for --index"
+            f"{root}: is not empty and is not an embedstream index (no {MARKER} file; it "
+            f"holds {shown}); give a new or empty directory for --index"
         )
-    if legacy:
+    if any(os.path.lexists(root / n) for n in _LAYOUT):
         log.info("%s: an index written before %s markers; marking it", root, MARKER)
     atomic_write(marker, _MARKER_TEXT)
     fsync_dir(root)

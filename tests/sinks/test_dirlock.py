@@ -190,3 +190,19 @@ def test_a_truncated_float_file_is_detected(tmp_path: Path, data: Path) -> None:
         f.truncate(100)
     with pytest.raises(SnapshotError, match="truncated or replaced"):
         open_snapshot(idx)
+
+
+def test_a_directory_holding_only_our_names_is_used(tmp_path: Path) -> None:
+    """What a worker that started a moment earlier leaves while it sets the directory
+    up (subdirectories, a marker still in its temp file) is not foreign."""
+    d = tmp_path / "idx"
+    (d / "objects").mkdir(parents=True)
+    (d / "workers" / "w1" / "manifests").mkdir(parents=True)
+    (d / ".EMBEDSTREAM.1.2.deadbeef.tmp").write_text("being written")
+    SnapshotStore(d, chain="w2").close()
+    assert (d / MARKER).is_file()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "objects").mkdir()
+    (tmp_path / "other" / "photo.jpg").write_text("mine")
+    with pytest.raises(SnapshotError, match=r"holds photo\.jpg"):
+        SnapshotStore(tmp_path / "other")
