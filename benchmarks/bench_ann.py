@@ -77,6 +77,17 @@ def _timed(search: Any, q: np.ndarray, repeats: int) -> tuple[float, np.ndarray]
     return statistics.median(times) / len(q), ids
 
 
+def _per_query(search: Any, q: np.ndarray, repeats: int = 3) -> float:
+    """Median over repeats of the mean seconds of one-query calls."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for row in q:
+            search(row[None, :])
+        times.append((time.perf_counter() - started) / len(q))
+    return statistics.median(times)
+
+
 def run_ivf(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any]:
     from sinks import open_snapshot
 
@@ -128,7 +139,20 @@ def run_ivf(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any]:
             t_off, ids_off = _timed(
                 lambda qq, pp=p: offline.search(qq, 10, params=pp)[1], q, repeats
             )
+            # One query per call, as a service answers requests: per-call overheads
+            # (one coarse-quantizer search per segment, thread hand-offs) show here.
+            single = q[:200]
+            s_ours = _per_query(lambda qq, n=nprobe: view.search(qq, 10, {"nprobe": n}), single)
+            s_raw = _per_query(lambda qq, n=nprobe: unmerged.search(qq, 10, {"nprobe": n}), single)
+            s_off = _per_query(lambda qq, pp=p: offline.search(qq, 10, params=pp), single)
             rows_out = {
+                "single_query_ms": {
+                    "ours": round(s_ours * 1e3, 4),
+                    "unmerged": round(s_raw * 1e3, 4),
+                    "offline": round(s_off * 1e3, 4),
+                    "ratio_ours_vs_offline": round(s_ours / s_off, 3),
+                    "ratio_unmerged_vs_offline": round(s_raw / s_off, 3),
+                },
                 "ours_ms_per_query": round(t_ours * 1e3, 4),
                 "unmerged_ms_per_query": round(t_raw * 1e3, 4),
                 "offline_ms_per_query": round(t_off * 1e3, 4),
@@ -292,6 +316,22 @@ def report(result: dict[str, Any]) -> str:
                     "recall ours",
                     "recall offline",
                 ],
+            )
+        )
+        single = [
+            [
+                n,
+                *(f"{r['single_query_ms'][c]:.3f}" for c in ("ours", "offline", "unmerged")),
+                f"{r['single_query_ms']['ratio_ours_vs_offline']:.2f}x",
+                f"{r['single_query_ms']['ratio_unmerged_vs_offline']:.2f}x",
+            ]
+            for n, r in ivf["by_nprobe"].items()
+        ]
+        lines.append("One query per call (ms):")
+        lines.append(
+            table(
+                single,
+                ["nprobe", "ours", "offline", "unmerged", "ours/offline", "unmerged/offline"],
             )
         )
     hnsw = result.get("hnsw")

@@ -8,6 +8,9 @@ when a tier holds ``factor`` segments, its ``factor`` smallest merge into one of
 next tier. A shard of ``n`` vectors then has at most ``(factor - 1)`` sealed
 segments per tier, ``log_factor(n / floor)`` tiers.
 
+IVF segments merge in pairs whatever the factor: their merge only copies lists,
+and every segment costs one more coarse-quantizer search per query.
+
 How segments merge (:func:`merged_index`), from a copy, never moving entries out of
 an input a search may be reading:
 

@@ -311,6 +311,10 @@ class Shard:
         if self.new_index is None:
             return None
         sealed = self.segments[:-1]
+        if sealed and isinstance(sealed[0].index, faiss.IndexIVF):
+            # Merging IVF segments copies their lists and costs little, while each
+            # segment costs a coarse-quantizer search per query: merge them in pairs.
+            factor = min(factor, 2)
         picked = plan([s.live for s in sealed], factor, max(1, self.seal_at))
         return None if picked is None else [sealed[i] for i in picked]
 
