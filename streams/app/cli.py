@@ -14,9 +14,8 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import click
@@ -25,179 +24,29 @@ from rich.console import Console
 from rich.table import Table
 
 from sinks import SnapshotStore, open_snapshot
-from sinks.params import parse_params
 from sinks.store import chain_names
-from streams.app.gc_tuning import tune_gc
 from streams.app.ingest import IngestOptions, build_ingest_pipeline
 from streams.app.logs import configure as configure_logging
-from streams.app.memory import pin_mmap_threshold, start_trimming
-from streams.app.progress import channel_table, summary_line, watch
-from streams.errors import ConfigError, EmbedstreamError, StageError
+from streams.app.memory import pin_mmap_threshold
+from streams.app.progress import channel_table, summary_line
+from streams.app.running import (
+    fail,
+    listen,
+    params_option,
+    run_pipeline,
+    serve_options,
+    serving_from,
+)
+from streams.errors import ConfigError, EmbedstreamError
 from streams.files import FORMATS
-from streams.kafka import KAFKA_FORMATS, KafkaSource
-from streams.pipeline import Pipeline, PipelineMetrics
+from streams.kafka import KAFKA_FORMATS
+from streams.pipeline import Pipeline
 
 __all__ = ["main"]
 
 log = logging.getLogger("embedstream")
 
 _D = IngestOptions()  # every default of `ingest` is written once, there
-
-
-def _fail(exc: BaseException, code: int = 1) -> NoReturn:
-    msg = str(exc)
-    if isinstance(exc, StageError) and isinstance(exc.cause, EmbedstreamError):
-        msg = f"stage {exc.stage!r}: {exc.cause}"
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(code)
-
-
-def _serve_options(f: Any) -> Any:
-    """The ``POST /search`` bounds, shared by every command that serves HTTP."""
-    from streams.app.http import RequestLimits
-
-    d = RequestLimits()
-    options = [
-        click.option(
-            "--" + field.replace("_", "-"),
-            default=getattr(d, field),
-            show_default=True,
-            type=click.IntRange(min=1),
-            help=f"POST /search: {what}.",
-        )
-        for field, what in (
-            ("max_k", "largest k"),
-            ("max_queries", "most query vectors per request"),
-            ("max_results", "most queries x k per request"),
-            ("max_request_bytes", "largest request body"),
-        )
-    ]
-    for option in reversed([*options, _params_option]):
-        f = option(f)
-    return f
-
-
-def _parse_params_option(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return parse_params(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-_params_option = click.option(
-    "--params",
-    default=None,
-    metavar="NAME=VALUE[,...]",
-    callback=_parse_params_option,
-    help="Search-time parameters, FAISS ParameterSpace syntax: nprobe=32 (IVF), "
-    "efSearch=128 (HNSW), max_codes, quantizer_efSearch, ht. [default: what "
-    "`embedstream tune` stored with the index]",
-)
-
-
-@dataclass(frozen=True)
-class _Serving:
-    """How the HTTP endpoints answer: request bounds and default search parameters."""
-
-    limits: Any
-    params: dict[str, int] | None
-
-
-def _serving(options: dict[str, Any]) -> _Serving:
-    from streams.app.http import RequestLimits
-
-    limits = RequestLimits(
-        max_k=options.pop("max_k"),
-        max_queries=options.pop("max_queries"),
-        max_results=options.pop("max_results"),
-        max_request_bytes=options.pop("max_request_bytes"),
-    )
-    return _Serving(limits, options.pop("params"))
-
-
-def _listen(hostport: str) -> tuple[str, int, Any]:
-    """Parse ``HOST:PORT`` (exit 2 when it is not one) and bind it now (exit 1 when
-    it cannot be bound), before anything else starts."""
-    from streams.app.http import bind, parse_hostport
-
-    try:
-        host, port = parse_hostport(hostport)
-    except EmbedstreamError as exc:
-        _fail(exc, 2)
-    try:
-        return host, port, bind(host, port)
-    except EmbedstreamError as exc:
-        _fail(exc, 1)
-
-
-async def _run(
-    pipeline: Pipeline, *, progress: bool, serve: tuple[str, int, Any] | None, serving: _Serving
-) -> PipelineMetrics:
-    error: EmbedstreamError | None = None
-    metrics: PipelineMetrics | None = None
-    async with anyio.create_task_group() as tg:
-        if progress:
-            tg.start_soon(watch, pipeline)
-        if serve:
-            tg.start_soon(_serve_pipeline, pipeline, serve, serving)
-        try:
-            metrics = await pipeline.run(handle_signals=True)
-        except EmbedstreamError as exc:
-            # Raised outside the task group, so it is not wrapped in a group.
-            error = exc
-        finally:
-            tg.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    assert metrics is not None
-    return metrics
-
-
-async def _serve_pipeline(
-    pipeline: Pipeline, listener: tuple[str, int, Any], serving: _Serving
-) -> None:
-    from streams.app.http import Server, make_app, stats_json
-    from streams.app.metrics import pipeline_registry
-
-    host, port, sock = listener
-    search = getattr(pipeline.sink, "search", None)
-    app = make_app(
-        lambda: stats_json(pipeline.metrics()),
-        pipeline_registry(pipeline),
-        search,
-        healthy=lambda: not pipeline.stopping,
-        limits=serving.limits,
-        params=serving.params,
-    )
-    server = Server.for_app(app, host, port)
-    log.warning("serving /metrics, /healthz, /stats and POST /search on http://%s:%d", host, port)
-    await server.serve(sockets=[sock])
-
-
-def run_pipeline(
-    pipeline: Pipeline,
-    *,
-    progress: bool = True,
-    serve: str | None = None,
-    serving: _Serving | None = None,
-) -> PipelineMetrics:
-    """Run ``pipeline`` with signal handling, progress and (optionally) the HTTP
-    endpoints; exit on error."""
-    listener = _listen(serve) if serve else None
-    if isinstance(pipeline.source, KafkaSource):
-        import aiokafka  # noqa: F401  (imported now, so that tune_gc freezes it too)
-    # Everything imported and built: from here on the collector skips all of it.
-    tune_gc()
-    start_trimming()
-    try:
-        settings = serving or _Serving(None, None)
-        return anyio.run(
-            lambda: _run(pipeline, progress=progress, serve=listener, serving=settings)
-        )
-    except EmbedstreamError as exc:
-        _fail(exc)
 
 
 class _Commands(click.Group):
@@ -210,7 +59,7 @@ class _Commands(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except EmbedstreamError as exc:
-            _fail(exc)
+            fail(exc)
         except Exception as exc:
             log.debug("unexpected error", exc_info=True)
             click.echo(
@@ -411,18 +260,18 @@ def main(verbose: int) -> None:
     help="Serve /metrics, /healthz, /stats and POST /search while running "
     "(binds 127.0.0.1 unless a host is given).",
 )
-@_serve_options
+@serve_options
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
 def ingest(
     sources: tuple[str, ...], index_dir: str, progress: bool, serve: str | None, **options: Any
 ) -> None:
     """Ingest files (JSONL, .npy, .fvecs, .bvecs) or Kafka topics
     (kafka://HOST:PORT/TOPIC[,TOPIC...]) into the index at DIR."""
-    serving = _serving(options)
+    serving = serving_from(options)
     try:
         pipeline = build_ingest_pipeline(list(sources), index_dir, IngestOptions(**options))
     except EmbedstreamError as exc:
-        _fail(exc, 2)
+        fail(exc, 2)
     metrics = run_pipeline(pipeline, progress=progress, serve=serve, serving=serving)
     click.echo(summary_line(metrics))
 
@@ -451,20 +300,20 @@ def _load_queries(path: str) -> np.ndarray[Any, Any]:
 @click.option(
     "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query."
 )
-@_params_option
+@params_option
 def search(index_dir: str, queries: str, k: int, params: dict[str, int] | None) -> None:
     """Search the latest complete snapshot in DIR; one JSON line per query."""
     q = _load_queries(queries)
     try:
         view = open_snapshot(index_dir)
     except EmbedstreamError as exc:
-        _fail(exc)
+        fail(exc)
     try:
         results = view.search(q, k, params)
     except ConfigError as exc:
-        _fail(exc, 2)  # parameters or queries that do not fit the index
+        fail(exc, 2)  # parameters or queries that do not fit the index
     except EmbedstreamError as exc:
-        _fail(exc)
+        fail(exc)
     out = sys.stdout
     for row in results.rows():
         out.write(json.dumps(row) + "\n")
@@ -509,9 +358,9 @@ def tune(
         view = open_snapshot(index_dir)
         result = run_tune(view, target, k=k, sample=sample, queries=q)
     except ConfigError as exc:
-        _fail(exc, 2)
+        fail(exc, 2)
     except EmbedstreamError as exc:
-        _fail(exc)
+        fail(exc)
     console = Console()
     table = Table(title=f"recall@{result.k} over {result.queries:,} queries (target {target})")
     table.add_column("parameters")
@@ -525,7 +374,7 @@ def tune(
     if result.chosen is None:
         best = result.best
         assert best is not None
-        _fail(
+        fail(
             EmbedstreamError(
                 f"no setting reached recall {target} (best {best.recall:.4f} with "
                 f"{best.params or 'no parameters'}); build the index with more lists or "
@@ -537,7 +386,7 @@ def tune(
     try:
         seqs = store_choice(index_dir, result.chosen.params)
     except EmbedstreamError as exc:
-        _fail(exc)
+        fail(exc)
     shown = ",".join(f"{n}={v}" for n, v in result.chosen.params.items()) or "(none)"
     click.echo(f"stored search parameters {shown} in snapshot {', '.join(map(str, seqs))}")
 
@@ -551,7 +400,7 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
     try:
         view = open_snapshot(index_dir)
     except EmbedstreamError as exc:
-        _fail(exc)
+        fail(exc)
     info: dict[str, Any] = {"dir": index_dir, **view.manifest, "fallbacks": view.fallbacks}
     if history:
         info["history"] = SnapshotStore(index_dir, readonly=True).history()
@@ -604,7 +453,7 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
     type=click.FloatRange(min=0.05),
     help="Seconds between checks for a new snapshot.",
 )
-@_serve_options
+@serve_options
 def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) -> None:
     """Serve POST /search, /stats, /healthz and /metrics over the snapshots in DIR,
     read-only, picking up each new snapshot as ingestion publishes it (and keeping
@@ -612,12 +461,12 @@ def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) ->
     from sinks.live import LiveView
     from streams.app.http import Server, make_app
 
-    serving = _serving(options)
-    host, port, sock = _listen(hostport)
+    serving = serving_from(options)
+    host, port, sock = listen(hostport)
     try:
         live = LiveView(index_dir)
     except EmbedstreamError as exc:
-        _fail(exc)
+        fail(exc)
 
     async def main_() -> None:
         app = make_app(
@@ -655,18 +504,18 @@ def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) ->
     help="Serve /metrics, /healthz, /stats and POST /search while running "
     "(binds 127.0.0.1 unless a host is given).",
 )
-@_serve_options
+@serve_options
 @click.option("--progress/--no-progress", default=True, help="Live progress on a terminal.")
 def run(pipeline_file: str, progress: bool, serve: str | None, **options: Any) -> None:
     """Run the ``pipeline`` object that PIPELINE.py defines."""
-    serving = _serving(options)
+    serving = serving_from(options)
     try:
         namespace = runpy.run_path(pipeline_file, run_name="__embedstream__")
     except FileNotFoundError:
-        _fail(click.UsageError(f"{pipeline_file}: no such file"), 2)
+        fail(click.UsageError(f"{pipeline_file}: no such file"), 2)
     pipeline = namespace.get("pipeline")
     if not isinstance(pipeline, Pipeline):
-        _fail(
+        fail(
             EmbedstreamError(
                 f"{pipeline_file} defines no `pipeline` (a Pipeline made with source | ... | sink)"
             ),

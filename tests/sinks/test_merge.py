@@ -159,8 +159,6 @@ def assert_matches(shards, model: dict[int, np.ndarray]) -> None:
 
 
 def test_ingest_merges_segments_and_reports_them(tmp_path: Path) -> None:
-    from streams.app.cli import main  # noqa: F401  (the CLI builds the same sink)
-
     data = tmp_path / "x.npy"
     x = np.random.default_rng(0).standard_normal((20_000, 8)).astype(np.float32)
     np.save(data, x)
