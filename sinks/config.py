@@ -8,12 +8,13 @@ it. A snapshot writes it into the manifest (:meth:`IndexConfig.manifest`).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import faiss
 
 from sinks.durable import read_regular
-from sinks.manifest import IndexManifest
+from sinks.manifest import IndexManifest, RetrainRecord
 from sinks.segment import make_index
 from sinks.store import SnapshotStore
 from streams.errors import ConfigError
@@ -68,8 +69,22 @@ class IndexConfig:
         self.template: Any = None
         self.template_object: str | None = None
         self.codec_object: str | None = None
+        # The trained template's SHA-256 (its object name once saved): segments
+        # cloned from it carry it, so only segments of one codec generation merge
+        # and the older ones are known for re-encoding. None for indexes that are
+        # not trained (Flat, HNSW) and for quantize codecs.
+        self.token: str | None = None
+        self._template_bytes: bytes | None = None
+        # Template and token, replaced together (a writer thread reads both).
+        self._current: tuple[Any, str | None] = (None, None)
         # Default search-time parameters (from `embedstream tune`, kept with the index).
         self.search_params: dict[str, int] = {}
+        # Codec generations (retraining on drift, :mod:`sinks.retrain`).
+        self.generation = 0
+        self.codec_fit: float | None = None
+        self.last_retrain: RetrainRecord | None = None
+        # True once this sink trained a template of its own: never adopt another.
+        self.trained_here = False
 
     def __repr__(self) -> str:
         return f"<IndexConfig {self.factory} {self.metric} dim={self.dim}>"
@@ -97,19 +112,53 @@ class IndexConfig:
         """The template index, made on first use (untrained for IVF/PQ)."""
         if self.template is None:
             assert self.dim is not None
-            self.template = (
-                self.codec.empty_index()
-                if self.codec is not None
-                else make_index(self.dim, self.factory, self.metric)
-            )
+            if self.codec is not None:
+                self.template = self.codec.empty_index()
+            else:
+                self.set_template(make_index(self.dim, self.factory, self.metric))
         return self.template
+
+    @property
+    def retrainable(self) -> bool:
+        """True for an index whose codec was trained from data (IVF, PQ, SQ
+        factories; quantize codecs are trained upstream and are not)."""
+        assert self.dim is not None
+        return self.codec is None and not make_index(self.dim, self.factory, "l2").is_trained
+
+    def set_template(self, index: Any, digest: str | None = None) -> None:
+        """Make ``index`` the template new segments clone; a trained one gets its
+        token (``digest``: its object name, when read from the directory)."""
+        token = None
+        self._template_bytes = None
+        if index.is_trained and self.codec is None and self.dim and self.retrainable:
+            if digest is None:
+                self._template_bytes = faiss.serialize_index(index).tobytes()
+                digest = hashlib.sha256(self._template_bytes).hexdigest()
+            token = digest
+        self.template = index
+        self.token = token
+        self._current = (index, token)
+
+    def retrained(self, index: Any, record: RetrainRecord) -> None:
+        """Swap in a retrained template: the next codec generation."""
+        self.set_template(index)
+        self.template_object = None
+        self.generation = record.generation
+        self.codec_fit = None
+        self.last_retrain = record
+        self.trained_here = True
 
     def new_index(self) -> Any:
         """A new empty segment index: a clone of the (trained) template."""
+        return self.fresh()[0]
+
+    def fresh(self) -> tuple[Any, str | None]:
+        """A new empty segment index and the token of the template it clones."""
         if self.codec is not None:
-            return self.codec.empty_index()
-        assert self.template is not None
-        return faiss.clone_index(self.template)
+            return self.codec.empty_index(), None
+        template, token = self._current
+        assert template is not None
+        return faiss.clone_index(template), token
 
     def adopt(self, held: IndexManifest, store: SnapshotStore) -> None:
         """Take the configuration (and trained template or codec) the directory
@@ -123,8 +172,8 @@ class IndexConfig:
             raise ConfigError(
                 f"{self.path} holds {held.dim}-d vectors; this pipeline has {self.dim}-d ones"
             )
-        if self.saved:
-            return  # this worker already wrote its own
+        if self.saved or self.trained_here:
+            return  # this worker already trained (and maybe wrote) its own
         if self.codec is not None and self.codec.is_trained and held.codec:
             raise ConfigError(
                 f"{self.path} holds codes of a codec trained by another worker, and this "
@@ -143,9 +192,13 @@ class IndexConfig:
         self.dim = held.dim
         self.normalize_queries = self.normalize_queries or held.normalize_queries
         self.search_params = dict(held.search_params)
+        self.generation = held.generation
+        self.codec_fit = held.codec_fit
+        self.last_retrain = held.last_retrain
         self._adopt_codec(held, store)
         if held.template:
-            self.template = faiss.read_index(str(store.objects / held.template))
+            index = faiss.read_index(str(store.objects / held.template))
+            self.set_template(index, held.template)
             self.template_object = held.template
 
     def _adopt_codec(self, held: IndexManifest, store: SnapshotStore) -> None:
@@ -172,8 +225,9 @@ class IndexConfig:
             self.codec_object = store.put_object(state)
             return len(state)
         if self.template_object is None and self.template is not None and self.codec is None:
-            data = faiss.serialize_index(self.template)
+            data = self._template_bytes or faiss.serialize_index(self.template).tobytes()
             self.template_object = store.put_object(data)
+            assert self.token in (None, self.template_object), "template changed after training"
             return len(data)
         return 0
 
@@ -191,4 +245,7 @@ class IndexConfig:
             binary=bool(self.codec is not None and self.codec.binary),
             rerank=self.rerank,
             search_params=dict(self.search_params),
+            generation=self.generation,
+            codec_fit=self.codec_fit,
+            last_retrain=self.last_retrain,
         )

@@ -37,6 +37,7 @@ from sinks.handover import HandOver
 from sinks.merge import DEFAULT_MERGE_FACTOR
 from sinks.ownership import Ownership
 from sinks.params import parse_params
+from sinks.retrain import DEFAULT_RETRAIN_THRESHOLD, Retrainer
 from sinks.search import SearchResults, prepare_queries, search_shards
 from sinks.segment import Segment, faiss_message
 from sinks.shard import DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_SIZE, Shard
@@ -89,6 +90,10 @@ class FaissSink(Sink[Batch]):
         merge_factor: sealed segments merge in tiers of this many
             (:mod:`sinks.merge`), so a shard keeps a number of segments logarithmic
             in its size; below 2, segments never merge.
+        retrain_threshold: for indexes trained from data (IVF, PQ, SQ), retrain
+            when the codec's fit on recent vectors is this many times worse than on
+            its training sample (:mod:`sinks.retrain`); 0 never retrains. The
+            training sample kept for it costs ``train_size x dim x 6`` bytes.
         worker: this process's name when several processes share ``path`` (Kafka
             consumer groups): it then writes its own manifest chain, holds only the
             shards of the partitions it is given (:meth:`claim`) and hands them
@@ -121,6 +126,7 @@ class FaissSink(Sink[Batch]):
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         merge_factor: int = DEFAULT_MERGE_FACTOR,
+        retrain_threshold: float = DEFAULT_RETRAIN_THRESHOLD,
         worker: str | None = None,
         release_timeout: float = 20.0,
         gc_grace: float = DEFAULT_GRACE_SECONDS,
@@ -128,6 +134,11 @@ class FaissSink(Sink[Batch]):
     ) -> None:
         if keep < 1:
             raise ConfigError(f"keep must be at least 1, got {keep}")
+        if retrain_threshold and retrain_threshold <= 1:
+            raise ConfigError(
+                f"retrain_threshold must be above 1 (or 0 to never retrain), got "
+                f"{retrain_threshold}"
+            )
         self.path = str(path)
         self.name = name
         self.config = IndexConfig(
@@ -144,6 +155,8 @@ class FaissSink(Sink[Batch]):
         self.segment_size = max(1, segment_size)
         self.segment_bytes = segment_bytes
         self.merge_factor = merge_factor
+        self.retrain_threshold = retrain_threshold
+        self.retrainer: Retrainer | None = None
         self.worker = worker
         self.release_timeout = release_timeout
         self.gc_grace = gc_grace
@@ -162,7 +175,8 @@ class FaissSink(Sink[Batch]):
         self._training: list[Batch] = []
         self._training_rows = 0
         self._loop_scope: anyio.CancelScope | None = None
-        self._merge_wanted = anyio.Event()
+        # Set when a segment seals or a drift check is due: the maintenance task looks.
+        self._maintenance_wanted = anyio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -224,6 +238,14 @@ class FaissSink(Sink[Batch]):
             gc_grace=self.gc_grace,
         )
         self.snapshotter.listeners.extend(self._listeners)
+        self.retrainer = Retrainer(
+            self.config,
+            self.shards,
+            self.stats,
+            self.snapshotter.lock,
+            threshold=self.retrain_threshold,
+            capacity=self.train_size,
+        )
         self.handover = HandOver(
             self.snapshotter,
             self.config,
@@ -252,27 +274,43 @@ class FaissSink(Sink[Batch]):
             if self.worker is None:
                 # The only writer: every shard is ours.
                 positions = await self.handover.take(combined, sorted(combined.shards))
-        if self.snapshot_every or self.merge_factor >= 2:
-            task_group.start_soon(self._background)
+        task_group.start_soon(self._background)
         return positions
 
     async def _background(self) -> None:
-        """Periodic snapshots (and compaction), and merges whenever a segment seals;
-        cancelled by :meth:`close`."""
+        """Periodic snapshots (and compaction), and maintenance (merges, drift
+        checks, retraining) when a segment seals or a check is due; cancelled by
+        :meth:`close`."""
         with anyio.CancelScope() as scope:
             self._loop_scope = scope
             async with anyio.create_task_group() as tg:
                 if self.snapshot_every:
                     assert self.snapshotter is not None
                     tg.start_soon(self.snapshotter.loop, self.snapshot_every, self.compact)
-                if self.merge_factor >= 2:
-                    tg.start_soon(self._merge_loop)
+                tg.start_soon(self._maintenance_loop)
 
-    async def _merge_loop(self) -> None:
+    async def _maintenance_loop(self) -> None:
         while True:
-            await self._merge_wanted.wait()
-            self._merge_wanted = anyio.Event()
-            await self.merge()
+            await self._maintenance_wanted.wait()
+            self._maintenance_wanted = anyio.Event()
+            await self.maintain()
+
+    async def maintain(self, *, final: bool = False) -> None:
+        """Check the drift (and retrain past the threshold), re-encode segments of
+        older codec generations, and merge sealed segments. ``final``: the stream
+        ends, so check the drift now whatever arrived since the last look."""
+        if self.retrainer is not None:
+            await self.retrainer.check(final=final)
+            await self.retrainer.reencode()
+        await self.merge()
+
+    async def retrain(self, reason: str = "requested") -> bool:
+        """Retrain the index's codec now on the sample of vectors seen, and
+        re-encode the sealed segments into it (:mod:`sinks.retrain`). Returns False
+        when the index is not trained from data or nothing was seen yet."""
+        if self.retrainer is None or not self.retrainer.watching:
+            return False
+        return await self.retrainer.retrain(reason)
 
     async def compact(self) -> int:
         """Rebuild segments of indexes that cannot remove ids (HNSW) whose replaced
@@ -295,8 +333,9 @@ class FaissSink(Sink[Batch]):
         done = 0
         # No snapshot or hand-over while segments are swapped.
         async with self.snapshotter.lock:
+            token = self.config.token
             for shard in list(self.shards.values()):
-                while (group := shard.merge_plan(self.merge_factor)) is not None:
+                while (group := shard.merge_plan(self.merge_factor, token)) is not None:
                     self.snapshotter.store._step(f"merge:{shard.name}:start")
                     merged = await self._merge_one(shard, group)
                     if not merged:
@@ -322,7 +361,7 @@ class FaissSink(Sink[Batch]):
             if ok:
                 if self._training:
                     await self._train_and_apply()
-                await self.merge()
+                await self.maintain(final=True)
                 await self.snapshot()
         finally:
             if self.store is not None:
@@ -408,6 +447,9 @@ class FaissSink(Sink[Batch]):
             await self._apply(item)
             return
         config.check_dim(item.dim, item.partition)
+        assert self.retrainer is not None, "write() before open()"
+        if self.retrainer.observe(item):
+            self._maintenance_wanted.set()
         if not config.ensure_template().is_trained:
             self._training.append(item)
             self._training_rows += len(item)
@@ -434,7 +476,7 @@ class FaissSink(Sink[Batch]):
 
     def _prepare(self, shard: Shard) -> None:
         """Make a shard loaded from disk writable by this sink."""
-        shard.new_index = self.config.new_index
+        shard.new_index = self.config.fresh
         shard.segment_size = self.segment_size
         shard.segment_bytes = self.segment_bytes
 
@@ -442,11 +484,12 @@ class FaissSink(Sink[Batch]):
         dim = self.config.dim
         assert dim is not None
         floats = FloatStore(floats_path(self.path, name), dim) if self.rerank else None
-        segment = Segment(self.config.new_index(), codes=self.codec is not None)
+        index, template = self.config.fresh()
+        segment = Segment(index, codes=self.codec is not None, template=template)
         return Shard(
             name,
             [segment],
-            self.config.new_index,
+            self.config.fresh,
             floats=floats,
             segment_size=self.segment_size,
             segment_bytes=self.segment_bytes,
@@ -459,22 +502,29 @@ class FaissSink(Sink[Batch]):
         sealed = len(shard.segments)
         await self.gate.apply(shard, item)
         if len(shard.segments) != sealed and self.merge_factor >= 2:
-            self._merge_wanted.set()  # a segment sealed: the merge task looks
+            self._maintenance_wanted.set()  # a segment sealed: merges may be due
 
     async def _train_and_apply(self) -> None:
         template = self.config.ensure_template()
         batches, self._training, self._training_rows = self._training, [], 0
-        sample = np.concatenate([b.vectors[: self.train_size] for b in batches])[: self.train_size]
+        arrived = np.concatenate([b.vectors[: 2 * self.train_size] for b in batches])
+        sample, holdout = arrived[: self.train_size], arrived[self.train_size :]
+
+        retrainer = self.retrainer
+        assert retrainer is not None
 
         def train() -> None:
+            data = np.ascontiguousarray(sample, dtype=np.float32)
             try:
-                template.train(np.ascontiguousarray(sample, dtype=np.float32))
+                template.train(data)
             except RuntimeError as exc:
                 raise ConfigError(
                     f"training {self.factory!r} on {len(sample)} vectors failed: "
                     f"{faiss_message(exc)}; give more training vectors "
                     "(train_size / --train-size) or a smaller index"
                 ) from None
+            self.config.set_template(template)
+            retrainer.trained(np.ascontiguousarray(holdout[: self.train_size // 2], np.float32))
 
         await anyio.to_thread.run_sync(train)
         for b in batches:
@@ -525,6 +575,7 @@ class FaissSink(Sink[Batch]):
             n: ShardStatistics(s.ntotal, dict(s.position), len(s.segments))
             for n, s in self.shards.items()
         }
+        st.codec_generation = self.config.generation
         st.freshness_p50_seconds = self.freshness.quantile(0.5)
         st.freshness_p99_seconds = self.freshness.quantile(0.99)
         return SinkStatistics(**{f: getattr(st, f) for f in st.__dataclass_fields__})

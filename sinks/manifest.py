@@ -25,6 +25,7 @@ __all__ = [
     "IndexManifest",
     "Manifest",
     "ManifestBody",
+    "RetrainRecord",
     "SegmentManifest",
     "ShardManifest",
     "decode_manifest",
@@ -45,6 +46,9 @@ class SegmentManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults
     object: Digest
     ntotal: Count = 0
     dead: Digest | None = None
+    # The trained template (codec generation) the segment's index was cloned from;
+    # absent: the manifest's own ``template``.
+    template: Digest | None = None
 
 
 class ShardManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=True):
@@ -72,6 +76,17 @@ class ShardManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=T
         return out
 
 
+class RetrainRecord(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    """When and why the index's codec was last retrained (:mod:`sinks.retrain`)."""
+
+    generation: Count
+    at: str
+    reason: str
+    drift: float | None = None
+    sample: Count = 0
+    seconds: float = 0.0
+
+
 class IndexManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     """The index configuration: what every shard of the directory is."""
 
@@ -86,6 +101,12 @@ class IndexManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     rerank: Count = 0
     # Search-time parameters searches use by default (``embedstream tune`` picks them).
     search_params: dict[str, Count] = {}
+    # Codec generations: 0 for the first training, +1 per retrain on drift; the
+    # codec's fit on the first vectors after training (the drift baseline); the
+    # last retrain.
+    generation: Count = 0
+    codec_fit: float | None = None
+    last_retrain: RetrainRecord | None = None
 
 
 class ManifestBody(IndexManifest, kw_only=True):

@@ -27,7 +27,7 @@ all the inputs or the merged segment, never both and never neither.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import faiss
@@ -57,11 +57,11 @@ def plan(sizes: Sequence[int], factor: int, floor: int) -> list[int] | None:
     return None
 
 
-def merged_index(inputs: Sequence[Segment], new_index: Callable[[], Any]) -> Any:
-    """One index holding every live entry of ``inputs`` (blocking). Reads the inputs
-    only; the caller keeps writers off them meanwhile."""
+def merged_index(inputs: Sequence[Segment], out: Any) -> Any:
+    """``out``, an empty index of the inputs' template, filled with every live entry
+    of ``inputs`` (blocking). Reads the inputs only; the caller keeps writers off
+    them meanwhile."""
     first = inputs[0].index
-    out = new_index()
     if isinstance(first, faiss.IndexIVF) and isinstance(out, faiss.IndexIVF):
         _copy_lists(inputs, out)
     elif _flat_map(first) and _flat_map(out):

@@ -152,6 +152,7 @@ def load_shard(
                 saved_object=seg.object,
                 dead=dead,
                 saved_dead=seg.dead,
+                template=seg.template or (config.template if not config.quantize else None),
             )
         )
     keys = decode_keys(read_regular(store.objects / entry.keys)) if entry.keys else {}

@@ -104,6 +104,30 @@ def _reconstruct_from_lists(ivf: Any, ids: npt.NDArray[np.int64]) -> npt.NDArray
     return out
 
 
+def _decode_lists(ivf: Any) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Every (id, vector) of an IVF index: each list's codes, prefixed with the list
+    number as FAISS's standalone codes have it, decoded by ``sa_decode``."""
+    inv = ivf.invlists
+    coarse = int(ivf.coarse_code_size())
+    size = int(ivf.code_size)
+    ids: list[npt.NDArray[np.int64]] = []
+    vecs: list[npt.NDArray[np.float32]] = []
+    for lst in range(ivf.nlist):
+        n = inv.list_size(lst)
+        if not n:
+            continue
+        codes = faiss.rev_swig_ptr(inv.get_codes(lst), n * size).reshape(n, size)
+        prefix = np.frombuffer(int(lst).to_bytes(8, "little")[:coarse], np.uint8)
+        standalone = np.empty((n, coarse + size), np.uint8)
+        standalone[:, :coarse] = prefix
+        standalone[:, coarse:] = codes
+        vecs.append(ivf.sa_decode(standalone))
+        ids.append(faiss.rev_swig_ptr(inv.get_ids(lst), n).astype(np.int64))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros((0, ivf.d), np.float32)
+    return np.concatenate(ids), np.concatenate(vecs)
+
+
 def reconstruct_ids(
     index: Any, ids: npt.NDArray[np.int64], *, reverse_map: bool = True
 ) -> npt.NDArray[Any]:
@@ -172,6 +196,7 @@ class Segment:
         "saved_dead",
         "saved_object",
         "saved_version",
+        "template",
         "version",
     )
 
@@ -183,8 +208,12 @@ class Segment:
         saved_object: str | None = None,
         dead: npt.NDArray[np.int64] | None = None,
         saved_dead: str | None = None,
+        template: str | None = None,
     ) -> None:
         self.index = index
+        # The token of the trained template this index was cloned from
+        # (:attr:`sinks.config.IndexConfig.token`): its codec generation.
+        self.template = template
         self.binary = isinstance(index, faiss.IndexBinary)
         self.codes = codes or self.binary
         self.removable = _can_remove(index)
@@ -386,13 +415,28 @@ class Segment:
         (read-only: safe under the shard's read lock)."""
         return reconstruct_ids(self.index, ids, reverse_map=not self._stale_rev_map)
 
-    def compacted(self, new_index: Any) -> Segment:
+    def compacted(self, new_index: Any, template: str | None) -> Segment:
         """A copy without the dead entries, in ``new_index`` (blocking, slow for
         HNSW: run it off the lock; the caller swaps it in)."""
         live = self.ids.to_array()
         if len(live):
             new_index.add_with_ids(self.reconstruct(live), live)
-        return Segment(new_index, codes=self.codes)
+        return Segment(new_index, codes=self.codes, template=template)
+
+    def contents(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+        """Every live id and its stored vector, decoded from the codes (read-only:
+        safe under the shard's read lock). IVF lists are decoded a list at a time,
+        with no per-vector Python work."""
+        if isinstance(self.index, faiss.IndexIVF):
+            ids, vecs = _decode_lists(self.index)
+            if len(self.dead):
+                alive = ~self.dead.contains(ids)
+                ids, vecs = ids[alive], vecs[alive]
+            return ids, vecs
+        live = self.ids.to_array()
+        if not len(live):
+            return live, np.zeros((0, self.index.d), np.float32)
+        return live, self.reconstruct(live)
 
     def write(self, writer: Any) -> None:
         """Serialise into a FAISS IOWriter (plain ``read_index`` format)."""

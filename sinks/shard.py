@@ -81,8 +81,9 @@ class Shard:
     Args:
         name: the partition name (also the shard's key in manifests).
         segments: restored segments, or one empty segment for a new shard.
-        new_index: makes the empty index of a new active segment (``None`` for a
-            read-only view).
+        new_index: makes the empty index of a new segment and returns it with the
+            token of the template it cloned (:meth:`sinks.config.IndexConfig.fresh`;
+            ``None`` for a read-only view).
         position: the partition position the index holds.
         keys: id -> original string key, for string ids.
         floats: where full-precision vectors go, for exact rerank.
@@ -95,7 +96,7 @@ class Shard:
         self,
         name: str,
         segments: list[Segment],
-        new_index: Callable[[], Any] | None = None,
+        new_index: Callable[[], tuple[Any, str | None]] | None = None,
         position: Position | None = None,
         keys: dict[int, str] | None = None,
         *,
@@ -184,8 +185,12 @@ class Shard:
             keep = None
             add_ids, add_vecs, deleted = ids, batch.vectors, None
         # Which segment holds which id (only this writer thread mutates the sets).
-        held = [(s, s.ids.contains(ids)) for s in self.segments] if len(ids) else []
+        segments = self.segments
+        held = [(s, s.ids.contains(ids)) for s in segments] if len(ids) else []
         with self.lock.write():
+            if self.segments is not segments and len(ids):
+                # A merge or re-encode swapped segments meanwhile: look again.
+                held = [(s, s.ids.contains(ids)) for s in self.segments]
             for seg, mask in held:
                 if mask.any():
                     seg.remove(ids[mask])
@@ -200,10 +205,11 @@ class Shard:
                 )
                 if replaced_here or (active.ntotal and active.ntotal + len(add_ids) > self.seal_at):
                     assert self.new_index is not None, "read-only shard"
-                    active = Segment(self.new_index(), codes=self.codes)
+                    index, template = self.new_index()
+                    active = Segment(index, codes=self.codes, template=template)
                     if self._flat:
                         active.reserve(max(self.seal_at, len(add_ids)))
-                    self.segments.append(active)
+                    self.segments = [*self.segments, active]
                 active.add(add_vecs, add_ids)
                 if self.floats is not None and batch.floats is not None:
                     floats = batch.floats if keep is None else batch.floats[keep]
@@ -286,7 +292,7 @@ class Shard:
                 else:
                     assert seg.saved_object is not None
                     digest = seg.saved_object
-                entries.append(SegmentManifest(digest, seg.live, dead))
+                entries.append(SegmentManifest(digest, seg.live, dead, seg.template))
             keys = _keys_encoder.encode(self.keys) if self.keys else None
             cap = Capture(
                 entries, keys, dict(self.position), self.ntotal, self.version, nbytes, written
@@ -306,11 +312,13 @@ class Shard:
         self.saved_version = cap.version
         self.saved_entry = entry
 
-    def merge_plan(self, factor: int) -> list[Segment] | None:
-        """The sealed segments the tiered policy merges next (:mod:`sinks.merge`)."""
+    def merge_plan(self, factor: int, template: str | None = None) -> list[Segment] | None:
+        """The sealed segments the tiered policy merges next (:mod:`sinks.merge`):
+        only segments of the current codec generation (``template``) merge; older
+        ones are re-encoded first (:meth:`reencode`)."""
         if self.new_index is None:
             return None
-        sealed = self.segments[:-1]
+        sealed = [s for s in self.segments[:-1] if s.template == template]
         if sealed and isinstance(sealed[0].index, faiss.IndexIVF):
             # Merging IVF segments copies their lists and costs little, while each
             # segment costs a coarse-quantizer search per query: merge them in pairs.
@@ -329,18 +337,21 @@ class Shard:
         is no longer there (a concurrent compaction replaced it).
         """
         assert self.new_index is not None
+        out, template = self.new_index()
+        if any(s.template != template for s in inputs):
+            return False  # retrained since the plan: these are re-encoded instead
         if inputs[0].removable:
             with self.lock.read():
                 if any(s not in self.segments[:-1] for s in inputs):
                     return False
-                index = merged_index(inputs, self.new_index)
-            merged = Segment(index, codes=self.codes)
+                index = merged_index(inputs, out)
+            merged = Segment(index, codes=self.codes, template=template)
             gone = None
         else:
             with self.lock.read():
                 before = [s.ids.to_array().copy() for s in inputs]
-            index = merged_index(inputs, self.new_index)
-            merged = Segment(index, codes=self.codes)
+            index = merged_index(inputs, out)
+            merged = Segment(index, codes=self.codes, template=template)
             gone = before
         with self.lock.write():
             if any(s not in self.segments[:-1] for s in inputs):
@@ -375,7 +386,7 @@ class Shard:
                 continue
             with self.lock.read():
                 live_before = seg.ids.to_array().copy()
-            fresh = seg.compacted(self.new_index())
+            fresh = seg.compacted(*self.new_index())
             with self.lock.write():
                 if seg not in self.segments:
                     continue
@@ -388,6 +399,55 @@ class Shard:
                 self.version += 1
             rebuilt += 1
         return rebuilt
+
+    def stale(self, template: str | None) -> Segment | None:
+        """A sealed segment of an older codec generation than ``template``, if any."""
+        return next((s for s in self.segments[:-1] if s.template != template), None)
+
+    def roll(self) -> None:
+        """Seal the active segment if it is of an older codec generation than the
+        current template, so that new vectors go to a segment of the new one."""
+        assert self.new_index is not None
+        index, template = self.new_index()
+        with self.lock.write():
+            active = self.segments[-1]
+            if active.template == template:
+                return
+            fresh = Segment(index, codes=self.codes, template=template)
+            if self._flat:
+                fresh.reserve(self.seal_at)
+            kept = self.segments if active.ntotal else self.segments[:-1]
+            self.segments = [*kept, fresh]
+            self.version += 1
+
+    def reencode(self, seg: Segment) -> bool:
+        """Replace sealed ``seg`` by a copy in a segment of the current template
+        (blocking). The vectors are decoded under the read lock and added to the new
+        index without it; ids replaced or deleted meanwhile are removed from the
+        copy at the swap, under the write lock. Returns False when ``seg`` is no
+        longer there (merged or compacted meanwhile)."""
+        assert self.new_index is not None
+        index, template = self.new_index()
+        with self.lock.read():
+            if seg not in self.segments[:-1]:
+                return False
+            ids, vecs = seg.contents()
+        if len(ids):
+            index.add_with_ids(np.ascontiguousarray(vecs), ids)
+        fresh = Segment(index, codes=self.codes, template=template)
+        with self.lock.write():
+            if seg not in self.segments[:-1]:
+                return False
+            lost = ids[~seg.ids.contains(ids)]
+            if len(lost):
+                if fresh.removable:
+                    fresh.remove(lost)
+                else:
+                    fresh.dead.add(lost)
+                    fresh.ids.discard(lost)
+            self.segments = [fresh if s is seg else s for s in self.segments]
+            self.version += 1
+        return True
 
 
 def decode_keys(data: bytes) -> dict[int, str]:

@@ -44,6 +44,12 @@ class SinkStatistics:
         deferred_batches: batches queued while a snapshot captured their shard.
         compactions: segments rebuilt without their deleted entries.
         merges: merges of sealed segments (:mod:`sinks.merge`).
+        retrains: codec retrains on drift (:mod:`sinks.retrain`).
+        retrain_failures: retrains or re-encodes that failed (the codec stayed).
+        reencoded_segments: segments re-encoded into a newer codec generation.
+        codec_generation: the index's codec generation (0: first training).
+        codec_drift: the last measured drift (recent fit / training fit).
+        last_retrain_time: when the last retrain happened (epoch seconds).
         claimed_shards: shards taken over from the directory (scale-out).
         released_shards: shards handed over to another worker.
         release_timeouts: hand-overs that did not wait for every emitted record.
@@ -66,6 +72,12 @@ class SinkStatistics:
     deferred_batches: int = 0
     compactions: int = 0
     merges: int = 0
+    retrains: int = 0
+    retrain_failures: int = 0
+    reencoded_segments: int = 0
+    codec_generation: int = 0
+    codec_drift: float | None = None
+    last_retrain_time: float | None = None
     claimed_shards: int = 0
     released_shards: int = 0
     release_timeouts: int = 0

@@ -247,6 +247,16 @@ def main(verbose: int) -> None:
     "logarithmic in the index size (0 or 1: never merge).",
 )
 @click.option(
+    "--retrain-threshold",
+    default=_D.retrain_threshold,
+    show_default=True,
+    type=float,
+    callback=lambda _ctx, _param, value: _retrain_threshold(value),
+    help="IVF/PQ/SQ factories: retrain the index (in the background, then re-encode "
+    "it) when recent vectors fit its codec this many times worse than the vectors "
+    "right after training did; 0: never.",
+)
+@click.option(
     "--capacity",
     default=_D.capacity,
     show_default=True,
@@ -391,6 +401,12 @@ def tune(
     click.echo(f"stored search parameters {shown} in snapshot {', '.join(map(str, seqs))}")
 
 
+def _retrain_threshold(value: float) -> float:
+    if value and not value > 1:
+        raise click.BadParameter(f"{value} is not above 1 (0 turns retraining off)")
+    return value
+
+
 @main.command()
 @click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The manifest as JSON.")
@@ -421,6 +437,15 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
         f"  {info['factory']} {info['metric']} dim {info['dim']}, {info['ntotal']:,} vectors"
         f" in {len(info['shards'])} shard(s)"
     )
+    if info.get("search_params"):
+        chosen = ",".join(f"{k}={v}" for k, v in info["search_params"].items())
+        click.echo(f"  search parameters {chosen} (from tune)")
+    retrain = info.get("last_retrain")
+    if retrain:
+        click.echo(
+            f"  codec generation {info['generation']}: retrained {retrain['at']} on "
+            f"{retrain['sample']:,} vectors in {retrain['seconds']:.1f} s ({retrain['reason']})"
+        )
     for s in info["shards"]:
         owner = f", owner {s['owner']} (epoch {s['epoch']})" if shared else ""
         click.echo(f"  shard {s['name']}: {s['ntotal']:,} vectors, position {s['position']}{owner}")

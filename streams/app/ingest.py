@@ -19,6 +19,7 @@ from operators import batch, decode
 from operators.decode import DEFAULT_MAX_PAYLOAD_BYTES
 from operators.quantize import Codec
 from sinks import FaissSink
+from sinks.drift import DEFAULT_RETRAIN_THRESHOLD
 from sinks.merge import DEFAULT_MERGE_FACTOR
 from sinks.shared import stored_dim
 from sinks.store import DEFAULT_GRACE_SECONDS
@@ -66,6 +67,7 @@ class IngestOptions:
     pq_m: int = 48
     id_offset: int | None = None
     merge_factor: int = DEFAULT_MERGE_FACTOR
+    retrain_threshold: float = DEFAULT_RETRAIN_THRESHOLD
 
 
 def dead_letter_sink(target: str) -> DeadLetterSink:
@@ -198,6 +200,7 @@ def build_ingest_pipeline(
         worker=worker,
         gc_grace=o.gc_grace,
         merge_factor=o.merge_factor,
+        retrain_threshold=o.retrain_threshold,
     )
     pipeline = flow | sink
     pipeline.capacity = o.capacity

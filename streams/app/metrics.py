@@ -17,6 +17,9 @@ Families (labels in braces):
   ``embedstream_kafka_consumer_lag_seconds{topic,partition}``
 - ``embedstream_index_vectors{shard}``, ``embedstream_segments{shard}``,
   ``embedstream_merges_total``
+- ``embedstream_codec_generation``, ``embedstream_codec_drift`` (recent fit over
+  the fit after training), ``embedstream_retrains_total``,
+  ``embedstream_last_retrain_timestamp_seconds``, ``embedstream_reencoded_segments_total``
 - ``embedstream_freshness_seconds`` (histogram: event time to searchable),
   ``embedstream_snapshot_duration_seconds`` (histogram),
   ``embedstream_last_snapshot_timestamp_seconds``, ``embedstream_snapshots_total``
@@ -38,6 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from streams.histogram import Histogram
+from streams.statistics import SinkStatistics
 
 if TYPE_CHECKING:
     from streams.deadletters import Rejects
@@ -140,6 +144,7 @@ class PipelineCollector(Collector):
         merges = CounterMetricFamily("embedstream_merges", "Segment merges done")
         merges.add_metric([], m.sink.merges)
         yield merges
+        yield from _codec_metrics(m.sink)
         hists = self.pipeline.sink.histograms()
         if "freshness_seconds" in hists:
             yield _histogram(
@@ -177,3 +182,33 @@ def pipeline_registry(
     registry = registry or CollectorRegistry(auto_describe=True)
     registry.register(PipelineCollector(pipeline, rejects))
     return registry
+
+
+def _codec_metrics(sink: SinkStatistics) -> Iterator[Any]:
+    """Codec generations and drift (:mod:`sinks.retrain`)."""
+    generation = GaugeMetricFamily(
+        "embedstream_codec_generation", "Codec generation of the index (0: first training)"
+    )
+    generation.add_metric([], sink.codec_generation)
+    yield generation
+    if sink.codec_drift is not None:
+        drift = GaugeMetricFamily(
+            "embedstream_codec_drift",
+            "How much worse recent vectors fit the codec than those right after training",
+        )
+        drift.add_metric([], sink.codec_drift)
+        yield drift
+    retrains = CounterMetricFamily("embedstream_retrains", "Codec retrains on drift")
+    retrains.add_metric([], sink.retrains)
+    yield retrains
+    reencoded = CounterMetricFamily(
+        "embedstream_reencoded_segments", "Segments re-encoded into a newer codec generation"
+    )
+    reencoded.add_metric([], sink.reencoded_segments)
+    yield reencoded
+    if sink.last_retrain_time is not None:
+        last = GaugeMetricFamily(
+            "embedstream_last_retrain_timestamp_seconds", "When the codec was last retrained"
+        )
+        last.add_metric([], sink.last_retrain_time)
+        yield last

@@ -51,7 +51,7 @@ def test_a_merged_index_answers_as_one_built_directly(factory: str) -> None:
         index = faiss.clone_index(template)
         index.add_with_ids(x[lo:hi], np.arange(lo, hi, dtype=np.int64))
         parts.append(Segment(index))
-    merged = merged_index(parts, lambda: faiss.clone_index(template))
+    merged = merged_index(parts, faiss.clone_index(template))
     direct = faiss.clone_index(template)
     direct.add_with_ids(x, np.arange(3000, dtype=np.int64))
     assert merged.ntotal == 3000

@@ -142,7 +142,7 @@ def test_shard_reserves_each_active_flat_segment() -> None:
     shard = Shard(
         "p",
         [Segment(make_index(DIM, "Flat", "l2"))],
-        new_index=lambda: make_index(DIM, "Flat", "l2"),
+        new_index=lambda: (make_index(DIM, "Flat", "l2"), None),
         segment_size=1024,
     )
     for start in range(0, 3000, 500):
