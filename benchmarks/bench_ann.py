@@ -10,6 +10,13 @@ top-10. The ingest runs twice more, with merging on and off, for the rate.
 Part ``hnsw``: the same with ``HNSW32`` (``--hnsw-rows``), compared at equal recall
 (the offline index's cheapest ``efSearch`` whose recall is within 0.01 of ours).
 
+Part ``drift``: ``--rows`` clustered vectors whose 1,000 cluster centres are all
+replaced by new ones halfway through the stream, into ``IVF1024,Flat`` through the
+CLI with retraining on drift (the default) and off (``--retrain-threshold 0``),
+against one index trained offline on a uniform sample of all of them. ``embedstream
+tune --recall 0.95`` picks our parameters; recall@10 of held-out queries from both
+halves and time per query at those parameters, per index.
+
 Part ``tune``: the real MiniLM embeddings of ``../shared/data`` (20,000 base vectors,
 500 held-out queries with exact ground truth) into IVF, HNSW and PQ with rerank;
 ``embedstream tune --recall 0.95`` on each, then recall@10 of the held-out queries
@@ -24,6 +31,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +40,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from benchmarks.harness import DATA, python, run_child, save, table
+from benchmarks.harness import DATA, RESULTS, python, run_child, save, table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -57,11 +65,14 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits) / k)
 
 
-def _ingest(data: Path, idx: Path, factory: str, train: int, merge_factor: int) -> float:
+def _ingest(
+    data: Path, idx: Path, factory: str, train: int, merge_factor: int, *extra: str
+) -> float:
     sample = run_child(
         [python(), "-m", "streams.app.cli", "ingest", str(data), "--index", str(idx),
          "--factory", factory, "--metric", "l2", "--train-size", str(train),
-         "--merge-factor", str(merge_factor), "--snapshot-every", "0", "--no-progress"],
+         "--merge-factor", str(merge_factor), "--snapshot-every", "0", "--no-progress",
+         *extra],
         timeout=3600,
     )  # fmt: skip
     return sample.seconds
@@ -232,6 +243,118 @@ def run_hnsw(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def shifted(rows: int, dim: int, seed: int, centers: int = 1000) -> np.ndarray:
+    """Clustered vectors (as :func:`clustered`) whose cluster centres are all
+    replaced by new random ones after the first half."""
+    half = rows // 2
+    return np.concatenate(
+        [clustered(half, dim, seed, centers), clustered(rows - half, dim, seed + 1000, centers)]
+    )
+
+
+def run_drift(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any]:
+    """A stream whose clusters move halfway: retraining on against off against one
+    index trained offline on all of it, at the parameters `tune` picks."""
+    from sinks import open_snapshot
+
+    dim, nlist, train = 128, 1024, 65_536
+    DATA.mkdir(parents=True, exist_ok=True)
+    data = DATA / f"shifted-{rows}x{dim}.npy"
+    if not data.exists():
+        np.save(data, shifted(rows, dim, seed=1))
+    x = np.load(data, mmap_mode="r")
+    # Held-out queries from both halves' clusters.
+    q = np.concatenate(
+        [clustered(queries // 2, dim, seed=1), clustered(queries // 2, dim, seed=1001)]
+    )
+    q = q + 0.01 * np.random.default_rng(9).standard_normal(q.shape, dtype=np.float32)
+    print(f"exact top-10 of {queries:,} queries over {rows:,} vectors ...", flush=True)
+    _, truth = faiss.knn(q, np.ascontiguousarray(x), 10, metric=faiss.METRIC_L2)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-drift-"))
+    factory = f"IVF{nlist},Flat"
+    try:
+        print("embedstream ingest (retraining on, then off) ...", flush=True)
+        seconds = {
+            "retrain": _ingest(data, tmp / "retrain", factory, train, 4),
+            "kept": _ingest(data, tmp / "kept", factory, train, 4, "--retrain-threshold", "0"),
+        }
+        print("embedstream tune --recall 0.95 ...", flush=True)
+        tuned = subprocess.run(
+            [python(), "-m", "streams.app.cli", "tune", str(tmp / "retrain"), "--recall", "0.95"],
+            capture_output=True, text=True, timeout=3600, check=True,
+        )  # fmt: skip
+        print(tuned.stdout, flush=True)
+        views = {name: open_snapshot(tmp / name) for name in ("retrain", "kept")}
+        params = dict(views["retrain"].config.search_params)
+        print("offline FAISS index ...", flush=True)
+        offline = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+        pick = np.sort(np.random.default_rng(3).choice(rows, train, replace=False))
+        offline.train(np.ascontiguousarray(x[pick]))
+        for lo in range(0, rows, 1 << 18):
+            offline.add(np.ascontiguousarray(x[lo : lo + (1 << 18)]))
+        p = faiss.SearchParametersIVF()
+        p.nprobe = params.get("nprobe", 1)
+        searches = {
+            "retrain": lambda qq: views["retrain"].search(qq, 10, params).ids,
+            "kept": lambda qq: views["kept"].search(qq, 10, params).ids,
+            "offline": lambda qq: offline.search(qq, 10, params=p)[1],
+        }
+        times: dict[str, list[float]] = {name: [] for name in searches}
+        found: dict[str, np.ndarray] = {}
+        for _ in range(repeats):  # alternated, so drifts of the machine hit all alike
+            for name, search in searches.items():
+                t, found[name] = _timed(search, q, 1)
+                times[name].append(t)
+        ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        retrain = views["retrain"].config.last_retrain
+        out: dict[str, Any] = {
+            "rows": rows,
+            "dim": dim,
+            "factory": factory,
+            "queries": queries,
+            "search_params": params,
+            "generation": views["retrain"].config.generation,
+            "last_retrain": None if retrain is None else retrain.reason,
+            "retrain_sample": None if retrain is None else retrain.sample,
+            "retrain_train_seconds": None if retrain is None else retrain.seconds,
+            "ingest_seconds": seconds,
+            "segments": {n: [len(s.segments) for s in v.shards] for n, v in views.items()},
+            "ms_per_query": {n: round(v, 4) for n, v in ms.items()},
+            "recall": {n: round(recall(f, truth), 4) for n, f in found.items()},
+            "list_imbalance": {
+                "offline": round(_imbalance_of(offline), 3),
+                **{n: round(_imbalance(v), 3) for n, v in views.items()},
+            },
+        }
+        out["latency_ratio_retrain_vs_offline"] = round(ms["retrain"] / ms["offline"], 3)
+        out["latency_ratio_kept_vs_offline"] = round(ms["kept"] / ms["offline"], 3)
+        out["recall_gap_retrain_vs_offline"] = round(
+            out["recall"]["offline"] - out["recall"]["retrain"], 4
+        )
+        print(out, flush=True)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _imbalance_of(index: Any) -> float:
+    ivf: Any = faiss.extract_index_ivf(index)
+    return float(ivf.invlists.imbalance_factor())
+
+
+def _imbalance(view: Any) -> float:
+    """FAISS's imbalance factor of list sizes summed over a snapshot's segments (of
+    one codec generation; 1 is even)."""
+    sizes: np.ndarray | None = None
+    for shard in view.shards:
+        for seg in shard.segments:
+            inv = seg.index.invlists
+            got = np.array([inv.list_size(i) for i in range(seg.index.nlist)], float)
+            sizes = got if sizes is None else sizes + got
+    assert sizes is not None
+    return float(len(sizes) * (sizes**2).sum() / sizes.sum() ** 2)
+
+
 def run_tune(target: float = 0.95) -> dict[str, Any]:
     from sinks import open_snapshot
 
@@ -351,6 +474,22 @@ def report(result: dict[str, Any]) -> str:
                 ["efSearch", "ours ms/q", "recall ours", "offline ms/q at equal recall", "ratio"],
             )
         )
+    drift = result.get("drift")
+    if drift:
+        lines.append(
+            f"Drift: {drift['factory']}, {drift['rows']:,} x {drift['dim']}-d, cluster centres "
+            f"replaced halfway; tuned {json.dumps(drift['search_params'])}; "
+            f"retrained: {drift['last_retrain']} on {drift['retrain_sample']:,} vectors"
+        )
+        rows = [
+            [name, f"{drift['ms_per_query'][name]:.3f}",
+             f"{drift['ms_per_query'][name] / drift['ms_per_query']['offline']:.2f}x",
+             f"{drift['recall'][name]:.4f}", f"{drift['list_imbalance'][name]:.2f}"]
+            for name in ("retrain", "kept", "offline")
+        ]  # fmt: skip
+        lines.append(
+            table(rows, ["index", "ms/query", "vs offline", "recall@10", "list imbalance"])
+        )
     tune = result.get("tune")
     if tune:
         rows = [
@@ -371,17 +510,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--hnsw-rows", type=int, default=1_000_000)
-    ap.add_argument("--only", nargs="*", choices=["ivf", "hnsw", "tune"])
+    ap.add_argument("--only", nargs="*", choices=["ivf", "hnsw", "drift", "tune"])
     a = ap.parse_args()
-    parts = a.only or ["ivf", "hnsw", "tune"]
+    parts = a.only or ["ivf", "hnsw", "drift", "tune"]
     result: dict[str, Any] = {}
     if "ivf" in parts:
         result["ivf"] = run_ivf(a.rows)
     if "hnsw" in parts:
         result["hnsw"] = run_hnsw(a.hnsw_rows)
+    if "drift" in parts:
+        result["drift"] = run_drift(a.rows)
     if "tune" in parts:
         result["tune"] = run_tune()
     name = "ann" if a.rows == 1_000_000 else f"ann-{a.rows}"
+    # Parts not run this time keep their last figures.
+    earlier = RESULTS / f"{name}.json"
+    if earlier.exists():
+        kept = json.loads(earlier.read_text())
+        result = {k: v for k, v in kept.items() if k != "machine" and k not in result} | result
     save(name, result)
     print(report(result))
 

@@ -58,6 +58,8 @@ def codec_fit(index: Any, x: npt.NDArray[np.float32]) -> float:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if isinstance(index, faiss.IndexIVF):
         quantizer: Any = index.quantizer
+        if quantizer.ntotal == 0:
+            raise ValueError("the index is not trained: there is no fit to measure")
         _, assign = quantizer.search(x, 1)
         near = quantizer.reconstruct_batch(assign.ravel())
     else:
@@ -97,6 +99,8 @@ class DriftMonitor:
         # ``seen`` when the drift was first found above the threshold: a retrain
         # waits until the ring holds only vectors from after that.
         self.drifted_at: int | None = None
+        # True once the codec is trained: there is no fit to measure before.
+        self.ready = False
         # Without a baseline: the first vectors after training, to measure it on.
         self._first: list[npt.NDArray[np.float32]] = []
         self._first_rows = 0
@@ -165,8 +169,10 @@ class DriftMonitor:
         """True when enough vectors arrived since the last check (and since the
         last training, so the ring holds only vectors the codec did not train on)
         for another look at the drift."""
-        return self._since_check >= max(1, len(self._ring) // 4) and self.since_training >= len(
-            self._ring
+        return (
+            self.ready
+            and self._since_check >= max(1, len(self._ring) // 4)
+            and self.since_training >= len(self._ring)
         )
 
     def window(self) -> npt.NDArray[np.float32]:
@@ -192,6 +198,7 @@ class DriftMonitor:
     def trained(self, baseline: float | None = None) -> None:
         """The index was (re)trained. ``baseline``: its fit on vectors it was not
         trained on; ``None``: measured on the vectors that arrive next."""
+        self.ready = True
         self.baseline = baseline
         self._first, self._first_rows = [], 0
         self.last_drift = None

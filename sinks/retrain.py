@@ -103,7 +103,9 @@ class Retrainer:
         if monitor is None:
             assert self.config.dim is not None
             monitor = self.monitor = DriftMonitor(self.config.dim, self.capacity)
-            monitor.baseline = self.config.codec_fit
+            if self.config.template is not None and self.config.template.is_trained:
+                # Adopted from the directory, trained before this run.
+                monitor.trained(self.config.codec_fit)
         vecs = batch.vectors
         if batch.deleted is not None and batch.deleted.any():
             vecs = vecs[~batch.deleted]
@@ -127,7 +129,7 @@ class Retrainer:
         and retrain without waiting for more vectors. Returns True when it
         retrained."""
         monitor = self.monitor
-        if monitor is None or not (monitor.due() or (final and monitor.baseline)):
+        if monitor is None or not (monitor.due() or (final and monitor.ready and monitor.baseline)):
             return False
         template = self.config.template
         if not monitor.baseline:

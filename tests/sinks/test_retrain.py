@@ -247,3 +247,22 @@ def test_the_cli_retrains_and_reports_it(tmp_path: Path, shifted) -> None:
     bad = run_cli("ingest", str(tmp_path / "x.npy"), "--index", str(tmp_path / "other"),
                   "--retrain-threshold", "0.5")  # fmt: skip
     assert bad.returncode == 2 and "not above 1" in bad.stderr
+
+
+@pytest.mark.asyncio
+async def test_no_drift_is_measured_before_the_first_training(tmp_path: Path, shifted) -> None:
+    """An untrained IVF quantizer has no centroid to measure against (FAISS would
+    read out of bounds): the monitor waits for the training."""
+    x, _ = shifted
+    sink = _sink(tmp_path / "idx")
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        await _ingest(sink, x[:3500])  # more than the ring, less than train_size
+        assert not sink.retrainer.monitor.due()
+        await sink.maintain()
+        assert sink.retrainer.monitor.baseline is None
+        await _ingest(sink, x[3500:9000], np.arange(3500, 9000))
+        assert sink.retrainer.monitor.ready
+        await sink.close(ok=True)
+    with pytest.raises(ValueError, match="not trained"):
+        codec_fit(faiss.index_factory(D, FACTORY), x[:10])
