@@ -8,8 +8,9 @@ when a tier holds ``factor`` segments, its ``factor`` smallest merge into one of
 next tier. A shard of ``n`` vectors then has at most ``(factor - 1)`` sealed
 segments per tier, ``log_factor(n / floor)`` tiers.
 
-IVF segments merge in pairs whatever the factor: their merge only copies lists,
-and every segment costs one more coarse-quantizer search per query.
+IVF and HNSW segments merge in pairs whatever the factor: their merge only copies
+lists, or adds the smaller graph's vectors to a copy of the larger one, while every
+segment costs a query one more coarse-quantizer search or graph walk.
 
 How segments merge (:func:`merged_index`), from a copy, never moving entries out of
 an input a search may be reading:
@@ -18,7 +19,9 @@ an input a search may be reading:
   copied list by list into a new empty index (no vector is re-encoded or
   re-assigned).
 - Flat, SQ, PQ and LSH codes in an id map: the codes and ids are concatenated.
-- Everything else (HNSW): a new index is built from the live vectors.
+- HNSW graphs: the largest input's graph is copied and the other inputs' live
+  vectors are added to it (so segments merge in pairs, like IVF ones).
+- Everything else: a new index is built from the live vectors.
 
 A merged segment replaces its inputs under the shard's write lock, so a search sees
 all the inputs or the merged segment, never both and never neither.
@@ -32,10 +35,11 @@ from typing import Any
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 
 from sinks.segment import Segment, index_ids
 
-__all__ = ["DEFAULT_MERGE_FACTOR", "merged_index", "plan"]
+__all__ = ["DEFAULT_MERGE_FACTOR", "grown_graph", "merged_index", "plan"]
 
 DEFAULT_MERGE_FACTOR = 4
 
@@ -57,20 +61,36 @@ def plan(sizes: Sequence[int], factor: int, floor: int) -> list[int] | None:
     return None
 
 
-def merged_index(inputs: Sequence[Segment], out: Any) -> Any:
+def merged_index(
+    inputs: Sequence[Segment], out: Any, lives: Sequence[npt.NDArray[np.int64]] | None = None
+) -> Any:
     """``out``, an empty index of the inputs' template, filled with every live entry
     of ``inputs`` (blocking). Reads the inputs only; the caller keeps writers off
-    them meanwhile."""
+    them meanwhile, or gives the inputs' live ids (``lives``) as of a moment it
+    held the shard's read lock."""
     first = inputs[0].index
     if isinstance(first, faiss.IndexIVF) and isinstance(out, faiss.IndexIVF):
         _copy_lists(inputs, out)
     elif _flat_map(first) and _flat_map(out):
         _concat_codes(inputs, out)
     else:
-        for seg in inputs:
-            live = seg.ids.to_array()
+        for i, seg in enumerate(inputs):
+            live = seg.ids.to_array() if lives is None else lives[i]
             if len(live):
                 out.add_with_ids(seg.reconstruct(live), live)
+    return out
+
+
+def grown_graph(
+    inputs: Sequence[Segment], lives: Sequence[npt.NDArray[np.int64]], largest: int
+) -> Any:
+    """A copy of the largest input's graph index (dead entries included: the caller
+    keeps them tombstoned) with the other inputs' live vectors added (blocking; the
+    inputs are only read)."""
+    out = faiss.clone_index(inputs[largest].index)
+    for i, seg in enumerate(inputs):
+        if i != largest and len(lives[i]):
+            out.add_with_ids(seg.reconstruct(lives[i]), lives[i])
     return out
 
 

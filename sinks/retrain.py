@@ -82,6 +82,7 @@ class Retrainer:
         self.capacity = capacity
         self.monitor: DriftMonitor | None = None
         self._watching: bool | None = None
+        self._busy = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"<Retrainer threshold={self.threshold} generation={self.config.generation}>"
@@ -128,18 +129,27 @@ class Retrainer:
         retrain past the threshold. ``final``: the stream ends here, so look now
         and retrain without waiting for more vectors. Returns True when it
         retrained."""
+        async with self._busy:  # one check at a time (the loop's and close()'s)
+            return await self._check(final)
+
+    async def _check(self, final: bool) -> bool:
         monitor = self.monitor
         if monitor is None or not (monitor.due() or (final and monitor.ready and monitor.baseline)):
             return False
         template = self.config.template
-        if not monitor.baseline:
+        baseline = monitor.baseline
+        if not baseline:
             # The first vectors the codec was not trained on: they set the baseline.
             first = monitor.first()
-            fit = await anyio.to_thread.run_sync(codec_fit, template, first)
-            monitor.baseline = self.config.codec_fit = fit
+            baseline = await anyio.to_thread.run_sync(codec_fit, template, first)
+            if not baseline:
+                return False
+            monitor.baseline = self.config.codec_fit = baseline
         window = monitor.window()
         fit = await anyio.to_thread.run_sync(codec_fit, template, window)
-        drift = fit / monitor.baseline
+        if template is not self.config.template:
+            return False  # retrained meanwhile
+        drift = fit / baseline
         monitor.last_drift = self.stats.codec_drift = drift
         if drift <= self.threshold:
             monitor.drifted_at = None  # a passing blip
@@ -150,13 +160,17 @@ class Retrainer:
             # Train once the newest vectors are all from after the shift, so the new
             # codec learns where the stream went, not the moment it left.
             return False
-        return await self.retrain(f"drift {drift:.2f} above the threshold {self.threshold:g}")
+        return await self._retrain(f"drift {drift:.2f} above the threshold {self.threshold:g}")
 
     async def retrain(self, reason: str = "requested") -> bool:
         """Train a new codec generation on the sample, swap it in, and re-encode the
         older segments (see the module docstring). Returns False when there is
         nothing to train on or training failed (the current codec stays; a warning
         says why)."""
+        async with self._busy:
+            return await self._retrain(reason)
+
+    async def _retrain(self, reason: str) -> bool:
         monitor, config = self.monitor, self.config
         if monitor is None or monitor.filled == 0 or config.dim is None:
             return False

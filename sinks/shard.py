@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from sinks.floats import FloatStore
 from sinks.manifest import SegmentManifest, ShardManifest
-from sinks.merge import merged_index, plan
+from sinks.merge import grown_graph, merged_index, plan
 from sinks.params import SearchParams
 from sinks.rwlock import RWLock
 from sinks.segment import (
@@ -319,9 +319,11 @@ class Shard:
         if self.new_index is None:
             return None
         sealed = [s for s in self.segments[:-1] if s.template == template]
-        if sealed and isinstance(sealed[0].index, faiss.IndexIVF):
-            # Merging IVF segments copies their lists and costs little, while each
-            # segment costs a coarse-quantizer search per query: merge them in pairs.
+        if sealed and (isinstance(sealed[0].index, faiss.IndexIVF) or sealed[0].hnsw):
+            # Merging IVF segments copies their lists and HNSW ones adds the smaller
+            # graph's vectors to a copy of the larger; either costs far less than a
+            # query pays for every extra segment (a coarse-quantizer search, a graph
+            # walk): merge them in pairs.
             factor = min(factor, 2)
         picked = plan([s.live for s in sealed], factor, max(1, self.seal_at))
         return None if picked is None else [sealed[i] for i in picked]
@@ -350,8 +352,18 @@ class Shard:
         else:
             with self.lock.read():
                 before = [s.ids.to_array().copy() for s in inputs]
-            index = merged_index(inputs, out)
-            merged = Segment(index, codes=self.codes, template=template)
+                largest = max(range(len(inputs)), key=lambda i: inputs[i].ntotal)
+                dead = inputs[largest].dead.to_array().copy()
+            others = [ids for i, ids in enumerate(before) if i != largest]
+            if inputs[0].hnsw and not any(np.isin(ids, dead).any() for ids in others):
+                # The largest graph, copied, takes the others' vectors: a merge costs
+                # adding the smaller inputs, not rebuilding all of them. (Not when an
+                # id dead in it lives in another input: tombstones go by id.)
+                index = grown_graph(inputs, before, largest)
+                merged = Segment(index, codes=self.codes, template=template, dead=dead)
+            else:
+                index = merged_index(inputs, out, before)
+                merged = Segment(index, codes=self.codes, template=template)
             gone = before
         with self.lock.write():
             if any(s not in self.segments[:-1] for s in inputs):

@@ -277,7 +277,12 @@ def test_segment_bytes_never_seals_below_1024_vectors(tmp_path: Path) -> None:
 async def test_hnsw_upserts_and_deletes_with_tombstones_and_compaction(tmp_path: Path, rng) -> None:
     x = rng.standard_normal((3000, 16)).astype(np.float32)
     sink = FaissSink(
-        tmp_path / "idx", factory="HNSW16", metric="l2", snapshot_every=None, segment_size=1000
+        tmp_path / "idx",
+        factory="HNSW16",
+        metric="l2",
+        snapshot_every=None,
+        segment_size=1000,
+        merge_factor=0,  # tombstones and compaction, segment by segment
     )
     async with anyio.create_task_group() as tg:
         await sink.open(tg)
