@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from sinks import FaissSink, open_snapshot
 from sinks.durable import CRASH_EXIT_CODE
-from sinks.merge import merged_index, plan
+from sinks.merge import grown_graph, merged_index, plan
 from sinks.segment import Segment, make_index
+from sinks.shard import Shard
 from streams.records import Batch
 
 
@@ -65,6 +66,55 @@ def test_a_merged_index_answers_as_one_built_directly(factory: str) -> None:
         np.testing.assert_allclose(got_d, want_d, rtol=1e-5)
         # Byte-identical to the direct build: the codes were moved, not re-encoded.
         assert faiss.serialize_index(merged).tobytes() == faiss.serialize_index(direct).tobytes()
+
+
+def test_hnsw_segments_merge_into_a_copy_of_the_larger_graph() -> None:
+    """The largest graph is copied and takes the others' vectors (its tombstones
+    stay tombstones); when an id dead in it lives in another input, the merge
+    rebuilds instead (tombstones go by id)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((700, 8)).astype(np.float32)
+
+    def shard(reused: bool) -> Shard:
+        big = make_index(8, "HNSW8", "l2")
+        big.add_with_ids(x[:600], np.arange(600, dtype=np.int64))
+        small = make_index(8, "HNSW8", "l2")
+        ids = np.arange(600, 700, dtype=np.int64)
+        if reused:
+            ids[:10] = np.arange(10)  # ids 0-9 deleted from `big`, upserted here
+        small.add_with_ids(x[600:], ids)
+        segments = [
+            Segment(big, dead=np.arange(10)),
+            Segment(small),
+            Segment(make_index(8, "HNSW8", "l2")),
+        ]
+        return Shard("p", segments, lambda: (make_index(8, "HNSW8", "l2"), None))
+
+    grown = shard(reused=False)
+    assert grown.merge(grown.segments[:2])
+    merged = grown.segments[0]
+    assert (merged.ntotal, len(merged.dead), merged.live) == (700, 10, 690)
+    rebuilt = shard(reused=True)
+    assert rebuilt.merge(rebuilt.segments[:2])
+    merged = rebuilt.segments[0]
+    assert (merged.ntotal, len(merged.dead), merged.live) == (690, 0, 690)
+    # Ids 0-9 answer with their upserted vectors, from the small input.
+    _, top = merged.search(x[600:610], 1, {"efSearch": 64})
+    assert top[:, 0].tolist() == list(range(10))
+
+
+def test_grown_graph_adds_only_the_smaller_inputs() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((900, 8)).astype(np.float32)
+    parts = []
+    for lo, hi in ((0, 600), (600, 900)):
+        index = make_index(8, "HNSW8", "l2")
+        index.add_with_ids(x[lo:hi], np.arange(lo, hi, dtype=np.int64))
+        parts.append(Segment(index))
+    lives = [p.ids.to_array() for p in parts]
+    grown = grown_graph(parts, lives, 0)
+    assert grown.ntotal == 900 and parts[0].ntotal == 600  # a copy: the input is untouched
+    assert np.mean(Segment(grown).search(x, 1, {"efSearch": 64})[1][:, 0] == np.arange(900)) > 0.98
 
 
 _ops = st.lists(
