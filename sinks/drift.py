@@ -42,7 +42,7 @@ DEFAULT_RETRAIN_THRESHOLD = 1.25
 """Drift (recent fit / training fit) at which a sink retrains its index."""
 
 # Vectors of the newest ones over which the drift is measured.
-_WINDOW = 8192
+_WINDOW = 2048
 
 
 def needs_training(index: Any) -> bool:
@@ -175,10 +175,11 @@ class DriftMonitor:
             and self.since_training >= len(self._ring)
         )
 
-    def window(self) -> npt.NDArray[np.float32]:
-        """A copy of the newest vectors to measure the drift on; resets :meth:`due`."""
+    def window(self) -> tuple[npt.NDArray[np.float32], int]:
+        """A copy of the newest vectors to measure the drift on, and how many had
+        been seen then; resets :meth:`due`."""
         self._since_check = 0
-        return self.recent(_WINDOW)
+        return self.recent(_WINDOW), self.seen
 
     def first(self) -> npt.NDArray[np.float32]:
         """The first vectors that arrived after training (to measure the baseline
@@ -188,10 +189,18 @@ class DriftMonitor:
         return out
 
     def training_sample(self) -> npt.NDArray[np.float32]:
-        """A copy of what to retrain on: the ring, and as many reservoir vectors
-        (old and recent alike)."""
-        recent = self.recent()
-        want = min(self.filled, max(len(recent), self.capacity - len(recent)))
+        """A copy of what to retrain on, ``capacity`` vectors: half from before the
+        drift and half from after it, as far as the reservoir and the ring allow.
+
+        The reservoir is uniform over everything seen, so a fraction ``f = (seen -
+        drifted_at) / seen`` of it came after the drift; the newest vectors of the
+        ring make up the rest of the recent half (none once ``f`` reaches 1/2, when
+        the reservoir alone is that mix). Without a drift (a retrain on demand),
+        half the ring, half the reservoir."""
+        after = 0.0 if self.drifted_at is None else (self.seen - self.drifted_at) / self.seen
+        ring = int(self.capacity * max(0.0, 0.5 - after) / (1.0 - after)) if after < 1 else 0
+        recent = self.recent(ring)
+        want = min(self.filled, self.capacity - len(recent))
         pick = self._rng.choice(self.filled, size=want, replace=False)
         return np.concatenate([self._reservoir[np.sort(pick)], recent])
 

@@ -61,6 +61,9 @@ class WriteGate:
         self.freshness = freshness
         self.write_seconds = write_seconds
         self._gates: dict[str, _ShardGate] = {}
+        # Set (and replaced) after every applied batch: searches waiting for a
+        # position look again.
+        self.applied = anyio.Event()
 
     def __repr__(self) -> str:
         queued = sum(len(g.deferred) for g in self._gates.values())
@@ -99,6 +102,8 @@ class WriteGate:
         self.freshness.observe(shard.searchable_at - item.timestamps)
         self.stats.batches += 1
         self.stats.records += len(item)
+        self.applied.set()
+        self.applied = anyio.Event()
 
     async def capture(self, shard: Shard, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``await fn()`` (a capture of ``shard``) while its batches queue, then

@@ -100,6 +100,7 @@ class HandOver:
             shard = self.ownership.reusable(name, state)
             if shard is None:
                 shard = await anyio.to_thread.run_sync(load_shard, store, state.entry, config)
+                shard.saved_seq = state.loaded.seq
                 self.prepare(shard)
             shard.saved_entry = msgspec.structs.replace(
                 state.entry, epoch=self.ownership.epochs[name]

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from sinks.config import DEFAULT_FACTORY, DEFAULT_METRIC, IndexConfig
 from sinks.floats import FloatStore, floats_path
+from sinks.freshness import After, SearchTimeout, check_after, position_value, reached, unreached
 from sinks.gate import WriteGate
 from sinks.handover import HandOver
 from sinks.merge import DEFAULT_MERGE_FACTOR
@@ -175,8 +176,9 @@ class FaissSink(Sink[Batch]):
         self._training: list[Batch] = []
         self._training_rows = 0
         self._loop_scope: anyio.CancelScope | None = None
-        # Set when a segment seals or a drift check is due: the maintenance task looks.
+        # Set when a segment seals (merges may be due) or a drift check is due.
         self._maintenance_wanted = anyio.Event()
+        self._drift_wanted = anyio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -288,12 +290,24 @@ class FaissSink(Sink[Batch]):
                     assert self.snapshotter is not None
                     tg.start_soon(self.snapshotter.loop, self.snapshot_every, self.compact)
                 tg.start_soon(self._maintenance_loop)
+                tg.start_soon(self._drift_loop)
 
     async def _maintenance_loop(self) -> None:
         while True:
             await self._maintenance_wanted.wait()
             self._maintenance_wanted = anyio.Event()
-            await self.maintain()
+            if self.retrainer is not None:
+                await self.retrainer.reencode()
+            await self.merge()
+
+    async def _drift_loop(self) -> None:
+        # Apart from merges: a merge can run long (it applies the batches queued
+        # behind it), and a drift check must not wait for it to see the shift.
+        while True:
+            await self._drift_wanted.wait()
+            self._drift_wanted = anyio.Event()
+            if self.retrainer is not None:
+                await self.retrainer.check()
 
     async def maintain(self, *, final: bool = False) -> None:
         """Check the drift (and retrain past the threshold), re-encode segments of
@@ -449,7 +463,7 @@ class FaissSink(Sink[Batch]):
         config.check_dim(item.dim, item.partition)
         assert self.retrainer is not None, "write() before open()"
         if self.retrainer.observe(item):
-            self._maintenance_wanted.set()
+            self._drift_wanted.set()
         if not config.ensure_template().is_trained:
             self._training.append(item)
             self._training_rows += len(item)
@@ -537,18 +551,27 @@ class FaissSink(Sink[Batch]):
         queries: npt.ArrayLike,
         k: int = 10,
         params: str | Mapping[str, Any] | None = None,
+        *,
+        after: After | None = None,
+        timeout: float = 1.0,
     ) -> SearchResults:
         """Top-``k`` over all shards, while ingestion goes on.
 
         Never sees half of a batch. Queries are normalised when the sink was told
         vectors are (``normalize_queries``). ``params``: search-time parameters
         (``"nprobe=32,efSearch=128"`` or a mapping; :mod:`sinks.params`), by default
-        the ones ``embedstream tune`` stored with the index.
+        the ones ``embedstream tune`` stored with the index. ``after``: per shard, a
+        record that must be searchable first (a Kafka offset: ``{"emb-0": 1234}``,
+        see :func:`streams.kafka.after_record`); waits up to ``timeout`` seconds.
+        The answer's ``positions`` say up to where each shard was searched.
 
         Raises:
             ConfigError: nothing was ingested yet, the queries' dimension differs, or
                 a parameter does not apply to the index.
+            SearchTimeout: ``after`` was not reached within ``timeout``.
         """
+        if after:
+            await self.wait_searchable(after, timeout)
         if self.dim is None:
             raise ConfigError(f"{self.path}: the index is empty; nothing to search yet")
         chosen = self.config.search_params if params is None else parse_params(params)
@@ -559,7 +582,37 @@ class FaissSink(Sink[Batch]):
 
     def searchable_positions(self) -> Positions:
         """Per shard, the position up to which records are searchable."""
-        return {name: dict(s.position) for name, s in self.shards.items()}
+        return {name: s.searchable_position() for name, s in self.shards.items()}
+
+    async def wait_searchable(self, after: After, timeout: float = 1.0) -> None:
+        """Return once every shard named in ``after`` has made its record
+        searchable (:mod:`sinks.freshness`).
+
+        Raises:
+            SearchTimeout: not within ``timeout`` seconds (with the positions
+                reached; a shard this worker does not hold never gets there).
+        """
+        after = check_after(after)
+        with anyio.move_on_after(timeout):
+            while True:
+                applied = self.gate.applied
+                if reached(self.searchable_positions(), after):
+                    return
+                await applied.wait()
+        positions = self.searchable_positions()
+        if reached(positions, after):
+            return
+        waiting = unreached(positions, after)
+        raise SearchTimeout(
+            f"not searchable within {timeout:g}s: "
+            + ", ".join(
+                f"{name} at {position_value(positions[name]) if name in positions else 'nothing'}"
+                f" (waiting for {after[name]})"
+                for name in waiting
+            ),
+            {name: position_value(p) for name, p in positions.items()},
+            waiting,
+        )
 
     def histograms(self) -> dict[str, Histogram]:
         return {

@@ -145,7 +145,7 @@ class Retrainer:
             if not baseline:
                 return False
             monitor.baseline = self.config.codec_fit = baseline
-        window = monitor.window()
+        window, seen = monitor.window()
         fit = await anyio.to_thread.run_sync(codec_fit, template, window)
         if template is not self.config.template:
             return False  # retrained meanwhile
@@ -155,7 +155,7 @@ class Retrainer:
             monitor.drifted_at = None  # a passing blip
             return False
         if monitor.drifted_at is None:
-            monitor.drifted_at = monitor.seen
+            monitor.drifted_at = seen - len(window)
         if monitor.seen - monitor.drifted_at < monitor.ring_size and not final:
             # Train once the newest vectors are all from after the shift, so the new
             # codec learns where the stream went, not the moment it left.

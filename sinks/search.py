@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from sinks.durable import NotRegularFileError, read_regular, require_regular
 from sinks.floats import FloatStore, floats_path
+from sinks.freshness import position_value
 from sinks.manifest import IndexManifest, SegmentManifest, ShardManifest
 from sinks.params import SearchParams, parse_params
 from sinks.segment import Segment, faiss_message
@@ -41,11 +42,18 @@ class SearchResults:
             distance (lower is better), as the index's metric says.
         ids: ``(nq, k)`` int64; -1 where fewer than k vectors exist.
         keys: original string keys of the string ids among ``ids``.
+        positions: per shard, its searchable position read right before the search,
+            so everything before it is in the answer (:mod:`sinks.freshness`): the
+            Kafka offset (next to read), or file -> next byte or row.
+        snapshots: per shard, the seq of the snapshot it was last saved in or
+            loaded from (``None``: not in any snapshot yet).
     """
 
     scores: npt.NDArray[np.float32]
     ids: npt.NDArray[np.int64]
     keys: dict[int, str] = field(default_factory=dict)
+    positions: dict[str, Any] = field(default_factory=dict)
+    snapshots: dict[str, int | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -95,6 +103,8 @@ def search_shards(
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
+    positions = {s.name: position_value(s.searchable_position()) for s in shards}
+    snapshots = {s.name: s.saved_seq for s in shards}
     if not shards:
         n = len(queries)
         return SearchResults(np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64))
@@ -114,7 +124,7 @@ def search_shards(
                 key = s.keys.get(i)
                 if key is not None:
                     keys[i] = key
-    return SearchResults(scores, ids, keys)
+    return SearchResults(scores, ids, keys, positions, snapshots)
 
 
 def load_shard(
@@ -246,10 +256,11 @@ def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
             raise SnapshotError(f"{root}: holds no snapshot yet")
         try:
             config = combined.config
-            shards = [
-                load_shard(store, s.entry, config, readonly=True)
-                for _, s in sorted(combined.shards.items())
-            ]
+            shards = []
+            for _, state in sorted(combined.shards.items()):
+                shard = load_shard(store, state.entry, config, readonly=True)
+                shard.saved_seq = state.loaded.seq
+                shards.append(shard)
         except FileNotFoundError:
             # A writer pruned this snapshot between our verify and read: take the
             # newer one it committed.

@@ -121,6 +121,8 @@ class Shard:
         # snapshot; an unchanged shard is referenced by that entry again.
         self.saved_version = 0
         self.saved_entry: ShardManifest | None = None
+        # The seq of the snapshot that holds (or loaded) this shard's state.
+        self.saved_seq: int | None = None
         self.searchable_at = 0.0
         if new_index is not None and self._flat:
             segments[-1].reserve(self.seal_at)
@@ -303,8 +305,14 @@ class Shard:
                 cap.float_map = self.floats.mapping()
             return cap
 
-    def saved(self, cap: Capture, entry: ShardManifest) -> None:
-        """Record that the snapshot holding ``cap`` is durable."""
+    def searchable_position(self) -> Position:
+        """A copy of the position up to which records are searchable."""
+        with self.lock.read():
+            return dict(self.position)
+
+    def saved(self, cap: Capture, entry: ShardManifest, seq: int | None = None) -> None:
+        """Record that the snapshot ``seq`` holding ``cap`` is durable."""
+        self.saved_seq = seq
         for seg, digest, version, dead in cap.written:
             seg.saved_object = digest
             seg.saved_dead = dead

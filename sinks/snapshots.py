@@ -200,7 +200,7 @@ class Snapshotter:
 
         seq = await anyio.to_thread.run_sync(commit)
         for shard, cap, entry in saved:
-            shard.saved(cap, entry)
+            shard.saved(cap, entry, seq)
         return seq, written
 
     def saved_positions(self) -> Positions:
