@@ -23,9 +23,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sinks.durable import read_regular
+from sinks.freshness import After, SearchTimeout, check_after, position_value, reached, unreached
 from sinks.search import SearchResults, SnapshotView, open_snapshot
 from sinks.store import chain_names, chain_root
 from streams.errors import SnapshotError
+from streams.records import Position
 
 __all__ = ["LiveView"]
 
@@ -90,11 +92,43 @@ class LiveView:
             self.last_error = None
 
     async def search(
-        self, queries: npt.ArrayLike, k: int, params: Mapping[str, Any] | str | None = None
+        self,
+        queries: npt.ArrayLike,
+        k: int,
+        params: Mapping[str, Any] | str | None = None,
+        *,
+        after: After | None = None,
+        timeout: float = 1.0,
     ) -> SearchResults:
-        """Search the snapshot being served (see :meth:`SnapshotView.search`)."""
+        """Search the snapshot being served (see :meth:`SnapshotView.search`).
+
+        ``after``: per shard, a record that must be in the snapshot searched (a
+        Kafka offset, :mod:`sinks.freshness`); waits up to ``timeout`` seconds for
+        a snapshot that holds it (snapshots come every ``--snapshot-every`` of the
+        writer, and are picked up every ``--reload-every``).
+
+        Raises:
+            SearchTimeout: no such snapshot within ``timeout``.
+        """
+        if after:
+            after = check_after(after)
+            deadline = time.monotonic() + timeout
+            while not reached(self._positions(), after):
+                if time.monotonic() >= deadline:
+                    positions = self._positions()
+                    waiting = unreached(positions, after)
+                    raise SearchTimeout(
+                        f"no snapshot within {timeout:g}s holds the records of "
+                        f"{', '.join(waiting)} named in after (snapshot {self.view.combined.seq})",
+                        {name: position_value(p) for name, p in positions.items()},
+                        waiting,
+                    )
+                await anyio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
         view = self.view
         return await anyio.to_thread.run_sync(view.search, queries, k, params)
+
+    def _positions(self) -> dict[str, Position]:
+        return {s.name: s.searchable_position() for s in self.view.shards}
 
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` adds: the snapshot being served and, when the newest one

@@ -311,7 +311,17 @@ def _load_queries(path: str) -> np.ndarray[Any, Any]:
     "-k", default=10, show_default=True, type=click.IntRange(min=1), help="Results per query."
 )
 @params_option
-def search(index_dir: str, queries: str, k: int, params: dict[str, int] | None) -> None:
+@click.option(
+    "--positions",
+    "show_positions",
+    is_flag=True,
+    help='First print one JSON line {"positions": {shard: position}, "snapshots": '
+    "{shard: seq}}: up to where each shard was searched (a Kafka offset: every record "
+    "before it is in the results).",
+)
+def search(
+    index_dir: str, queries: str, k: int, params: dict[str, int] | None, show_positions: bool
+) -> None:
     """Search the latest complete snapshot in DIR; one JSON line per query."""
     q = _load_queries(queries)
     try:
@@ -325,6 +335,9 @@ def search(index_dir: str, queries: str, k: int, params: dict[str, int] | None) 
     except EmbedstreamError as exc:
         fail(exc)
     out = sys.stdout
+    if show_positions:
+        out.write(json.dumps({"positions": results.positions, "snapshots": results.snapshots}))
+        out.write("\n")
     for row in results.rows():
         out.write(json.dumps(row) + "\n")
 

@@ -5,7 +5,10 @@
 - ``GET /stats``: the figures of :meth:`Pipeline.metrics` as JSON, with the
   bottleneck stage named.
 - ``POST /search``: ``{"vectors": [[...], ...], "k": 10}`` answered from the live
-  index as ``{"results": [{"ids": [...], "scores": [...]}, ...]}``.
+  index as ``{"results": [{"ids": [...], "scores": [...]}, ...], "positions":
+  {shard: position}, "snapshots": {shard: seq}}``; with ``"after": {"emb-0":
+  1234}`` it first waits (up to ``"timeout_ms"``, default 1000) until that record
+  is searchable, and answers 504 with the positions reached if it is not.
 
 Served by uvicorn inside the pipeline's own event loop; binds 127.0.0.1 unless told
 otherwise. The endpoints are unauthenticated plain HTTP (see the README's
@@ -36,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sinks.freshness import SearchTimeout
 from sinks.params import parse_params
 from streams.errors import ConfigError, EmbedstreamError
 from streams.pipeline import PipelineMetrics
@@ -44,7 +48,8 @@ __all__ = ["RequestLimits", "Server", "bind", "make_app", "parse_hostport", "sta
 
 log = logging.getLogger("embedstream.http")
 
-SearchFn = Callable[[Any, int, Any], Awaitable[Any]]
+SearchFn = Callable[..., Awaitable[Any]]
+"""``await search(vectors, k, params, after=..., timeout=...)`` -> search results."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +73,27 @@ class RequestLimits:
     read_timeout: float = 30.0
 
 
+Offset = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class _SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     vectors: list[list[float]]
     k: Annotated[int, msgspec.Meta(ge=1)] = 10
     params: dict[str, int] | None = None
+    # Read-your-writes: per shard, a record that must be searchable first.
+    after: dict[str, Offset | dict[str, Offset]] | None = None
+    timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Search:
+    """A parsed ``POST /search`` body."""
+
+    queries: np.ndarray[Any, Any]
+    k: int
+    params: dict[str, int] | None
+    after: dict[str, Any] | None
+    timeout: float
 
 
 _decode_request = msgspec.json.Decoder(_SearchRequest)
@@ -116,9 +138,7 @@ async def _read_body(request: Request, limits: RequestLimits) -> bytes:
     return bytes(body)
 
 
-def _parse_search(
-    body: bytes, limits: RequestLimits
-) -> tuple[np.ndarray[Any, Any], int, dict[str, int] | None]:
+def _parse_search(body: bytes, limits: RequestLimits) -> _Search:
     usage = 'send {"vectors": [[...], ...], "k": 10}'
     try:
         req = _decode_request.decode(body)
@@ -157,7 +177,7 @@ def _parse_search(
             parse_params(req.params)
         except ConfigError as exc:
             raise _Refused(400, f"bad request: {exc}") from None
-    return q, k, req.params
+    return _Search(q, k, req.params, req.after, req.timeout_ms / 1000)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -266,11 +286,20 @@ def make_app(
         if search is None:
             return _error(501, "this pipeline's sink cannot search")
         try:
-            queries, k, asked = _parse_search(await _read_body(request, bounds), bounds)
+            req = _parse_search(await _read_body(request, bounds), bounds)
         except _Refused as exc:
             return _error(exc.status, str(exc))
         try:
-            results = await search(queries, k, asked if asked is not None else params)
+            results = await search(
+                req.queries,
+                req.k,
+                req.params if req.params is not None else params,
+                after=req.after,
+                timeout=req.timeout,
+            )
+        except SearchTimeout as exc:
+            body = {"error": str(exc), "positions": exc.positions, "waiting_for": exc.waiting_for}
+            return JSONResponse(body, status_code=504)
         except EmbedstreamError as exc:
             return _error(400, str(exc))
         except MemoryError:
@@ -279,7 +308,13 @@ def make_app(
             # A search must never take the pipeline down with it.
             log.exception("search failed")
             return _error(500, f"search failed: {type(exc).__name__}: {exc}")
-        return JSONResponse({"results": _clean(results.rows())})
+        return JSONResponse(
+            {
+                "results": _clean(results.rows()),
+                "positions": results.positions,
+                "snapshots": results.snapshots,
+            }
+        )
 
     return Starlette(
         routes=[

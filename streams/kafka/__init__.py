@@ -8,7 +8,13 @@ administration, the dead-letter producer, and one mapping of client errors.
 from streams.kafka.admin import create_topic
 from streams.kafka.deadletters import KafkaDeadLetters
 from streams.kafka.source import KAFKA_FORMATS, KafkaSource
-from streams.kafka.url import KafkaTarget, PartitionLag, parse_kafka_url, partition_name
+from streams.kafka.url import (
+    KafkaTarget,
+    PartitionLag,
+    after_record,
+    parse_kafka_url,
+    partition_name,
+)
 
 __all__ = [
     "KAFKA_FORMATS",
@@ -16,6 +22,7 @@ __all__ = [
     "KafkaSource",
     "KafkaTarget",
     "PartitionLag",
+    "after_record",
     "create_topic",
     "parse_kafka_url",
     "partition_name",

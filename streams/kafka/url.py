@@ -4,16 +4,32 @@ of a partition as the source reports it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from streams.errors import ConfigError
 
-__all__ = ["KafkaTarget", "PartitionLag", "parse_kafka_url", "partition_name"]
+__all__ = ["KafkaTarget", "PartitionLag", "after_record", "parse_kafka_url", "partition_name"]
 
 
 def partition_name(topic: str, partition: int) -> str:
     """The pipeline partition (and shard) name of a topic partition."""
     return f"{topic}-{partition}"
+
+
+def after_record(*records: Any) -> dict[str, int]:
+    """The ``after`` of a search that must see ``records``: aiokafka
+    ``RecordMetadata`` (what ``send_and_wait`` returns), or anything with
+    ``topic``, ``partition`` and ``offset``. Per partition, the highest offset.
+
+        meta = await producer.send_and_wait("emb", value, key=key)
+        hits = await sink.search(q, 10, after=after_record(meta))
+    """
+    out: dict[str, int] = {}
+    for record in records:
+        name = partition_name(record.topic, record.partition)
+        out[name] = max(out.get(name, -1), int(record.offset))
+    return out
 
 
 @dataclass(frozen=True)
