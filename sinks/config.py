@@ -79,6 +79,9 @@ class IndexConfig:
         self._current: tuple[Any, str | None] = (None, None)
         # Default search-time parameters (from `embedstream tune`, kept with the index).
         self.search_params: dict[str, int] = {}
+        # Expiry (--ttl): given, else what the directory holds.
+        self.ttl_arg: float | None = None
+        self.ttl: float | None = None
         # Codec generations (retraining on drift, :mod:`sinks.retrain`).
         self.generation = 0
         self.codec_fit: float | None = None
@@ -192,6 +195,7 @@ class IndexConfig:
         self.dim = held.dim
         self.normalize_queries = self.normalize_queries or held.normalize_queries
         self.search_params = dict(held.search_params)
+        self.ttl = self.ttl_arg if self.ttl_arg is not None else held.ttl
         self.generation = held.generation
         self.codec_fit = held.codec_fit
         self.last_retrain = held.last_retrain
@@ -248,4 +252,5 @@ class IndexConfig:
             generation=self.generation,
             codec_fit=self.codec_fit,
             last_retrain=self.last_retrain,
+            ttl=self.ttl,
         )

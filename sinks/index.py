@@ -21,8 +21,10 @@ worker thread. Searches run concurrently under each shard's read lock.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -31,6 +33,7 @@ import numpy.typing as npt
 from anyio.abc import TaskGroup
 
 from sinks.config import DEFAULT_FACTORY, DEFAULT_METRIC, IndexConfig
+from sinks.expiry import Expiry
 from sinks.floats import FloatStore, floats_path
 from sinks.freshness import After, SearchTimeout, check_after, position_value, reached, unreached
 from sinks.gate import WriteGate
@@ -95,6 +98,11 @@ class FaissSink(Sink[Batch]):
             when the codec's fit on recent vectors is this many times worse than on
             its training sample (:mod:`sinks.retrain`); 0 never retrains. The
             training sample kept for it costs ``train_size x dim x 6`` bytes.
+        ttl: seconds after its event time (the record's ``ts``, else the Kafka
+            timestamp, else when it is indexed) a vector expires: it is removed
+            from the index at its deadline (:mod:`sinks.expiry`); an upsert renews
+            it. ``None``: what the directory holds, else never.
+        clock: the wall clock expiry reads (a fake one in tests).
         worker: this process's name when several processes share ``path`` (Kafka
             consumer groups): it then writes its own manifest chain, holds only the
             shards of the partitions it is given (:meth:`claim`) and hands them
@@ -128,6 +136,8 @@ class FaissSink(Sink[Batch]):
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         merge_factor: int = DEFAULT_MERGE_FACTOR,
         retrain_threshold: float = DEFAULT_RETRAIN_THRESHOLD,
+        ttl: float | None = None,
+        clock: Callable[[], float] = time.time,
         worker: str | None = None,
         release_timeout: float = 20.0,
         gc_grace: float = DEFAULT_GRACE_SECONDS,
@@ -158,6 +168,10 @@ class FaissSink(Sink[Batch]):
         self.merge_factor = merge_factor
         self.retrain_threshold = retrain_threshold
         self.retrainer: Retrainer | None = None
+        if ttl is not None and not ttl > 0:
+            raise ConfigError(f"ttl must be above 0 seconds, got {ttl}")
+        self.config.ttl_arg = self.config.ttl = ttl
+        self.clock = clock
         self.worker = worker
         self.release_timeout = release_timeout
         self.gc_grace = gc_grace
@@ -291,6 +305,32 @@ class FaissSink(Sink[Batch]):
                     tg.start_soon(self.snapshotter.loop, self.snapshot_every, self.compact)
                 tg.start_soon(self._maintenance_loop)
                 tg.start_soon(self._drift_loop)
+                tg.start_soon(self._expiry_loop)
+
+    async def _expiry_loop(self) -> None:
+        # Sleeps until the earliest deadline, and at most a quarter of the ttl
+        # (deadlines of vectors that arrive meanwhile are never sooner than that).
+        while True:
+            ttl = self.config.ttl
+            if ttl is None:
+                await anyio.sleep(1.0)
+                continue
+            deadline = min((e.next_deadline for _, e in self._expiring()), default=math.inf)
+            await anyio.sleep(min(1.0, ttl / 4, max(0.0, deadline - self.clock())))
+            await self.expire()
+
+    def _expiring(self) -> list[tuple[Shard, Expiry]]:
+        return [(s, s.expiry) for s in self.shards.values() if s.expiry is not None]
+
+    async def expire(self, now: float | None = None) -> int:
+        """Remove every vector whose deadline is ``now`` (default: the clock) or
+        earlier, in worker threads (the expiry task does this at each deadline).
+        Returns how many."""
+        done = 0
+        for shard, expiry in self._expiring():
+            if (now if now is not None else self.clock()) >= expiry.next_deadline:
+                done += await anyio.to_thread.run_sync(shard.expire, now)
+        return done
 
     async def _maintenance_loop(self) -> None:
         while True:
@@ -491,6 +531,8 @@ class FaissSink(Sink[Batch]):
     def _prepare(self, shard: Shard) -> None:
         """Make a shard loaded from disk writable by this sink."""
         shard.new_index = self.config.fresh
+        shard.ttl = self.config.ttl
+        shard.clock = self.clock
         shard.segment_size = self.segment_size
         shard.segment_bytes = self.segment_bytes
 
@@ -500,7 +542,7 @@ class FaissSink(Sink[Batch]):
         floats = FloatStore(floats_path(self.path, name), dim) if self.rerank else None
         index, template = self.config.fresh()
         segment = Segment(index, codes=self.codec is not None, template=template)
-        return Shard(
+        shard = Shard(
             name,
             [segment],
             self.config.fresh,
@@ -508,6 +550,9 @@ class FaissSink(Sink[Batch]):
             segment_size=self.segment_size,
             segment_bytes=self.segment_bytes,
         )
+        shard.ttl = self.config.ttl
+        shard.clock = self.clock
+        return shard
 
     async def _apply(self, item: Batch) -> None:
         shard = self.shards.get(item.partition)
@@ -629,6 +674,7 @@ class FaissSink(Sink[Batch]):
             for n, s in self.shards.items()
         }
         st.codec_generation = self.config.generation
+        st.expired = sum(s.expired for s in self.shards.values())
         st.freshness_p50_seconds = self.freshness.quantile(0.5)
         st.freshness_p99_seconds = self.freshness.quantile(0.99)
         return SinkStatistics(**{f: getattr(st, f) for f in st.__dataclass_fields__})

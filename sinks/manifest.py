@@ -66,13 +66,16 @@ class ShardManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=T
     keys: Digest | None = None
     floats_map: Digest | None = None
     float_rows: Count = 0
+    # Expiry (--ttl): the deadlines of the shard's vectors, and how many expired.
+    expiry: Digest | None = None
+    expired: Count = 0
     # Manifests of the first releases held a shard as one index object.
     object: Digest | None = None
 
     def objects(self) -> list[str]:
         """Every object this shard names."""
         out = [d for s in self.segments for d in (s.object, s.dead) if d]
-        out.extend(d for d in (self.object, self.keys, self.floats_map) if d)
+        out.extend(d for d in (self.object, self.keys, self.floats_map, self.expiry) if d)
         return out
 
 
@@ -107,6 +110,8 @@ class IndexManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     generation: Count = 0
     codec_fit: float | None = None
     last_retrain: RetrainRecord | None = None
+    # Seconds after its event time a vector expires (``--ttl``); None: never.
+    ttl: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
 class ManifestBody(IndexManifest, kw_only=True):

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sinks.durable import NotRegularFileError, read_regular, require_regular
+from sinks.expiry import Expiry
 from sinks.floats import FloatStore, floats_path
 from sinks.freshness import position_value
 from sinks.manifest import IndexManifest, SegmentManifest, ShardManifest
@@ -176,7 +177,22 @@ def load_shard(
             mapping,
             readonly=readonly,
         )
-    shard = Shard(entry.name, segments, None, entry.position, keys, floats=floats)
+    expiry = None
+    if entry.expiry:
+        try:
+            expiry = Expiry.from_bytes(read_regular(store.objects / entry.expiry))
+        except ValueError as exc:
+            raise SnapshotError(f"shard {entry.name}: {exc}") from None
+    shard = Shard(
+        entry.name,
+        segments,
+        None,
+        entry.position,
+        keys,
+        floats=floats,
+        expiry=expiry,
+        expired=entry.expired,
+    )
     shard.saved_entry = entry
     return shard
 

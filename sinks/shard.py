@@ -23,6 +23,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from sinks.expiry import Expiry
 from sinks.floats import FloatStore
 from sinks.manifest import SegmentManifest, ShardManifest
 from sinks.merge import grown_graph, merged_index, plan
@@ -73,6 +74,8 @@ class Capture:
     written: list[tuple[Segment, str, int, str | None]] = field(default_factory=list)
     float_rows: int = 0
     float_map: bytes | None = None
+    expiry_bytes: bytes | None = None
+    expired: int = 0
 
 
 class Shard:
@@ -90,6 +93,8 @@ class Shard:
         segment_size: seal the active segment at this many vectors.
         segment_bytes: for flat-code indexes (:func:`sinks.segment.flat_codes`),
             also seal it at this many bytes of codes (at least 1,024 vectors).
+        expiry: the deadlines of the shard's vectors (restored from a snapshot).
+        expired: how many of its vectors expired so far.
     """
 
     def __init__(
@@ -103,6 +108,8 @@ class Shard:
         floats: FloatStore | None = None,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        expiry: Expiry | None = None,
+        expired: int = 0,
     ) -> None:
         self.name = name
         self.segments = segments
@@ -113,6 +120,11 @@ class Shard:
         self.binary = segments[0].binary
         self.codes = segments[0].codes
         self.floats = floats
+        # Expiry by time (:mod:`sinks.expiry`): set by the sink when it has a ttl.
+        self.ttl: float | None = None
+        self.expiry = expiry
+        self.expired = expired
+        self.clock: Callable[[], float] = time.time
         self.position: Position = dict(position or {})
         self.keys: dict[int, str] = dict(keys or {})
         self.lock = RWLock()
@@ -177,12 +189,29 @@ class Shard:
         return np.stack([out[i] for i in ids.tolist()])
 
     def apply(self, batch: Batch) -> None:
-        """Upsert and delete ``batch``'s rows, then advance the position (blocking)."""
+        """Upsert and delete ``batch``'s rows, then advance the position (blocking).
+
+        With a ``ttl``, each upserted vector gets its deadline (event time + ttl,
+        the event time being now where the batch has none); a row already past it
+        counts as expired and as a delete of its id."""
         ids = batch.ids
-        if batch.deleted is not None and batch.deleted.any():
-            keep = ~batch.deleted
+        dmask = batch.deleted
+        deadlines = None
+        expired_now = 0
+        if self.ttl is not None and len(ids):
+            now = self.clock()
+            ts = np.asarray(batch.timestamps, np.float64)
+            deadlines = np.where(np.isnan(ts), now, ts) + self.ttl
+            stale = deadlines <= now
+            if dmask is not None:
+                stale &= ~dmask
+            expired_now = int(stale.sum())
+            if expired_now:
+                dmask = stale if dmask is None else dmask | stale
+        if dmask is not None and dmask.any():
+            keep = ~dmask
             add_ids, add_vecs = ids[keep], batch.vectors[keep]
-            deleted = ids[batch.deleted]
+            deleted = ids[dmask]
         else:
             keep = None
             add_ids, add_vecs, deleted = ids, batch.vectors, None
@@ -216,7 +245,14 @@ class Shard:
                 if self.floats is not None and batch.floats is not None:
                     floats = batch.floats if keep is None else batch.floats[keep]
                     self.floats.append(np.ascontiguousarray(add_ids, np.int64), floats)
+            if deadlines is not None:
+                if self.expiry is None:
+                    self.expiry = Expiry()
+                self.expiry.put(add_ids, deadlines if keep is None else deadlines[keep])
+                self.expired += expired_now
             if deleted is not None:
+                if self.expiry is not None:
+                    self.expiry.forget(deleted)
                 if self.floats is not None:
                     self.floats.discard(deleted)
                 if self.keys:
@@ -227,6 +263,31 @@ class Shard:
             self.position.update(batch.position)
             self.version += 1
             self.searchable_at = time.time()
+
+    def expire(self, now: float | None = None) -> int:
+        """Remove the vectors whose deadline is ``now`` (default: the clock) or
+        earlier (blocking). Returns how many."""
+        if self.expiry is None:
+            return 0
+        now = self.clock() if now is None else now
+        if now < self.expiry.next_deadline:
+            return 0
+        with self.lock.write():
+            ids = self.expiry.due(now)
+            if not len(ids):
+                return 0
+            for seg in self.segments:
+                held = seg.ids.contains(ids)
+                if held.any():
+                    seg.remove(ids[held])
+            if self.floats is not None:
+                self.floats.discard(ids)
+            if self.keys:
+                for i in ids.tolist():
+                    self.keys.pop(i, None)
+            self.expired += len(ids)
+            self.version += 1
+        return len(ids)
 
     def search(
         self, queries: npt.NDArray[np.float32], k: int, params: SearchParams | None = None
@@ -303,6 +364,9 @@ class Shard:
                 self.floats.sync()
                 cap.float_rows = self.floats.rows
                 cap.float_map = self.floats.mapping()
+            if self.expiry is not None:
+                cap.expiry_bytes = self.expiry.to_bytes()
+            cap.expired = self.expired
             return cap
 
     def searchable_position(self) -> Position:

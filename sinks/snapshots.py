@@ -141,9 +141,11 @@ class Snapshotter:
         """Write ``shard``'s changed segments, key map and float map; its entry."""
         store = self.store
         cap = await self.gate.capture(shard, lambda: anyio.to_thread.run_sync(shard.capture, store))
-        keys = floats_map = None
+        keys = floats_map = expiry = None
         if cap.keys_bytes:
             keys = await anyio.to_thread.run_sync(store.put_object, cap.keys_bytes)
+        if cap.expiry_bytes is not None:
+            expiry = await anyio.to_thread.run_sync(store.put_object, cap.expiry_bytes)
         if cap.float_map is not None:
             floats_map = await anyio.to_thread.run_sync(store.put_object, cap.float_map)
         entry = ShardManifest(
@@ -155,6 +157,8 @@ class Snapshotter:
             keys=keys,
             floats_map=floats_map,
             float_rows=cap.float_rows if floats_map is not None else 0,
+            expiry=expiry,
+            expired=cap.expired,
         )
         return cap, entry
 
@@ -167,7 +171,7 @@ class Snapshotter:
             shard = self.shards[name]
             if shard.dirty:
                 cap, entry = await self._capture(shard)
-                written += cap.nbytes + len(cap.keys_bytes or b"")
+                written += cap.nbytes + len(cap.keys_bytes or b"") + len(cap.expiry_bytes or b"")
                 saved.append((shard, cap, entry))
             else:
                 assert shard.saved_entry is not None

@@ -48,6 +48,7 @@ class SinkStatistics:
         retrain_failures: retrains or re-encodes that failed (the codec stayed).
         reencoded_segments: segments re-encoded into a newer codec generation.
         codec_generation: the index's codec generation (0: first training).
+        expired: vectors that expired (``ttl``) and were removed.
         codec_drift: the last measured drift (recent fit / training fit).
         last_retrain_time: when the last retrain happened (epoch seconds).
         claimed_shards: shards taken over from the directory (scale-out).
@@ -77,6 +78,7 @@ class SinkStatistics:
     reencoded_segments: int = 0
     codec_generation: int = 0
     codec_drift: float | None = None
+    expired: int = 0
     last_retrain_time: float | None = None
     claimed_shards: int = 0
     released_shards: int = 0

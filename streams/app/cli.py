@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sinks import SnapshotStore, open_snapshot
+from sinks.expiry import parse_duration
 from sinks.store import chain_names
 from streams.app.ingest import IngestOptions, build_ingest_pipeline
 from streams.app.logs import configure as configure_logging
@@ -247,6 +248,15 @@ def main(verbose: int) -> None:
     "logarithmic in the index size (0 or 1: never merge).",
 )
 @click.option(
+    "--ttl",
+    default=None,
+    metavar="DURATION",
+    callback=lambda _ctx, _param, value: _duration(value),
+    help="Expire each vector DURATION (7d, 12h, 30m, 3600s) after its event time (the "
+    "record's ts, else the Kafka timestamp, else when it is indexed); an upsert renews it. "
+    "[default: what DIR holds, else never]",
+)
+@click.option(
     "--retrain-threshold",
     default=_D.retrain_threshold,
     show_default=True,
@@ -414,6 +424,15 @@ def tune(
     click.echo(f"stored search parameters {shown} in snapshot {', '.join(map(str, seqs))}")
 
 
+def _duration(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _retrain_threshold(value: float) -> float:
     if value and not value > 1:
         raise click.BadParameter(f"{value} is not above 1 (0 turns retraining off)")
@@ -458,6 +477,11 @@ def inspect(index_dir: str, as_json: bool, history: bool) -> None:
         click.echo(
             f"  codec generation {info['generation']}: retrained {retrain['at']} on "
             f"{retrain['sample']:,} vectors in {retrain['seconds']:.1f} s ({retrain['reason']})"
+        )
+    if info.get("ttl"):
+        expired = sum(s.get("expired", 0) for s in info["shards"])
+        click.echo(
+            f"  vectors expire {info['ttl']:g} s after their event time; {expired:,} expired"
         )
     for s in info["shards"]:
         owner = f", owner {s['owner']} (epoch {s['epoch']})" if shared else ""

@@ -68,6 +68,7 @@ class IngestOptions:
     id_offset: int | None = None
     merge_factor: int = DEFAULT_MERGE_FACTOR
     retrain_threshold: float = DEFAULT_RETRAIN_THRESHOLD
+    ttl: float | None = None
 
 
 def dead_letter_sink(target: str) -> DeadLetterSink:
@@ -201,6 +202,7 @@ def build_ingest_pipeline(
         gc_grace=o.gc_grace,
         merge_factor=o.merge_factor,
         retrain_threshold=o.retrain_threshold,
+        ttl=o.ttl,
     )
     pipeline = flow | sink
     pipeline.capacity = o.capacity

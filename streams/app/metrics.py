@@ -20,6 +20,7 @@ Families (labels in braces):
 - ``embedstream_codec_generation``, ``embedstream_codec_drift`` (recent fit over
   the fit after training), ``embedstream_retrains_total``,
   ``embedstream_last_retrain_timestamp_seconds``, ``embedstream_reencoded_segments_total``
+- ``embedstream_expired_total`` (vectors removed by ``--ttl``)
 - ``embedstream_freshness_seconds`` (histogram: event time to searchable),
   ``embedstream_snapshot_duration_seconds`` (histogram),
   ``embedstream_last_snapshot_timestamp_seconds``, ``embedstream_snapshots_total``
@@ -206,6 +207,9 @@ def _codec_metrics(sink: SinkStatistics) -> Iterator[Any]:
     )
     reencoded.add_metric([], sink.reencoded_segments)
     yield reencoded
+    expired = CounterMetricFamily("embedstream_expired", "Vectors that expired (--ttl)")
+    expired.add_metric([], sink.expired)
+    yield expired
     if sink.last_retrain_time is not None:
         last = GaugeMetricFamily(
             "embedstream_last_retrain_timestamp_seconds", "When the codec was last retrained"
