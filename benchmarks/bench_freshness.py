@@ -5,8 +5,12 @@ A producer process writes 128-d float32 records to a 4-partition topic at a stea
 rate (aiokafka batches built by hand, each record stamped when appended); an
 embedstream pipeline tuned for latency (``batch(4096, max_latency=0.001)``) indexes
 them. Freshness of a record = the moment the batch holding it became searchable
-minus its Kafka timestamp, for every record after a warm-up second. Runs repeat;
-medians of the per-run p50/p99.
+minus its Kafka timestamp, for every record after a warm-up second.
+
+Read-your-writes, in the same runs: every 20 ms a probe record (its own id and
+vector) is produced with ``acks=all``; from the producer's acknowledgement to a
+``sink.search(..., after=after_record(meta))`` answer that holds the probe is its
+latency. Runs repeat; medians of the per-run p50/p99.
 
     python -m benchmarks.bench_freshness [--rate R] [--seconds S] [--repeats N]
 """
@@ -73,15 +77,18 @@ def produce(bootstrap: str, topic: str, rate: float, seconds: float) -> None:
 def consume(bootstrap: str, topic: str, seconds: float, max_latency: float) -> None:
     """Index the topic for ``seconds`` after the first record; report freshness."""
     import anyio
+    from aiokafka import AIOKafkaProducer
 
     from operators import batch, decode
     from sinks import FaissSink
     from streams import Batch
-    from streams.kafka import KafkaSource
+    from streams.kafka import KafkaSource, after_record
 
     fresh: list[np.ndarray] = []
     marks: dict[str, float] = {}
     events: dict[str, anyio.Event] = {}
+    probes: list[float] = []
+    misses = [0]
 
     class Timed(FaissSink):
         async def write(self, item: Batch) -> None:
@@ -106,8 +113,32 @@ def consume(bootstrap: str, topic: str, seconds: float, max_latency: float) -> N
                 await anyio.sleep(seconds)
                 pipeline.stop()
 
+            async def probe() -> None:
+                await events["first"].wait()
+                await anyio.sleep(WARMUP_S)
+                rng = np.random.default_rng(1)
+                producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+                await producer.start()
+                try:
+                    j = 0
+                    while not pipeline.stopping:
+                        pid = 10**9 + j
+                        v = rng.standard_normal(DIM).astype("<f4")
+                        meta = await producer.send_and_wait(
+                            topic, v.tobytes(), key=str(pid).encode()
+                        )
+                        acked = time.perf_counter()
+                        hits = await sink.search(v[None], 1, after=after_record(meta), timeout=5)
+                        probes.append(time.perf_counter() - acked)
+                        misses[0] += int(hits.ids[0, 0] != pid)
+                        j += 1
+                        await anyio.sleep(0.02)
+                finally:
+                    await producer.stop()
+
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stop_later)
+                tg.start_soon(probe)
                 await pipeline.run()
 
         print("READY", flush=True)
@@ -121,6 +152,10 @@ def consume(bootstrap: str, topic: str, seconds: float, max_latency: float) -> N
                 "p50_ms": float(np.percentile(f, 50) * 1000),
                 "p99_ms": float(np.percentile(f, 99) * 1000),
                 "max_ms": float(f.max() * 1000),
+                "ryw_probes": len(probes),
+                "ryw_misses": misses[0],
+                "ryw_p50_ms": float(np.percentile(probes, 50) * 1000) if probes else None,
+                "ryw_p99_ms": float(np.percentile(probes, 99) * 1000) if probes else None,
             }
         )
     )
@@ -178,6 +213,13 @@ def run(rate: float, seconds: float, repeats: int, max_latency: float) -> dict[s
         "runs": runs,
         "p50_ms_median": round(statistics.median(r["p50_ms"] for r in runs), 2),
         "p99_ms_median": round(statistics.median(r["p99_ms"] for r in runs), 2),
+        "read_your_writes_p50_ms_median": round(
+            statistics.median(r["ryw_p50_ms"] for r in runs), 2
+        ),
+        "read_your_writes_p99_ms_median": round(
+            statistics.median(r["ryw_p99_ms"] for r in runs), 2
+        ),
+        "read_your_writes_misses": sum(r["ryw_misses"] for r in runs),
         "produced_rate_median": round(statistics.median(r["produced_rate"] for r in runs)),
     }
     save("freshness", res)
@@ -193,13 +235,22 @@ def report(res: dict[str, Any]) -> str:
             f"{r['p50_ms']:.1f}",
             f"{r['p99_ms']:.1f}",
             f"{r['max_ms']:.1f}",
+            f"{r['ryw_probes']}",
+            f"{r['ryw_p50_ms']:.1f}",
+            f"{r['ryw_p99_ms']:.1f}",
         )
         for i, r in enumerate(res["runs"])
     ]
-    t = table(rows, ("run", "produced/s", "records measured", "p50 ms", "p99 ms", "max ms"))
+    t = table(
+        rows,
+        ("run", "produced/s", "records measured", "p50 ms", "p99 ms", "max ms",
+         "read-your-writes probes", "ack -> answer p50 ms", "p99 ms"),
+    )  # fmt: skip
     return (
         f"{res['job']}\n\n{t}\n\nmedian p50 {res['p50_ms_median']} ms, "
-        f"p99 {res['p99_ms_median']} ms"
+        f"p99 {res['p99_ms_median']} ms; read-your-writes (ack -> answer holding the record) "
+        f"p50 {res['read_your_writes_p50_ms_median']} ms, p99 "
+        f"{res['read_your_writes_p99_ms_median']} ms, {res['read_your_writes_misses']} misses"
     )
 
 

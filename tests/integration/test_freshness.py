@@ -29,6 +29,20 @@ def _vector(i: int) -> np.ndarray:
     return rng.standard_normal(DIM).astype(np.float32)
 
 
+async def _up(url: str) -> None:
+    """Wait for the ingest process's HTTP server."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            status, _ = await anyio.to_thread.run_sync(fetch, url)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        await anyio.sleep(0.2)
+    pytest.fail(f"{url} did not answer")
+
+
 @pytest.mark.asyncio
 async def test_read_your_writes_over_http_finds_every_record(
     kafka: str, topic_name: str, tmp_path: Path
@@ -48,15 +62,7 @@ async def test_read_your_writes_over_http_finds_every_record(
     await producer.start()
     url = f"http://127.0.0.1:{port}/search"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                status, _ = await anyio.to_thread.run_sync(fetch, url.replace("search", "healthz"))
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            await anyio.sleep(0.2)
+        await _up(url.replace("search", "healthz"))
         misses, waits = 0, []
         for i in range(1000):
             v = _vector(i)
@@ -132,3 +138,48 @@ async def test_after_waits_while_ingestion_is_paused_then_answers(
             pipeline.stop()
     finally:
         await producer.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_short_ttl_expires_kafka_records_while_ingest_runs(
+    kafka: str, topic_name: str, tmp_path: Path
+) -> None:
+    """`ingest --ttl 2s` from Kafka: records are found, then gone after their
+    Kafka timestamp + 2 s, counted in /metrics; an upsert renews one."""
+    await create_topic(kafka, topic_name, partitions=1)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams.app.cli", "ingest", f"kafka://{kafka}/{topic_name}",
+         "--index", str(tmp_path / "idx"), "--group", f"g-{topic_name}", "--dim", str(DIM),
+         "--metric", "l2", "--ttl", "2s", "--serve", f"127.0.0.1:{port}",
+         "--snapshot-every", "0.5", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all")
+    await producer.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await _up(f"{url}/healthz")
+        metas = [
+            await producer.send_and_wait(topic_name, _vector(i).tobytes(), key=str(i).encode())
+            for i in range(20)
+        ]
+        q = [_vector(i).tolist() for i in range(20)]
+        body = {"vectors": q, "k": 1, "after": after_record(*metas), "timeout_ms": 30000}
+        status, raw = await anyio.to_thread.run_sync(fetch, f"{url}/search", body)
+        assert status == 200, raw
+        assert [r["ids"] for r in json.loads(raw)["results"]] == [[i] for i in range(20)]
+        await anyio.sleep(1.2)
+        renewed = await producer.send_and_wait(topic_name, _vector(0).tobytes(), key=b"0")
+        await anyio.sleep(1.5)  # past the first 20 deadlines, not the renewed one
+        body = {"vectors": q, "k": 1, "after": after_record(renewed), "timeout_ms": 30000}
+        status, raw = await anyio.to_thread.run_sync(fetch, f"{url}/search", body)
+        # Only the renewed record is left: it is every query's nearest.
+        assert {tuple(r["ids"]) for r in json.loads(raw)["results"]} == {(0,)}
+        _, text = await anyio.to_thread.run_sync(fetch, f"{url}/metrics")
+        assert "embedstream_expired_total 19.0" in text.decode()
+    finally:
+        await producer.stop()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
