@@ -8,9 +8,11 @@ when a tier holds ``factor`` segments, its ``factor`` smallest merge into one of
 next tier. A shard of ``n`` vectors then has at most ``(factor - 1)`` sealed
 segments per tier, ``log_factor(n / floor)`` tiers.
 
-IVF and HNSW segments merge in pairs whatever the factor: their merge only copies
-lists, or adds the smaller graph's vectors to a copy of the larger one, while every
-segment costs a query one more coarse-quantizer search or graph walk.
+IVF segments merge in pairs whatever the factor: their merge only copies lists,
+while every segment costs a query one more coarse-quantizer search. HNSW segments
+all join the largest as soon as two are sealed (a merge adds the smaller graphs'
+vectors to a copy of the largest, and a query walks every graph): a shard searches
+one graph plus its active segment, for about twice the adds of one offline build.
 
 How segments merge (:func:`merged_index`), from a copy, never moving entries out of
 an input a search may be reading:
@@ -20,7 +22,7 @@ an input a search may be reading:
   re-assigned).
 - Flat, SQ, PQ and LSH codes in an id map: the codes and ids are concatenated.
 - HNSW graphs: the largest input's graph is copied and the other inputs' live
-  vectors are added to it (so segments merge in pairs, like IVF ones).
+  vectors are added to it.
 - Everything else: a new index is built from the live vectors.
 
 A merged segment replaces its inputs under the shard's write lock, so a search sees

@@ -391,11 +391,14 @@ class Shard:
         if self.new_index is None:
             return None
         sealed = [s for s in self.segments[:-1] if s.template == template]
-        if sealed and (isinstance(sealed[0].index, faiss.IndexIVF) or sealed[0].hnsw):
-            # Merging IVF segments copies their lists and HNSW ones adds the smaller
-            # graph's vectors to a copy of the larger; either costs far less than a
-            # query pays for every extra segment (a coarse-quantizer search, a graph
-            # walk): merge them in pairs.
+        if len(sealed) >= 2 and sealed[0].hnsw:
+            # A query walks every graph, and an HNSW merge adds the smaller graphs'
+            # vectors to a copy of the largest: every sealed graph joins the largest,
+            # so a shard searches one graph and its active segment.
+            return sealed
+        if sealed and isinstance(sealed[0].index, faiss.IndexIVF):
+            # Merging IVF segments copies their lists and costs little, while each
+            # segment costs a coarse-quantizer search per query: merge in pairs.
             factor = min(factor, 2)
         picked = plan([s.live for s in sealed], factor, max(1, self.seal_at))
         return None if picked is None else [sealed[i] for i in picked]
