@@ -35,7 +35,7 @@ log = logging.getLogger("embedstream.snapshot")
 MARKER = "EMBEDSTREAM"
 _MARKER_TEXT = b"embedstream index directory (writers refuse a directory without this file)\n"
 _LAYOUT = ("CURRENT", "manifests", "workers")
-_OURS = frozenset({MARKER, "LOCK", "objects", "floats", *_LAYOUT})
+_OURS = frozenset({MARKER, "LOCK", "VERIFIED", "objects", "floats", *_LAYOUT})
 
 
 def _is_real_dir(path: Path) -> bool:

@@ -675,6 +675,7 @@ class FaissSink(Sink[Batch]):
         }
         st.codec_generation = self.config.generation
         st.expired = sum(s.expired for s in self.shards.values())
+        st.mapped_bytes = sum(s.mapped_bytes for s in self.shards.values())
         st.freshness_p50_seconds = self.freshness.quantile(0.5)
         st.freshness_p99_seconds = self.freshness.quantile(0.99)
         return SinkStatistics(**{f: getattr(st, f) for f in st.__dataclass_fields__})

@@ -162,7 +162,14 @@ class LiveView:
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
             "reload_error": self.last_error,
+            "mapped_bytes": self.mapped_bytes,
         }
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes of snapshot objects searched in place (page cache, shared with
+        every process that maps them; not this process's own memory)."""
+        return sum(s.mapped_bytes for s in self.view.shards)
 
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=True)
@@ -196,3 +203,9 @@ class _ViewCollector(Collector):
         reloads = CounterMetricFamily("embedstream_snapshot_reloads", "Snapshots loaded")
         reloads.add_metric([], self.live.reloads)
         yield reloads
+        mapped = GaugeMetricFamily(
+            "embedstream_index_mapped_bytes",
+            "Bytes of snapshot objects searched in place (page cache, not process memory)",
+        )
+        mapped.add_metric([], self.live.mapped_bytes)
+        yield mapped

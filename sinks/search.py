@@ -129,12 +129,21 @@ def search_shards(
 
 
 def load_shard(
-    store: SnapshotStore, entry: ShardManifest, config: IndexManifest, *, readonly: bool = False
+    store: SnapshotStore,
+    entry: ShardManifest,
+    config: IndexManifest,
+    *,
+    readonly: bool = False,
+    mmap: bool = True,
 ) -> Shard:
     """Read one shard of a verified manifest (blocking).
 
     ``config`` is the configuration of the manifest the entry belongs to: it says
-    whether segments are binary or codes, and the dimension.
+    whether segments are binary or codes, and the dimension. With ``mmap``, float
+    segments are opened with FAISS's mmap IO flag: their codes (flat codes, IVF
+    lists, HNSW storage) are read in place from the object file, so opening costs
+    about nothing whatever the size, and pages come in as searches touch them. A
+    writer copies a mapped segment into memory before it first changes it.
     """
     binary = config.binary
     codes = bool(config.quantize)
@@ -144,8 +153,16 @@ def load_shard(
         # Missing: pruned by a writer since the manifest was verified (the caller
         # retries); anything but a regular file is refused before FAISS opens it.
         require_regular(path)
+        mapped = 0
+        index: Any
         try:
-            index = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
+            if binary:
+                index = faiss.read_index_binary(str(path))
+            elif mmap:
+                index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+                mapped = path.stat().st_size
+            else:
+                index = faiss.read_index(str(path))
         except RuntimeError as exc:
             why = faiss_message(exc)
             raise SnapshotError(
@@ -164,6 +181,7 @@ def load_shard(
                 dead=dead,
                 saved_dead=seg.dead,
                 template=seg.template or (config.template if not config.quantize else None),
+                mapped=mapped,
             )
         )
     keys = decode_keys(read_regular(store.objects / entry.keys)) if entry.keys else {}
@@ -256,9 +274,14 @@ class SnapshotView:
         return search_shards(self.shards, q, k, self.metric, self.config.rerank, chosen)
 
 
-def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
+def open_snapshot(
+    root: str | os.PathLike[str], *, mmap: bool = True, verify_all: bool = False
+) -> SnapshotView:
     """Load a snapshot directory read-only: every shard's newest state over all
-    workers' chains, verified, falling back as a restart would.
+    workers' chains, verified, falling back as a restart would. ``mmap``: open
+    segments in place (:func:`load_shard`) rather than reading them into memory.
+    ``verify_all``: hash every object, even those recorded as hashed and unchanged
+    since (:mod:`sinks.verified`).
 
     Raises:
         SnapshotError: the directory holds no snapshot, or none that loads.
@@ -267,14 +290,14 @@ def open_snapshot(root: str | os.PathLike[str]) -> SnapshotView:
         raise SnapshotError(f"{root}: no such directory")
     store = SnapshotStore(root, readonly=True)
     for _attempt in range(5):
-        combined = combine(root)
+        combined = combine(root, verify_all=verify_all)
         if combined is None:
             raise SnapshotError(f"{root}: holds no snapshot yet")
         try:
             config = combined.config
             shards = []
             for _, state in sorted(combined.shards.items()):
-                shard = load_shard(store, state.entry, config, readonly=True)
+                shard = load_shard(store, state.entry, config, readonly=True, mmap=mmap)
                 shard.saved_seq = state.loaded.seq
                 shards.append(shard)
         except FileNotFoundError:

@@ -192,6 +192,7 @@ class Segment:
         "dead",
         "ids",
         "index",
+        "mapped",
         "removable",
         "saved_dead",
         "saved_object",
@@ -209,8 +210,12 @@ class Segment:
         dead: npt.NDArray[np.int64] | None = None,
         saved_dead: str | None = None,
         template: str | None = None,
+        mapped: int = 0,
     ) -> None:
         self.index = index
+        # Bytes of the snapshot object this index reads in place (FAISS's mmap IO
+        # flag): page cache, not this process's memory; 0 when the index owns them.
+        self.mapped = mapped
         # The token of the trained template this index was cloned from
         # (:attr:`sinks.config.IndexConfig.token`): its codec generation.
         self.template = template
@@ -311,6 +316,17 @@ class Segment:
         refs = self.index.referenced_objects
         self.index.referenced_objects = [r for r in refs if r is not buffer]
 
+    def _materialize(self) -> None:
+        """Before the first write to a mapped index: copy it into memory it owns
+        (the mapping is read-only, and is the snapshot object itself)."""
+        if self.mapped:
+            if self.binary:
+                data = faiss.serialize_index_binary(self.index)
+                self.index = faiss.deserialize_index_binary(data)
+            else:
+                self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
+            self.mapped = 0
+
     def _add_in_place(self, vecs: npt.NDArray[Any], ids: npt.NDArray[np.int64]) -> bool:
         """What ``add_with_ids`` / ``add_sa_codes`` do, writing into the reserved
         area; False when it has no room left (the caller falls back to FAISS)."""
@@ -342,6 +358,7 @@ class Segment:
         """Add rows (floats, or codes for quantised segments) with ``ids``."""
         vecs = np.ascontiguousarray(vectors)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self._materialize()
         if self._area is not None:
             if self._add_in_place(vecs, ids):
                 self.ids.add(ids)
@@ -365,6 +382,7 @@ class Segment:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         self._own()
         if self.removable:
+            self._materialize()
             # The Python wrapper takes an id array (the stubs only know IDSelector).
             cast(Any, self.index).remove_ids(ids)
         elif self.hnsw:

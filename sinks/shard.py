@@ -151,6 +151,11 @@ class Shard:
         return sum(s.live for s in self.segments)
 
     @property
+    def mapped_bytes(self) -> int:
+        """Bytes of snapshot objects this shard's segments read in place."""
+        return sum(s.mapped for s in self.segments)
+
+    @property
     def code_bytes(self) -> int:
         """Bytes per vector the index holds in RAM (codes, or 4 x dim for floats)."""
         index = self.segments[0].index

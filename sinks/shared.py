@@ -148,9 +148,15 @@ def _rank(state: ShardState) -> tuple[int, int, str]:
     return (state.epoch, state.entry.position.get("offset", -1), state.chain or "")
 
 
-def combine(root: str | os.PathLike[str], shards: Collection[str] | None = None) -> Combined | None:
+def combine(
+    root: str | os.PathLike[str],
+    shards: Collection[str] | None = None,
+    *,
+    verify_all: bool = False,
+) -> Combined | None:
     """Load every chain of ``root`` (verifying, with fallbacks) and pick each shard's
-    newest state. Blocking.
+    newest state. Blocking. ``verify_all``: hash every object, even those recorded
+    as verified and unchanged (:mod:`sinks.verified`).
 
     With ``shards``, only their objects are verified (a worker taking them over);
     the other shards of the result are then unverified.
@@ -163,7 +169,7 @@ def combine(root: str | os.PathLike[str], shards: Collection[str] | None = None)
     chains: dict[str | None, Loaded] = {}
     failures: dict[str | None, str] = {}
     for chain in chain_names(root):
-        store = SnapshotStore(root, chain=chain, readonly=True)
+        store = SnapshotStore(root, chain=chain, readonly=True, verify_all=verify_all)
         try:
             loaded = store.load(shards)
         except SnapshotError as exc:

@@ -55,6 +55,7 @@ from sinks.manifest import (
     decode_manifest,
     encode_manifest,
 )
+from sinks.verified import verified_objects
 from streams.errors import SnapshotError
 
 __all__ = [
@@ -140,6 +141,8 @@ class SnapshotStore:
         readonly: never create or write anything (``inspect``, ``search``).
         hook: called with a step name before and after every durable step; tests use
             it to inject crashes at each step of the protocol.
+        verify_all: hash every object when loading, even those recorded as hashed
+            and unchanged since (:mod:`sinks.verified`).
 
     A writable store owns its directory: it refuses a non-empty directory that is
     not an index and takes the chain's exclusive writer lock
@@ -157,6 +160,7 @@ class SnapshotStore:
         chain: str | None = None,
         readonly: bool = False,
         hook: Hook | None = None,
+        verify_all: bool = False,
     ) -> None:
         if chain is not None and not valid_chain_name(chain):
             raise SnapshotError(
@@ -170,6 +174,8 @@ class SnapshotStore:
         self.current = home / "CURRENT"
         self.readonly = readonly
         self.hook = hook or crash_hook_from_env()
+        self.verify_all = verify_all
+        self.verified = verified_objects(self.objects)
         self._lock: WriterLock | None = None
         if not readonly:
             claim_directory(self.root)
@@ -229,17 +235,21 @@ class SnapshotStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self.objects / digest
         if path.exists() and path.stat().st_size == memoryview(data).nbytes:
-            self._touch(path)
+            self._touch(path, digest)
             return digest
         atomic_write(path, data, self.hook)
+        self.verified.record(digest)
         return digest
 
-    def _touch(self, path: Path) -> None:
+    def _touch(self, path: Path, digest: str) -> None:
         # Reusing an object another worker may be about to collect: a fresh mtime
         # keeps it out of garbage collection for the grace period (see prune).
         if self.shared:
+            known = self.verified.known(digest)
             with contextlib.suppress(OSError):
                 os.utime(path)
+            if known:
+                self.verified.record(digest)
 
     def put_stream(self, produce: Callable[[Callable[[bytes], None]], None]) -> tuple[str, int]:
         """Store what ``produce(write)`` writes, hashing it on the way to disk.
@@ -273,9 +283,10 @@ class SnapshotStore:
         path = self.objects / digest
         if path.exists() and path.stat().st_size == size:
             tmp.unlink()
-            self._touch(path)
+            self._touch(path, digest)
         else:
             os.replace(tmp, path)
+            self.verified.record(digest)
         self._step(f"objects/{digest}:renamed")
         return digest, size
 
@@ -311,6 +322,9 @@ class SnapshotStore:
         atomic_write(self.current, f"{seq}\n".encode(), self.hook)
         fsync_dir(self.current.parent)
         self._step("CURRENT:dir-synced")
+        with contextlib.suppress(OSError):
+            # Only a faster next start: not part of the commit.
+            self.verified.save(self.current.parent, manifest.objects())
         return seq
 
     def prune(self, keep: int, grace: float = DEFAULT_GRACE_SECONDS) -> tuple[int, int]:
@@ -398,9 +412,16 @@ class SnapshotStore:
 
     def verify(self, manifest: Manifest, shards: Collection[str] | None = None) -> None:
         """Check that every object of ``manifest`` (of the named ``shards`` only, when
-        given) exists and matches its hash."""
+        given) exists and matches its hash; objects hashed before and unchanged
+        since are not hashed again unless the store was opened with ``verify_all``
+        (:mod:`sinks.verified`)."""
+        verified = self.verified
+        if not self.verify_all:
+            verified.read(chain_root(self.root, c) for c in chain_names(self.root))
         for digest in manifest.objects(None if shards is None else set(shards)):
             path = self.objects / digest
+            if not self.verify_all and verified.known(digest):
+                continue
             try:
                 actual = sha256_file(path)
             except FileNotFoundError:
@@ -408,7 +429,9 @@ class SnapshotStore:
             except OSError as exc:
                 raise SnapshotError(f"object {digest[:12]} cannot be read ({exc})") from None
             if actual != digest:
+                verified.forget(digest)
                 raise SnapshotError(f"object {digest[:12]} is corrupt (its hash does not match)")
+            verified.record(digest)
 
     def load(self, shards: Collection[str] | None = None) -> Loaded | None:
         """The newest committed snapshot whose objects verify (only the objects of

@@ -49,6 +49,7 @@ class SinkStatistics:
         reencoded_segments: segments re-encoded into a newer codec generation.
         codec_generation: the index's codec generation (0: first training).
         expired: vectors that expired (``ttl``) and were removed.
+        mapped_bytes: bytes of snapshot objects searched in place (page cache).
         codec_drift: the last measured drift (recent fit / training fit).
         last_retrain_time: when the last retrain happened (epoch seconds).
         claimed_shards: shards taken over from the directory (scale-out).
@@ -79,6 +80,7 @@ class SinkStatistics:
     codec_generation: int = 0
     codec_drift: float | None = None
     expired: int = 0
+    mapped_bytes: int = 0
     last_retrain_time: float | None = None
     claimed_shards: int = 0
     released_shards: int = 0

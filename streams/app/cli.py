@@ -443,19 +443,27 @@ def _retrain_threshold(value: float) -> float:
 @click.argument("index_dir", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="The manifest as JSON.")
 @click.option("--history", is_flag=True, help="Every manifest on disk, newest first.")
-def inspect(index_dir: str, as_json: bool, history: bool) -> None:
+@click.option(
+    "--verify",
+    "verify_all",
+    is_flag=True,
+    help="Hash every object, also those recorded as hashed and unchanged since (finds "
+    "damage that left a file's size and time alone).",
+)
+def inspect(index_dir: str, as_json: bool, history: bool, verify_all: bool) -> None:
     """Show the snapshot DIR would load (verifying objects, falling back if needed)."""
     try:
-        view = open_snapshot(index_dir)
+        view = open_snapshot(index_dir, verify_all=verify_all)
     except EmbedstreamError as exc:
         fail(exc)
     info: dict[str, Any] = {"dir": index_dir, **view.manifest, "fallbacks": view.fallbacks}
     if history:
-        info["history"] = SnapshotStore(index_dir, readonly=True).history()
+        info["history"] = SnapshotStore(index_dir, readonly=True, verify_all=verify_all).history()
         workers = [c for c in chain_names(index_dir) if c is not None]
         if workers:
             info["worker_history"] = {
-                c: SnapshotStore(index_dir, chain=c, readonly=True).history() for c in workers
+                c: SnapshotStore(index_dir, chain=c, readonly=True, verify_all=verify_all).history()
+                for c in workers
             }
     if as_json:
         click.echo(json.dumps(info, indent=2))

@@ -207,6 +207,12 @@ def _codec_metrics(sink: SinkStatistics) -> Iterator[Any]:
     )
     reencoded.add_metric([], sink.reencoded_segments)
     yield reencoded
+    mapped = GaugeMetricFamily(
+        "embedstream_index_mapped_bytes",
+        "Bytes of snapshot objects searched in place (page cache, not process memory)",
+    )
+    mapped.add_metric([], sink.mapped_bytes)
+    yield mapped
     expired = CounterMetricFamily("embedstream_expired", "Vectors that expired (--ttl)")
     expired.add_metric([], sink.expired)
     yield expired
