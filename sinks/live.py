@@ -9,6 +9,7 @@ with.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -41,9 +42,10 @@ class LiveView:
         SnapshotError: the directory holds no loadable snapshot at start.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, mmap: bool = True) -> None:
         self.root = str(root)
-        self.view: SnapshotView = open_snapshot(root)
+        self.mmap = mmap
+        self.view: SnapshotView = open_snapshot(root, mmap=mmap)
         self.loaded_at = time.time()
         self.reloads = 0
         self.reload_failures = 0
@@ -73,7 +75,9 @@ class LiveView:
             if text == self._current:
                 continue
             try:
-                view = await anyio.to_thread.run_sync(open_snapshot, self.root)
+                view = await anyio.to_thread.run_sync(
+                    functools.partial(open_snapshot, self.root, mmap=self.mmap)
+                )
             except Exception as exc:
                 # Whatever is wrong on disk, keep answering from the last good state
                 # (and say so in /healthz and the logs); try again next time.

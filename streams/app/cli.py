@@ -523,8 +523,15 @@ def inspect(index_dir: str, as_json: bool, history: bool, verify_all: bool) -> N
     type=click.FloatRange(min=0.05),
     help="Seconds between checks for a new snapshot.",
 )
+@click.option(
+    "--mmap/--no-mmap",
+    default=True,
+    show_default=True,
+    help="Search segments in place from the snapshot's files (page cache), or read "
+    "them into memory first.",
+)
 @serve_options
-def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) -> None:
+def serve(index_dir: str, hostport: str, reload_every: float, mmap: bool, **options: Any) -> None:
     """Serve POST /search, /stats, /healthz and /metrics over the snapshots in DIR,
     read-only, picking up each new snapshot as ingestion publishes it (and keeping
     the last good one when a new one does not load)."""
@@ -534,7 +541,7 @@ def serve(index_dir: str, hostport: str, reload_every: float, **options: Any) ->
     serving = serving_from(options)
     host, port, sock = listen(hostport)
     try:
-        live = LiveView(index_dir)
+        live = LiveView(index_dir, mmap=mmap)
     except EmbedstreamError as exc:
         fail(exc)
 
