@@ -59,6 +59,16 @@ def clustered(rows: int, dim: int, seed: int, centers: int = 1000) -> np.ndarray
     return out
 
 
+def _dataset(name: str, rows: int, dim: int, make: Any) -> tuple[Path, np.ndarray]:
+    """``make(rows, dim, seed=1)`` saved once under the benchmark data directory, and
+    mapped."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    data = DATA / f"{name}-{rows}x{dim}.npy"
+    if not data.exists():
+        np.save(data, make(rows, dim, seed=1))
+    return data, np.load(data, mmap_mode="r")
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     k = truth.shape[1]
     hits = [len(set(a[:k].tolist()) & set(t.tolist())) for a, t in zip(found, truth, strict=True)]
@@ -103,11 +113,7 @@ def run_ivf(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any]:
     from sinks import open_snapshot
 
     dim, nlist, train = 128, 1024, 65_536
-    DATA.mkdir(parents=True, exist_ok=True)
-    data = DATA / f"clustered-{rows}x{dim}.npy"
-    if not data.exists():
-        np.save(data, clustered(rows, dim, seed=1))
-    x = np.load(data, mmap_mode="r")
+    data, x = _dataset("clustered", rows, dim, clustered)
     q = clustered(queries, dim, seed=1)[:queries]  # same centres, new points
     q = q + 0.01 * np.random.default_rng(9).standard_normal(q.shape, dtype=np.float32)
     print(f"exact top-10 of {queries:,} queries over {rows:,} vectors ...", flush=True)
@@ -185,11 +191,8 @@ def run_hnsw(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any]
     from sinks import open_snapshot
 
     dim = 128
-    DATA.mkdir(parents=True, exist_ok=True)
-    data = DATA / f"clustered-{rows}x{dim}.npy"
-    if not data.exists():
-        np.save(data, clustered(rows, dim, seed=1))
-    x = np.load(data)
+    data, mapped = _dataset("clustered", rows, dim, clustered)
+    x = np.ascontiguousarray(mapped)
     q = clustered(queries, dim, seed=1)[:queries]
     q = q + 0.01 * np.random.default_rng(9).standard_normal(q.shape, dtype=np.float32)
     _, truth = faiss.knn(q, x, 10, metric=faiss.METRIC_L2)
@@ -268,11 +271,7 @@ def run_drift(rows: int, queries: int = 2000, repeats: int = 5) -> dict[str, Any
     from sinks import open_snapshot
 
     dim, nlist, train = 128, 1024, 65_536
-    DATA.mkdir(parents=True, exist_ok=True)
-    data = DATA / f"shifted-{rows}x{dim}.npy"
-    if not data.exists():
-        np.save(data, shifted(rows, dim, seed=1))
-    x = np.load(data, mmap_mode="r")
+    data, x = _dataset("shifted", rows, dim, shifted)
     # Held-out queries from both halves' clusters.
     q = np.concatenate(
         [clustered(queries // 2, dim, seed=1), clustered(queries // 2, dim, seed=1001)]

@@ -20,6 +20,8 @@ from typing import Any
 from benchmarks.harness import ROOT, python, run_child, save, table
 from benchmarks.kafka_env import broker, make_topic
 
+# embedstream-ingest: `embedstream ingest kafka://...` itself, as users start it (its
+# rate from its own /metrics);
 # embedstream-cli: the same pipeline with the process settings the CLI applies
 # (streams.app.memory.tune_process: glibc's mmap threshold pinned, GC frozen after the
 # imports); embedstream-gc-only: those settings without the mmap threshold pin;
@@ -27,12 +29,13 @@ from benchmarks.kafka_env import broker, make_topic
 OURS = (
     "bare-getmany",
     "embedstream",
+    "embedstream-ingest",
     "embedstream-cli",
     "embedstream-gc-only",
     "hand-batched",
     "naive-per-message",
 )
-VARIANTS = ("embedstream", "embedstream-cli", "embedstream-gc-only")
+VARIANTS = ("embedstream", "embedstream-ingest", "embedstream-cli", "embedstream-gc-only")
 PEERS = ("bytewax", "pathway", "quixstreams")
 CONTENDERS = OURS + PEERS
 
@@ -80,19 +83,25 @@ def run(
             "steady_rate_min": round(min(steady)),
             "steady_rate_max": round(max(steady)),
             "wall_rate_median": round(statistics.median(wall)),
-            "peak_rss_mb_median": round(statistics.median(s.peak_rss_mb for s in ss), 1),
-            "samples": [s.extra | {"peak_rss_mb": s.peak_rss_mb} for s in ss],
+            "peak_rss_mb_median": round(statistics.median(_peak(s) for s in ss), 1),
+            "samples": [s.extra | {"peak_rss_mb": _peak(s)} for s in ss],
         }
     index_mb = n * (dim * 4 + 8) / 2**20  # vectors + ids, held by every contender
     result = {
         "job": f"Kafka -> normalize -> IDMap2,Flat (ip); {n:,} x {dim}-d f32, 4 partitions",
+        "dim": dim,
         "index_mb": round(index_mb, 1),
         "contenders": out,
         "ratios": ratios_of(out, index_mb),
         "skipped": {c: "no peers interpreter (bash benchmarks/peers-venv.sh)" for c in skipped},
     }
-    save("kafka", result)
+    save("kafka" if dim == 128 else f"kafka-{dim}d", result)
     return result
+
+
+def _peak(sample: Any) -> float:
+    # `embedstream-ingest` is a process of its own: its peak, not the wrapper's.
+    return float(sample.extra.get("child_peak_rss_mb", sample.peak_rss_mb))
 
 
 def ratios_of(out: dict[str, Any], index_mb: float) -> dict[str, Any]:
@@ -153,5 +162,8 @@ if __name__ == "__main__":
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", nargs="*", choices=CONTENDERS)
+    ap.add_argument("--dim", type=int, nargs="*", default=[128])
     a = ap.parse_args()
-    print(report(run(a.records, repeats=a.repeats, contenders=tuple(a.only or CONTENDERS))))
+    for dim in a.dim:
+        contenders = tuple(a.only or CONTENDERS)
+        print(report(run(a.records, dim, repeats=a.repeats, contenders=contenders)))

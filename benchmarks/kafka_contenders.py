@@ -153,8 +153,74 @@ async def embedstream(bootstrap: str, topic: str, n: int, tuned: bool = False) -
         _result(t0, marks["first"], marks["last"], sink.ntotal)
 
 
+def _vectors_held(port: int) -> tuple[float, float] | None:
+    """(records read by the source, vectors in the index) from the process's own
+    /metrics, or None while it is not serving yet."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    read = held = 0.0
+    for line in text.splitlines():
+        if line.startswith('embedstream_stage_records_total{stage="kafka"}'):
+            read = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("embedstream_index_vectors{"):
+            held += float(line.rsplit(" ", 1)[1])
+    return read, held
+
+
+def ingest_cli(bootstrap: str, topic: str, n: int) -> None:
+    """The real thing: `embedstream ingest kafka://...` as users start it, its rate
+    read from its own /metrics (polled every 20 ms); its peak RSS from /proc."""
+    import signal
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "streams.app.cli", "ingest",
+                f"kafka://{bootstrap}/{topic}", "--index", f"{tmp}/idx",
+                "--group", uuid.uuid4().hex, "--normalize", "--metric", "ip",
+                "--factory", "IDMap2,Flat", "--snapshot-every", "0",
+                "--serve", f"127.0.0.1:{port}", "--no-progress"]  # fmt: skip
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        first = last = 0.0
+        hwm = 0
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit(f"ingest exited {proc.returncode}")
+                got = _vectors_held(port)
+                if got is not None:
+                    read, held = got
+                    if read and not first:
+                        first = time.perf_counter()
+                    if held >= n:
+                        last = time.perf_counter()
+                        break
+                time.sleep(0.02)
+            with open(f"/proc/{proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm = int(line.split()[1])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    print(f"RESULT {json.dumps({'child_peak_rss_mb': hwm / 1024})}")
+    _result(t0, first, last, n)
+
+
 def main() -> None:
     contender, bootstrap, topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if contender == "embedstream-ingest":
+        ingest_cli(bootstrap, topic, n)
+        return
     if contender == "bare-getmany":
         asyncio.run(bare_count(bootstrap, topic, n))
     elif contender == "hand-batched":

@@ -185,40 +185,47 @@ def pipeline_registry(
     return registry
 
 
+def _one(kind: type[Any], name: str, doc: str, value: float) -> Any:
+    """A metric family holding one unlabelled sample."""
+    family = kind(name, doc)
+    family.add_metric([], value)
+    return family
+
+
 def _codec_metrics(sink: SinkStatistics) -> Iterator[Any]:
-    """Codec generations and drift (:mod:`sinks.retrain`)."""
-    generation = GaugeMetricFamily(
-        "embedstream_codec_generation", "Codec generation of the index (0: first training)"
+    """Codec generations and drift (:mod:`sinks.retrain`), mapped bytes, expiry."""
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    yield _one(
+        gauge,
+        "embedstream_codec_generation",
+        "Codec generation of the index (0: first training)",
+        sink.codec_generation,
     )
-    generation.add_metric([], sink.codec_generation)
-    yield generation
     if sink.codec_drift is not None:
-        drift = GaugeMetricFamily(
+        yield _one(
+            gauge,
             "embedstream_codec_drift",
             "How much worse recent vectors fit the codec than those right after training",
+            sink.codec_drift,
         )
-        drift.add_metric([], sink.codec_drift)
-        yield drift
-    retrains = CounterMetricFamily("embedstream_retrains", "Codec retrains on drift")
-    retrains.add_metric([], sink.retrains)
-    yield retrains
-    reencoded = CounterMetricFamily(
-        "embedstream_reencoded_segments", "Segments re-encoded into a newer codec generation"
+    yield _one(counter, "embedstream_retrains", "Codec retrains on drift", sink.retrains)
+    yield _one(
+        counter,
+        "embedstream_reencoded_segments",
+        "Segments re-encoded into a newer codec generation",
+        sink.reencoded_segments,
     )
-    reencoded.add_metric([], sink.reencoded_segments)
-    yield reencoded
-    mapped = GaugeMetricFamily(
+    yield _one(
+        gauge,
         "embedstream_index_mapped_bytes",
         "Bytes of snapshot objects searched in place (page cache, not process memory)",
+        sink.mapped_bytes,
     )
-    mapped.add_metric([], sink.mapped_bytes)
-    yield mapped
-    expired = CounterMetricFamily("embedstream_expired", "Vectors that expired (--ttl)")
-    expired.add_metric([], sink.expired)
-    yield expired
+    yield _one(counter, "embedstream_expired", "Vectors that expired (--ttl)", sink.expired)
     if sink.last_retrain_time is not None:
-        last = GaugeMetricFamily(
-            "embedstream_last_retrain_timestamp_seconds", "When the codec was last retrained"
+        yield _one(
+            gauge,
+            "embedstream_last_retrain_timestamp_seconds",
+            "When the codec was last retrained",
+            sink.last_retrain_time,
         )
-        last.add_metric([], sink.last_retrain_time)
-        yield last
