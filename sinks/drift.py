@@ -36,18 +36,13 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_RETRAIN_THRESHOLD", "DriftMonitor", "codec_fit", "needs_training"]
+__all__ = ["DEFAULT_RETRAIN_THRESHOLD", "DriftMonitor", "codec_fit"]
 
 DEFAULT_RETRAIN_THRESHOLD = 1.25
 """Drift (recent fit / training fit) at which a sink retrains its index."""
 
 # Vectors of the newest ones over which the drift is measured.
 _WINDOW = 2048
-
-
-def needs_training(index: Any) -> bool:
-    """True for an index whose codec is trained from data (IVF, PQ, SQ...)."""
-    return not index.is_trained
 
 
 def codec_fit(index: Any, x: npt.NDArray[np.float32]) -> float:
