@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+import numpy.typing as npt
 
 from operators.blobs import BlobPool
 from operators.codecs import Columns, decode_payloads
@@ -63,6 +64,51 @@ class _Decoder:
             if dim is not None and self.dim is None:
                 self.dim = dim
             return self._assemble(chunk, cols)
+
+    def _headers(
+        self,
+        chunk: Chunk,
+        rows: npt.NDArray[np.int64],
+        keep: npt.NDArray[np.bool_],
+        bad: list[tuple[int, str, str]],
+    ) -> list[dict[str, str] | None]:
+        """The payloads of raw-format Kafka records: their headers, name -> UTF-8
+        value. Header bytes count against ``max_payload_bytes`` with the value's."""
+        assert chunk.headers is not None
+        out: list[dict[str, str] | None] = []
+        for j, item in enumerate(rows.tolist()):
+            pairs = chunk.headers[item]
+            if not pairs:
+                out.append(None)
+                continue
+            payload = chunk.payloads[item] if chunk.payloads is not None else None
+            size = len(payload or b"") + sum(len(k) + len(v or b"") for k, v in pairs)
+            if size > self.max_bytes:
+                bad.append(
+                    (
+                        item,
+                        "oversized",
+                        f"value and headers take {size:,} bytes, over the limit of "
+                        f"{self.max_bytes:,} (max_payload_bytes / --max-payload-bytes)",
+                    )
+                )
+                keep[j] = False
+                out.append(None)
+                continue
+            try:
+                out.append({k: (v or b"").decode("utf-8") for k, v in pairs})
+            except UnicodeDecodeError:
+                name = next(k for k, v in pairs if not _utf8(v or b""))
+                bad.append(
+                    (
+                        item,
+                        "bad-header",
+                        f"header {name!r} is not UTF-8 text; payload headers must be UTF-8",
+                    )
+                )
+                keep[j] = False
+                out.append(None)
+        return out
 
     def _reject(self, chunk: Chunk, bad: list[tuple[int, str, str]]) -> list[Rejected]:
         payloads = chunk.payloads
@@ -164,6 +210,8 @@ class _Decoder:
             for j, t in enumerate(cols.ts):
                 if t is not None:
                     ts[j] = t / 1000.0
+        if chunk.headers is not None and FORMATS[chunk.format].payload in ("f32", "f16"):
+            cols.metadata = self._headers(chunk, rows, keep, cols.bad)
         metadata: list[Any] | None = None
         if any(m is not None for m in cols.metadata):
             metadata = [m for m, k in zip(cols.metadata, keep.tolist(), strict=True) if k]
@@ -180,6 +228,14 @@ class _Decoder:
             metadata=metadata,
         )
         return batch, self._reject(chunk, cols.bad)
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def decode(

@@ -15,6 +15,7 @@ import faiss
 
 from sinks.durable import read_regular
 from sinks.manifest import IndexManifest, RetrainRecord
+from sinks.payloads import PayloadSchema
 from sinks.segment import make_index
 from sinks.store import SnapshotStore
 from streams.errors import ConfigError
@@ -88,9 +89,26 @@ class IndexConfig:
         self.last_retrain: RetrainRecord | None = None
         # True once this sink trained a template of its own: never adopt another.
         self.trained_here = False
+        # Declared payload fields: given, plus what the directory declares.
+        self.payload_index: PayloadSchema = {}
 
     def __repr__(self) -> str:
         return f"<IndexConfig {self.factory} {self.metric} dim={self.dim}>"
+
+    def declare(self, fields: PayloadSchema) -> None:
+        """Add declared payload fields (:mod:`sinks.payloads`).
+
+        Raises:
+            ConfigError: a field is already declared with another type.
+        """
+        for name, kind in fields.items():
+            held = self.payload_index.get(name)
+            if held is not None and held != kind:
+                raise ConfigError(
+                    f"{self.path} declares payload field {name!r} as {held}; you asked for "
+                    f"{kind}. Keep {held}, or use a new directory."
+                )
+        self.payload_index = {**self.payload_index, **fields}
 
     @property
     def saved(self) -> bool:
@@ -196,6 +214,8 @@ class IndexConfig:
         self.normalize_queries = self.normalize_queries or held.normalize_queries
         self.search_params = dict(held.search_params)
         self.ttl = self.ttl_arg if self.ttl_arg is not None else held.ttl
+        given, self.payload_index = self.payload_index, dict(held.payload_index)
+        self.declare(given)
         self.generation = held.generation
         self.codec_fit = held.codec_fit
         self.last_retrain = held.last_retrain
@@ -253,4 +273,5 @@ class IndexConfig:
             codec_fit=self.codec_fit,
             last_retrain=self.last_retrain,
             ttl=self.ttl,
+            payload_index=dict(self.payload_index),
         )

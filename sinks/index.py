@@ -34,6 +34,7 @@ from anyio.abc import TaskGroup
 
 from sinks.config import DEFAULT_FACTORY, DEFAULT_METRIC, IndexConfig
 from sinks.expiry import Expiry
+from sinks.filters import Filter, parse_filter
 from sinks.floats import FloatStore, floats_path
 from sinks.freshness import After, SearchTimeout, check_after, position_value, reached, unreached
 from sinks.gate import WriteGate
@@ -41,6 +42,7 @@ from sinks.handover import HandOver
 from sinks.merge import DEFAULT_MERGE_FACTOR
 from sinks.ownership import Ownership
 from sinks.params import parse_params
+from sinks.payloads import parse_payload_index
 from sinks.retrain import DEFAULT_RETRAIN_THRESHOLD, Retrainer
 from sinks.search import SearchResults, prepare_queries, search_shards
 from sinks.segment import Segment, faiss_message
@@ -103,6 +105,10 @@ class FaissSink(Sink[Batch]):
             from the index at its deadline (:mod:`sinks.expiry`); an upsert renews
             it. ``None``: what the directory holds, else never.
         clock: the wall clock expiry reads (a fake one in tests).
+        payload_index: payload fields to index for fast filters, field -> type
+            (``keyword``, ``int``, ``float``, ``bool``; :mod:`sinks.payloads`), added
+            to those the directory declares. Undeclared fields are stored and
+            returned too, and filters on them scan.
         worker: this process's name when several processes share ``path`` (Kafka
             consumer groups): it then writes its own manifest chain, holds only the
             shards of the partitions it is given (:meth:`claim`) and hands them
@@ -138,6 +144,7 @@ class FaissSink(Sink[Batch]):
         retrain_threshold: float = DEFAULT_RETRAIN_THRESHOLD,
         ttl: float | None = None,
         clock: Callable[[], float] = time.time,
+        payload_index: Mapping[str, str] | None = None,
         worker: str | None = None,
         release_timeout: float = 20.0,
         gc_grace: float = DEFAULT_GRACE_SECONDS,
@@ -171,6 +178,9 @@ class FaissSink(Sink[Batch]):
         if ttl is not None and not ttl > 0:
             raise ConfigError(f"ttl must be above 0 seconds, got {ttl}")
         self.config.ttl_arg = self.config.ttl = ttl
+        self.config.declare(
+            parse_payload_index(f"{k}:{v}" for k, v in (payload_index or {}).items())
+        )
         self.clock = clock
         self.worker = worker
         self.release_timeout = release_timeout
@@ -531,6 +541,10 @@ class FaissSink(Sink[Batch]):
     def _prepare(self, shard: Shard) -> None:
         """Make a shard loaded from disk writable by this sink."""
         shard.new_index = self.config.fresh
+        if shard.schema != self.config.payload_index:
+            shard.schema = dict(self.config.payload_index)
+            for seg in shard.segments:
+                seg.payloads = seg.payloads.with_schema(shard.schema)
         shard.ttl = self.config.ttl
         shard.clock = self.clock
         shard.segment_size = self.segment_size
@@ -549,6 +563,7 @@ class FaissSink(Sink[Batch]):
             floats=floats,
             segment_size=self.segment_size,
             segment_bytes=self.segment_bytes,
+            schema=self.config.payload_index,
         )
         shard.ttl = self.config.ttl
         shard.clock = self.clock
@@ -597,6 +612,8 @@ class FaissSink(Sink[Batch]):
         k: int = 10,
         params: str | Mapping[str, Any] | None = None,
         *,
+        filter: str | Mapping[str, Any] | Filter | None = None,
+        with_payload: bool = False,
         after: After | None = None,
         timeout: float = 1.0,
     ) -> SearchResults:
@@ -609,20 +626,27 @@ class FaissSink(Sink[Batch]):
         record that must be searchable first (a Kafka offset: ``{"emb-0": 1234}``,
         see :func:`streams.kafka.after_record`); waits up to ``timeout`` seconds.
         The answer's ``positions`` say up to where each shard was searched.
+        ``filter``: only vectors whose payload passes it (JSON text or an object,
+        :mod:`sinks.filters`); ``with_payload``: return each result's payload.
 
         Raises:
-            ConfigError: nothing was ingested yet, the queries' dimension differs, or
-                a parameter does not apply to the index.
+            ConfigError: nothing was ingested yet, the queries' dimension differs,
+                a parameter does not apply to the index, or the filter is bad
+                (:class:`sinks.filters.FilterError`).
             SearchTimeout: ``after`` was not reached within ``timeout``.
         """
+        where = None if filter is None else parse_filter(filter, self.config.payload_index)
         if after:
             await self.wait_searchable(after, timeout)
         if self.dim is None:
             raise ConfigError(f"{self.path}: the index is empty; nothing to search yet")
         chosen = self.config.search_params if params is None else parse_params(params)
         q = prepare_queries(queries, self.dim, self.normalize_queries)
+        shards = list(self.shards.values())
         return await anyio.to_thread.run_sync(
-            search_shards, list(self.shards.values()), q, k, self.metric, self.rerank, chosen
+            lambda: search_shards(
+                shards, q, k, self.metric, self.rerank, chosen, where, with_payload
+            )
         )
 
     def searchable_positions(self) -> Positions:

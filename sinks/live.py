@@ -101,6 +101,8 @@ class LiveView:
         k: int,
         params: Mapping[str, Any] | str | None = None,
         *,
+        filter: Mapping[str, Any] | str | None = None,
+        with_payload: bool = False,
         after: After | None = None,
         timeout: float = 1.0,
     ) -> SearchResults:
@@ -129,7 +131,9 @@ class LiveView:
                     )
                 await anyio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
         view = self.view
-        return await anyio.to_thread.run_sync(view.search, queries, k, params)
+        return await anyio.to_thread.run_sync(
+            lambda: view.search(queries, k, params, filter=filter, with_payload=with_payload)
+        )
 
     def _positions(self) -> dict[str, Position]:
         return {s.name: s.searchable_position() for s in self.view.shards}

@@ -49,6 +49,8 @@ class SegmentManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults
     # The trained template (codec generation) the segment's index was cloned from;
     # absent: the manifest's own ``template``.
     template: Digest | None = None
+    # The payloads of its vectors (:mod:`sinks.payloads`); absent: none has one.
+    payloads: Digest | None = None
 
 
 class ShardManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=True):
@@ -74,7 +76,7 @@ class ShardManifest(msgspec.Struct, forbid_unknown_fields=False, omit_defaults=T
 
     def objects(self) -> list[str]:
         """Every object this shard names."""
-        out = [d for s in self.segments for d in (s.object, s.dead) if d]
+        out = [d for s in self.segments for d in (s.object, s.dead, s.payloads) if d]
         out.extend(d for d in (self.object, self.keys, self.floats_map, self.expiry) if d)
         return out
 
@@ -112,6 +114,8 @@ class IndexManifest(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
     last_retrain: RetrainRecord | None = None
     # Seconds after its event time a vector expires (``--ttl``); None: never.
     ttl: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    # Declared payload fields (``--payload-index``): field -> keyword|int|float|bool.
+    payload_index: dict[str, str] = {}
 
 
 class ManifestBody(IndexManifest, kw_only=True):

@@ -20,10 +20,12 @@ import numpy.typing as npt
 
 from sinks.durable import NotRegularFileError, read_regular, require_regular
 from sinks.expiry import Expiry
+from sinks.filters import Filter, parse_filter
 from sinks.floats import FloatStore, floats_path
 from sinks.freshness import position_value
 from sinks.manifest import IndexManifest, SegmentManifest, ShardManifest
 from sinks.params import SearchParams, parse_params
+from sinks.payloads import FieldStats, Payload, PayloadStore
 from sinks.segment import Segment, faiss_message
 from sinks.shard import Shard, decode_keys
 from sinks.shared import Combined, combine
@@ -48,6 +50,8 @@ class SearchResults:
             Kafka offset (next to read), or file -> next byte or row.
         snapshots: per shard, the seq of the snapshot it was last saved in or
             loaded from (``None``: not in any snapshot yet).
+        payloads: with ``with_payload``, the payload of every id (``None``: the
+            record had none); :meth:`rows` aligns them with each query's ids.
     """
 
     scores: npt.NDArray[np.float32]
@@ -55,12 +59,14 @@ class SearchResults:
     keys: dict[int, str] = field(default_factory=dict)
     positions: dict[str, Any] = field(default_factory=dict)
     snapshots: dict[str, int | None] = field(default_factory=dict)
+    payloads: dict[int, Payload] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def rows(self) -> list[dict[str, list[Any]]]:
-        """One ``{"ids": [...], "scores": [...]}`` per query, without empty slots."""
+        """One ``{"ids": [...], "scores": [...]}`` per query, without empty slots,
+        with ``"payloads"`` aligned with ``"ids"`` when they were asked for."""
         out = []
         for ids, scores in zip(self.ids.tolist(), self.scores.tolist(), strict=True):
             hit_ids: list[Any] = []
@@ -70,7 +76,10 @@ class SearchResults:
                     continue
                 hit_ids.append(self.keys.get(i, i))
                 hit_scores.append(s)
-            out.append({"ids": hit_ids, "scores": hit_scores})
+            row: dict[str, list[Any]] = {"ids": hit_ids, "scores": hit_scores}
+            if self.payloads is not None:
+                row["payloads"] = [self.payloads.get(i) for i in ids if i >= 0]
+            out.append(row)
         return out
 
 
@@ -95,12 +104,16 @@ def search_shards(
     metric: str,
     rerank: int = 0,
     params: SearchParams | None = None,
+    where: Filter | None = None,
+    with_payload: bool = False,
 ) -> SearchResults:
     """Search every shard and merge (blocking; run in a worker thread).
 
     With ``rerank``, each shard proposes that many candidates from its codes and the
     full-precision vectors on disk decide the final order and scores. ``params`` are
-    search-time parameters for every segment (:mod:`sinks.params`).
+    search-time parameters for every segment (:mod:`sinks.params`); ``where`` a
+    checked payload filter (:mod:`sinks.filters`); ``with_payload`` returns each
+    result's payload.
     """
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
@@ -112,12 +125,12 @@ def search_shards(
     if rerank and all(s.floats is not None for s in shards):
         parts = []
         for s in shards:
-            _, cand = s.search(queries, max(rerank, k), params)
+            _, cand = s.search(queries, max(rerank, k), params, where)
             parts.append((s.exact(queries, cand, metric), cand))
         scores, ids = merge_topk(parts, k, metric)
     else:
         order = "l2" if any(s.binary for s in shards) else metric
-        scores, ids = merge_topk([s.search(queries, k, params) for s in shards], k, order)
+        scores, ids = merge_topk([s.search(queries, k, params, where) for s in shards], k, order)
     keys: dict[int, str] = {}
     for s in shards:
         if s.keys:
@@ -125,7 +138,12 @@ def search_shards(
                 key = s.keys.get(i)
                 if key is not None:
                     keys[i] = key
-    return SearchResults(scores, ids, keys, positions, snapshots)
+    payloads: dict[int, Payload] | None = None
+    if with_payload:
+        payloads = {}
+        for s in shards:
+            payloads.update(s.payloads_of(ids))
+    return SearchResults(scores, ids, keys, positions, snapshots, payloads)
 
 
 def load_shard(
@@ -147,6 +165,7 @@ def load_shard(
     """
     binary = config.binary
     codes = bool(config.quantize)
+    schema = dict(config.payload_index)
     segments = []
     for seg in _segments(entry):
         path = store.objects / seg.object
@@ -173,6 +192,14 @@ def load_shard(
         dead = None
         if seg.dead:
             dead = np.frombuffer(read_regular(store.objects / seg.dead), dtype="<i8")
+        payloads = PayloadStore(schema)
+        if seg.payloads:
+            try:
+                payloads = PayloadStore.from_bytes(
+                    schema, read_regular(store.objects / seg.payloads)
+                )
+            except ValueError as exc:
+                raise SnapshotError(f"shard {entry.name}: {exc}") from None
         segments.append(
             Segment(
                 index,
@@ -182,6 +209,8 @@ def load_shard(
                 saved_dead=seg.dead,
                 template=seg.template or (config.template if not config.quantize else None),
                 mapped=mapped,
+                payloads=payloads,
+                saved_payloads=seg.payloads,
             )
         )
     keys = decode_keys(read_regular(store.objects / entry.keys)) if entry.keys else {}
@@ -210,6 +239,7 @@ def load_shard(
         floats=floats,
         expiry=expiry,
         expired=entry.expired,
+        schema=schema,
     )
     shard.saved_entry = entry
     return shard
@@ -241,6 +271,24 @@ class SnapshotView:
         --json`` prints)."""
         return self.combined.describe()
 
+    def payload_fields(self) -> dict[str, FieldStats]:
+        """Every payload field: its type (``mixed`` when values differ), how many
+        vectors have it, whether it is declared (indexed), and how many values of
+        a declared field had another type (blocking; decodes undeclared fields)."""
+        out: dict[str, FieldStats] = {}
+        for shard in self.shards:
+            for seg in shard.segments:
+                for name, got in seg.payloads.stats().items():
+                    have = out.get(name)
+                    if have is None:
+                        out[name] = got
+                        continue
+                    have.count += got.count
+                    have.mismatched += got.mismatched
+                    if have.type != got.type:
+                        have.type = "mixed"
+        return dict(sorted(out.items()))
+
     @property
     def fallbacks(self) -> list[dict[str, Any]]:
         """Snapshots skipped because they did not load, and why."""
@@ -259,19 +307,31 @@ class SnapshotView:
         return self.combined.ntotal
 
     def search(
-        self, queries: npt.ArrayLike, k: int = 10, params: str | Mapping[str, Any] | None = None
+        self,
+        queries: npt.ArrayLike,
+        k: int = 10,
+        params: str | Mapping[str, Any] | None = None,
+        *,
+        filter: str | Mapping[str, Any] | Filter | None = None,
+        with_payload: bool = False,
     ) -> SearchResults:
         """Top-``k`` over all shards (queries normalised when the index was).
 
         ``params``: search-time parameters (``"nprobe=32"`` or ``{"nprobe": 32}``,
         see :mod:`sinks.params`); by default the ones ``embedstream tune`` stored.
+        ``filter``: only vectors whose payload passes it (:mod:`sinks.filters`);
+        ``with_payload``: return each result's payload.
 
         Raises:
-            ConfigError: the queries do not fit, or a parameter is unknown to the index.
+            ConfigError: the queries do not fit, a parameter is unknown to the index,
+                or the filter is bad (:class:`sinks.filters.FilterError`).
         """
         chosen = self.config.search_params if params is None else parse_params(params)
+        where = None if filter is None else parse_filter(filter, self.config.payload_index)
         q = prepare_queries(queries, self.dim, self.config.normalize_queries)
-        return search_shards(self.shards, q, k, self.metric, self.config.rerank, chosen)
+        return search_shards(
+            self.shards, q, k, self.metric, self.config.rerank, chosen, where, with_payload
+        )
 
 
 def open_snapshot(

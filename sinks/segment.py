@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from sinks.idset import IdSet
 from sinks.params import SearchParams, make_search_parameters
+from sinks.payloads import Payload, PayloadStore
 from streams.errors import ConfigError
 
 __all__ = ["Segment", "faiss_message", "flat_codes", "index_ids", "make_index", "metric_code"]
@@ -186,6 +187,7 @@ class Segment:
     __slots__ = (
         "_area",
         "_buffer",
+        "_rows",
         "_stale_rev_map",
         "binary",
         "codes",
@@ -193,9 +195,11 @@ class Segment:
         "ids",
         "index",
         "mapped",
+        "payloads",
         "removable",
         "saved_dead",
         "saved_object",
+        "saved_payloads",
         "saved_version",
         "template",
         "version",
@@ -211,6 +215,8 @@ class Segment:
         saved_dead: str | None = None,
         template: str | None = None,
         mapped: int = 0,
+        payloads: PayloadStore | None = None,
+        saved_payloads: str | None = None,
     ) -> None:
         self.index = index
         # Bytes of the snapshot object this index reads in place (FAISS's mmap IO
@@ -233,6 +239,11 @@ class Segment:
         # The objects this segment was last written to; reused while unchanged.
         self.saved_object = saved_object
         self.saved_dead = saved_dead
+        self.saved_payloads = saved_payloads
+        # The payloads of the vectors it holds (:mod:`sinks.payloads`).
+        self.payloads = payloads if payloads is not None else PayloadStore({})
+        # (version, ids by row, payload entry -> row) for filtered searches.
+        self._rows: tuple[int, Any, Any] | None = None
         # Set by reserve(): the mapping the index's codes live in, and a view of it.
         self._buffer: mmap.mmap | None = None
         self._area: npt.NDArray[np.uint8] | None = None
@@ -354,23 +365,55 @@ class Segment:
         self._stale_rev_map = isinstance(self.index, faiss.IndexIDMap2)
         return True
 
-    def add(self, vectors: npt.NDArray[Any], ids: npt.NDArray[np.int64]) -> None:
-        """Add rows (floats, or codes for quantised segments) with ``ids``."""
+    def add(
+        self,
+        vectors: npt.NDArray[Any],
+        ids: npt.NDArray[np.int64],
+        payloads: list[Payload] | None = None,
+    ) -> None:
+        """Add rows (floats, or codes for quantised segments) with ``ids`` and
+        their ``payloads`` (``None``: none has one)."""
         vecs = np.ascontiguousarray(vectors)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if payloads is not None and self.payloads.blank and any(p is not None for p in payloads):
+            self.payloads.materialize(self.live_ids())
         self._materialize()
+        added = False
         if self._area is not None:
-            if self._add_in_place(vecs, ids):
-                self.ids.add(ids)
-                self.version += 1
-                return
-            self._own()
-        if self.codes and not self.binary:
-            self.index.add_sa_codes(vecs, ids)
-        else:
-            self.index.add_with_ids(vecs, ids)
+            added = self._add_in_place(vecs, ids)
+            if not added:
+                self._own()
+        if not added:
+            if self.codes and not self.binary:
+                self.index.add_sa_codes(vecs, ids)
+            else:
+                self.index.add_with_ids(vecs, ids)
         self.ids.add(ids)
+        self.payloads.append(ids, payloads)
         self.version += 1
+
+    def live_ids(self) -> npt.NDArray[np.int64]:
+        """The ids searches can return, in the order of the index's rows."""
+        held = index_ids(self.index)
+        return held[~self.dead.contains(held)] if len(self.dead) else held
+
+    def row_ids(self) -> npt.NDArray[np.int64]:
+        """The id of every row of the index (cached until it changes)."""
+        ids: npt.NDArray[np.int64] = self._row_cache()[1]
+        return ids
+
+    def payload_rows(self) -> npt.NDArray[np.intp] | None:
+        """The row of each payload entry (:meth:`PayloadStore.rows_in`)."""
+        rows: npt.NDArray[np.intp] | None = self._row_cache()[2]
+        return rows
+
+    def _row_cache(self) -> tuple[int, Any, Any]:
+        got = self._rows
+        if got is None or got[0] != self.version:
+            held = index_ids(self.index)
+            got = (self.version, held, self.payloads.rows_in(held))
+            self._rows = got
+        return got
 
     def remove(self, ids: npt.NDArray[np.int64]) -> None:
         """Remove ``ids``, all of which this segment holds.
@@ -394,6 +437,15 @@ class Segment:
                 "index type (Flat, IVF..., PQ, SQ8, HNSW) or an append-only stream"
             )
         self.ids.discard(ids)
+        self.payloads.remove(ids)
+        self.version += 1
+
+    def forget(self, ids: npt.NDArray[np.int64]) -> None:
+        """Tombstone ``ids`` in a segment just built from a copy (a merge or
+        re-encode), because they were replaced or deleted while it was built."""
+        self.dead.add(ids)
+        self.ids.discard(ids)
+        self.payloads.remove(ids)
         self.version += 1
 
     @property
@@ -439,7 +491,8 @@ class Segment:
         live = self.ids.to_array()
         if len(live):
             new_index.add_with_ids(self.reconstruct(live), live)
-        return Segment(new_index, codes=self.codes, template=template)
+        payloads = PayloadStore.gathered(self.payloads.schema, [self.payloads], live)
+        return Segment(new_index, codes=self.codes, template=template, payloads=payloads)
 
     def contents(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
         """Every live id and its stored vector, decoded from the codes (read-only:

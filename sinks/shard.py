@@ -24,10 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from sinks.expiry import Expiry
+from sinks.filtered import search_filtered
+from sinks.filters import Filter
 from sinks.floats import FloatStore
 from sinks.manifest import SegmentManifest, ShardManifest
 from sinks.merge import grown_graph, merged_index, plan
 from sinks.params import SearchParams
+from sinks.payloads import Payload, PayloadSchema, PayloadStore
 from sinks.rwlock import RWLock
 from sinks.segment import (
     Segment,
@@ -71,7 +74,7 @@ class Capture:
     ntotal: int
     version: int
     nbytes: int
-    written: list[tuple[Segment, str, int, str | None]] = field(default_factory=list)
+    written: list[tuple[Segment, str, int, str | None, str | None]] = field(default_factory=list)
     float_rows: int = 0
     float_map: bytes | None = None
     expiry_bytes: bytes | None = None
@@ -95,6 +98,7 @@ class Shard:
             also seal it at this many bytes of codes (at least 1,024 vectors).
         expiry: the deadlines of the shard's vectors (restored from a snapshot).
         expired: how many of its vectors expired so far.
+        schema: the declared payload fields (:mod:`sinks.payloads`).
     """
 
     def __init__(
@@ -110,8 +114,12 @@ class Shard:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         expiry: Expiry | None = None,
         expired: int = 0,
+        schema: PayloadSchema | None = None,
     ) -> None:
         self.name = name
+        self.schema: PayloadSchema = dict(schema or {})
+        for seg in segments:
+            seg.payloads = seg.payloads.with_schema(self.schema)
         self.segments = segments
         self.new_index = new_index
         self.segment_size = segment_size
@@ -213,10 +221,13 @@ class Shard:
             expired_now = int(stale.sum())
             if expired_now:
                 dmask = stale if dmask is None else dmask | stale
+        metas = batch.metadata
         if dmask is not None and dmask.any():
             keep = ~dmask
             add_ids, add_vecs = ids[keep], batch.vectors[keep]
             deleted = ids[dmask]
+            if metas is not None:
+                metas = [m for m, k in zip(metas, keep.tolist(), strict=True) if k]
         else:
             keep = None
             add_ids, add_vecs, deleted = ids, batch.vectors, None
@@ -241,12 +252,11 @@ class Shard:
                 )
                 if replaced_here or (active.ntotal and active.ntotal + len(add_ids) > self.seal_at):
                     assert self.new_index is not None, "read-only shard"
-                    index, template = self.new_index()
-                    active = Segment(index, codes=self.codes, template=template)
+                    active = self._segment(*self.new_index())
                     if self._flat:
                         active.reserve(max(self.seal_at, len(add_ids)))
                     self.segments = [*self.segments, active]
-                active.add(add_vecs, add_ids)
+                active.add(add_vecs, add_ids, metas)
                 if self.floats is not None and batch.floats is not None:
                     floats = batch.floats if keep is None else batch.floats[keep]
                     self.floats.append(np.ascontiguousarray(add_ids, np.int64), floats)
@@ -294,10 +304,21 @@ class Shard:
             self.version += 1
         return len(ids)
 
+    def _segment(self, index: Any, template: str | None, **kw: Any) -> Segment:
+        """A new segment of this shard around ``index``."""
+        return Segment(
+            index, codes=self.codes, template=template, payloads=PayloadStore(self.schema), **kw
+        )
+
     def search(
-        self, queries: npt.NDArray[np.float32], k: int, params: SearchParams | None = None
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        params: SearchParams | None = None,
+        where: Filter | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Top-``k`` of this shard (blocking); ids -1 where it has fewer than k.
+        ``where``: only vectors whose payload passes this filter (:mod:`sinks.filtered`).
 
         Binary shards score by Hamming distance (lower is better).
         """
@@ -305,10 +326,32 @@ class Shard:
         with self.lock.read():
             # No segment is asked for more than it holds: a huge k costs only the
             # merged result, never a FAISS allocation of nq x k per segment.
-            parts = [s.search(queries, min(k, s.ntotal), params) for s in self.segments if s.ntotal]
+            if where is None:
+                parts = [
+                    s.search(queries, min(k, s.ntotal), params) for s in self.segments if s.ntotal
+                ]
+            else:
+                found = [
+                    search_filtered(s, queries, min(k, s.ntotal), params, where)
+                    for s in self.segments
+                    if s.ntotal
+                ]
+                parts = [p for p in found if p is not None]
         if not parts:
             return np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64)
         return merge_topk(parts, k, self.order)
+
+    def payloads_of(self, ids: npt.NDArray[np.int64]) -> dict[int, Payload]:
+        """The payload of each of ``ids`` this shard holds (blocking)."""
+        out: dict[int, Payload] = {}
+        ids = np.unique(ids[ids >= 0])
+        with self.lock.read():
+            for seg in self.segments:
+                held = seg.ids.contains(ids) if len(ids) else np.zeros(0, bool)
+                if held.any():
+                    found = ids[held]
+                    out.update(zip(found.tolist(), seg.payloads.get(found), strict=True))
+        return out
 
     @property
     def order(self) -> str:
@@ -340,10 +383,11 @@ class Shard:
         position, all under the read lock so they agree (blocking; searches go on)."""
         with self.lock.read():
             entries: list[SegmentManifest] = []
-            written: list[tuple[Segment, str, int, str | None]] = []
+            written: list[tuple[Segment, str, int, str | None, str | None]] = []
             nbytes = 0
             for seg in self.segments:
                 dead = seg.saved_dead
+                payloads = seg.saved_payloads
                 if seg.dirty:
 
                     def produce(write: Callable[[bytes], None], seg: Segment = seg) -> None:
@@ -355,12 +399,17 @@ class Shard:
                         data = seg.dead.to_array().astype("<i8").tobytes()
                         dead = store.put_object(data)
                         size += len(data)
-                    written.append((seg, digest, seg.version, dead))
+                    payloads = None
+                    if not seg.payloads.empty:
+                        data = seg.payloads.to_bytes()
+                        payloads = store.put_object(data)
+                        size += len(data)
+                    written.append((seg, digest, seg.version, dead, payloads))
                     nbytes += size
                 else:
                     assert seg.saved_object is not None
                     digest = seg.saved_object
-                entries.append(SegmentManifest(digest, seg.live, dead, seg.template))
+                entries.append(SegmentManifest(digest, seg.live, dead, seg.template, payloads))
             keys = _keys_encoder.encode(self.keys) if self.keys else None
             cap = Capture(
                 entries, keys, dict(self.position), self.ntotal, self.version, nbytes, written
@@ -382,9 +431,10 @@ class Shard:
     def saved(self, cap: Capture, entry: ShardManifest, seq: int | None = None) -> None:
         """Record that the snapshot ``seq`` holding ``cap`` is durable."""
         self.saved_seq = seq
-        for seg, digest, version, dead in cap.written:
+        for seg, digest, version, dead, payloads in cap.written:
             seg.saved_object = digest
             seg.saved_dead = dead
+            seg.saved_payloads = payloads
             seg.saved_version = version
         self.saved_version = cap.version
         self.saved_entry = entry
@@ -422,28 +472,34 @@ class Shard:
         out, template = self.new_index()
         if any(s.template != template for s in inputs):
             return False  # retrained since the plan: these are re-encoded instead
+        stores = [s.payloads for s in inputs]
         if inputs[0].removable:
             with self.lock.read():
                 if any(s not in self.segments[:-1] for s in inputs):
                     return False
                 index = merged_index(inputs, out)
-            merged = Segment(index, codes=self.codes, template=template)
+                live = index_ids(index)
+                payloads = PayloadStore.gathered(self.schema, stores, live)
+            merged = Segment(index, codes=self.codes, template=template, payloads=payloads)
             gone = None
         else:
             with self.lock.read():
                 before = [s.ids.to_array().copy() for s in inputs]
                 largest = max(range(len(inputs)), key=lambda i: inputs[i].ntotal)
                 dead = inputs[largest].dead.to_array().copy()
+                payloads = PayloadStore.gathered(self.schema, stores, np.concatenate(before))
             others = [ids for i, ids in enumerate(before) if i != largest]
             if inputs[0].hnsw and not any(np.isin(ids, dead).any() for ids in others):
                 # The largest graph, copied, takes the others' vectors: a merge costs
                 # adding the smaller inputs, not rebuilding all of them. (Not when an
                 # id dead in it lives in another input: tombstones go by id.)
                 index = grown_graph(inputs, before, largest)
-                merged = Segment(index, codes=self.codes, template=template, dead=dead)
+                merged = Segment(
+                    index, codes=self.codes, template=template, dead=dead, payloads=payloads
+                )
             else:
                 index = merged_index(inputs, out, before)
-                merged = Segment(index, codes=self.codes, template=template)
+                merged = Segment(index, codes=self.codes, template=template, payloads=payloads)
             gone = before
         with self.lock.write():
             if any(s not in self.segments[:-1] for s in inputs):
@@ -453,8 +509,7 @@ class Shard:
                 for seg, live_before in zip(inputs, gone, strict=True):
                     lost = live_before[~seg.ids.contains(live_before)]
                     if len(lost):
-                        merged.dead.add(lost)
-                        merged.ids.discard(lost)
+                        merged.forget(lost)
             at = self.segments.index(inputs[0])
             kept = [s for s in self.segments if s not in inputs]
             kept.insert(at, merged)
@@ -485,8 +540,7 @@ class Shard:
                 # Ids replaced or deleted while we rebuilt: tombstone them again.
                 gone = live_before[~seg.ids.contains(live_before)]
                 if len(gone):
-                    fresh.dead.add(gone)
-                    fresh.ids.discard(gone)
+                    fresh.forget(gone)
                 self.segments[self.segments.index(seg)] = fresh
                 self.version += 1
             rebuilt += 1
@@ -505,7 +559,7 @@ class Shard:
             active = self.segments[-1]
             if active.template == template:
                 return
-            fresh = Segment(index, codes=self.codes, template=template)
+            fresh = self._segment(index, template)
             if self._flat:
                 fresh.reserve(self.seal_at)
             kept = self.segments if active.ntotal else self.segments[:-1]
@@ -524,9 +578,10 @@ class Shard:
             if seg not in self.segments[:-1]:
                 return False
             ids, vecs = seg.contents()
+            payloads = PayloadStore.gathered(self.schema, [seg.payloads], ids)
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vecs), ids)
-        fresh = Segment(index, codes=self.codes, template=template)
+        fresh = Segment(index, codes=self.codes, template=template, payloads=payloads)
         with self.lock.write():
             if seg not in self.segments[:-1]:
                 return False
@@ -535,8 +590,7 @@ class Shard:
                 if fresh.removable:
                     fresh.remove(lost)
                 else:
-                    fresh.dead.add(lost)
-                    fresh.ids.discard(lost)
+                    fresh.forget(lost)
             self.segments = [fresh if s is seg else s for s in self.segments]
             self.version += 1
         return True

@@ -62,6 +62,8 @@ class Chunk:
         truncated: payloads the source cut short because they were over its limit:
             payload index -> the full size. ``decode`` rejects them as
             ``oversized``; the payload holds a prefix for the dead letter.
+        headers: per item, its Kafka record headers (name, value bytes), when any
+            item has some; for raw formats they become the vector's payload.
     """
 
     partition: str
@@ -78,6 +80,7 @@ class Chunk:
     read_at: float = 0.0
     size: int = -1
     truncated: dict[int, int] | None = None
+    headers: list[Sequence[tuple[str, bytes]]] | None = None
 
     def __len__(self) -> int:
         return len(self.locations)

@@ -7,6 +7,7 @@ run, 2 for bad usage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import runpy
@@ -257,6 +258,15 @@ def main(verbose: int) -> None:
     "[default: what DIR holds, else never]",
 )
 @click.option(
+    "--payload-index",
+    "payload_index",
+    multiple=True,
+    metavar="FIELD[:TYPE]",
+    help="Index this payload field for fast filters; TYPE is keyword (default), int, "
+    "float or bool. Repeatable. Other fields are stored and returned too; filters on "
+    "them scan.",
+)
+@click.option(
     "--retrain-threshold",
     default=_D.retrain_threshold,
     show_default=True,
@@ -329,8 +339,24 @@ def _load_queries(path: str) -> np.ndarray[Any, Any]:
     "{shard: seq}}: up to where each shard was searched (a Kafka offset: every record "
     "before it is in the results).",
 )
+@click.option(
+    "--filter",
+    "where",
+    metavar="JSON",
+    help='Only vectors whose payload passes this filter, e.g. \'{"lang": "en", "year": '
+    '{"gte": 2020}}\' (operators in, nin, ne, gt, gte, lt, lte, exists; $or, $and, $not).',
+)
+@click.option(
+    "--with-payload", is_flag=True, help='Each result line carries "payloads" aligned with "ids".'
+)
 def search(
-    index_dir: str, queries: str, k: int, params: dict[str, int] | None, show_positions: bool
+    index_dir: str,
+    queries: str,
+    k: int,
+    params: dict[str, int] | None,
+    show_positions: bool,
+    where: str | None,
+    with_payload: bool,
 ) -> None:
     """Search the latest complete snapshot in DIR; one JSON line per query."""
     q = _load_queries(queries)
@@ -339,7 +365,7 @@ def search(
     except EmbedstreamError as exc:
         fail(exc)
     try:
-        results = view.search(q, k, params)
+        results = view.search(q, k, params, filter=where, with_payload=with_payload)
     except ConfigError as exc:
         fail(exc, 2)  # parameters or queries that do not fit the index
     except EmbedstreamError as exc:
@@ -457,6 +483,9 @@ def inspect(index_dir: str, as_json: bool, history: bool, verify_all: bool) -> N
     except EmbedstreamError as exc:
         fail(exc)
     info: dict[str, Any] = {"dir": index_dir, **view.manifest, "fallbacks": view.fallbacks}
+    info["payload_fields"] = {
+        name: dataclasses.asdict(stats) for name, stats in view.payload_fields().items()
+    }
     if history:
         info["history"] = SnapshotStore(index_dir, readonly=True, verify_all=verify_all).history()
         workers = [c for c in chain_names(index_dir) if c is not None]
@@ -491,6 +520,10 @@ def inspect(index_dir: str, as_json: bool, history: bool, verify_all: bool) -> N
         click.echo(
             f"  vectors expire {info['ttl']:g} s after their event time; {expired:,} expired"
         )
+    for name, f in info["payload_fields"].items():
+        how = "indexed" if f["indexed"] else "stored"
+        odd = f", {f['mismatched']:,} of another type (not indexed)" if f["mismatched"] else ""
+        click.echo(f"  payload field {name}: {f['type']}, {how}, {f['count']:,} vectors{odd}")
     for s in info["shards"]:
         owner = f", owner {s['owner']} (epoch {s['epoch']})" if shared else ""
         click.echo(f"  shard {s['name']}: {s['ntotal']:,} vectors, position {s['position']}{owner}")

@@ -8,7 +8,10 @@
   index as ``{"results": [{"ids": [...], "scores": [...]}, ...], "positions":
   {shard: position}, "snapshots": {shard: seq}}``; with ``"after": {"emb-0":
   1234}`` it first waits (up to ``"timeout_ms"``, default 1000) until that record
-  is searchable, and answers 504 with the positions reached if it is not.
+  is searchable, and answers 504 with the positions reached if it is not. With
+  ``"filter": {...}`` only vectors whose payload passes it are searched
+  (:mod:`sinks.filters`; a bad filter gets 400 naming the bad part), and with
+  ``"with_payload": true`` each result carries ``"payloads"`` aligned with ``"ids"``.
 
 Served by uvicorn inside the pipeline's own event loop; binds 127.0.0.1 unless told
 otherwise. The endpoints are unauthenticated plain HTTP (see the README's
@@ -39,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sinks.filters import FilterError, parse_filter
 from sinks.freshness import SearchTimeout
 from sinks.params import parse_params
 from streams.errors import ConfigError, EmbedstreamError
@@ -80,6 +84,9 @@ class _SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     vectors: list[list[float]]
     k: Annotated[int, msgspec.Meta(ge=1)] = 10
     params: dict[str, int] | None = None
+    # Only vectors whose payload passes this filter (sinks.filters), and payloads back.
+    filter: dict[str, Any] | None = None
+    with_payload: bool = False
     # Read-your-writes: per shard, a record that must be searchable first.
     after: dict[str, Offset | dict[str, Offset]] | None = None
     timeout_ms: Annotated[int, msgspec.Meta(ge=0, le=60_000)] = 1000
@@ -94,6 +101,8 @@ class _Search:
     params: dict[str, int] | None
     after: dict[str, Any] | None
     timeout: float
+    filter: dict[str, Any] | None = None
+    with_payload: bool = False
 
 
 _decode_request = msgspec.json.Decoder(_SearchRequest)
@@ -177,7 +186,14 @@ def _parse_search(body: bytes, limits: RequestLimits) -> _Search:
             parse_params(req.params)
         except ConfigError as exc:
             raise _Refused(400, f"bad request: {exc}") from None
-    return _Search(q, k, req.params, req.after, req.timeout_ms / 1000)
+    if req.filter is not None:
+        try:
+            # Checked here for its form; the search checks it against the index's
+            # declared field types.
+            parse_filter(req.filter)
+        except FilterError as exc:
+            raise _Refused(400, f"bad request: filter {exc}") from None
+    return _Search(q, k, req.params, req.after, req.timeout_ms / 1000, req.filter, req.with_payload)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -294,6 +310,8 @@ def make_app(
                 req.queries,
                 req.k,
                 req.params if req.params is not None else params,
+                filter=req.filter,
+                with_payload=req.with_payload,
                 after=req.after,
                 timeout=req.timeout,
             )

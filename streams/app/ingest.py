@@ -21,6 +21,7 @@ from operators.quantize import Codec
 from sinks import FaissSink
 from sinks.drift import DEFAULT_RETRAIN_THRESHOLD
 from sinks.merge import DEFAULT_MERGE_FACTOR
+from sinks.payloads import parse_payload_index
 from sinks.shared import stored_dim
 from sinks.store import DEFAULT_GRACE_SECONDS
 from streams.deadletters import DeadLetterFile, DeadLetterSink, Rejects
@@ -69,6 +70,7 @@ class IngestOptions:
     merge_factor: int = DEFAULT_MERGE_FACTOR
     retrain_threshold: float = DEFAULT_RETRAIN_THRESHOLD
     ttl: float | None = None
+    payload_index: tuple[str, ...] = ()
 
 
 def dead_letter_sink(target: str) -> DeadLetterSink:
@@ -203,6 +205,7 @@ def build_ingest_pipeline(
         merge_factor=o.merge_factor,
         retrain_threshold=o.retrain_threshold,
         ttl=o.ttl,
+        payload_index=parse_payload_index(o.payload_index),
     )
     pipeline = flow | sink
     pipeline.capacity = o.capacity

@@ -54,6 +54,7 @@ _offset = attrgetter("offset")
 _timestamp = attrgetter("timestamp")
 _value = attrgetter("value")
 _key = attrgetter("key")
+_headers = attrgetter("headers")
 
 
 class Consumer(Protocol):
@@ -334,6 +335,7 @@ class KafkaSource(Source):
             offsets = np.fromiter(map(_offset, messages), dtype=np.int64, count=n)
         timestamps = np.fromiter(map(_timestamp, messages), dtype=np.float64, count=n) / 1000.0
         values = list(map(_value, messages))
+        headers = list(map(_headers, messages))
         nxt = int(offsets[-1]) + 1
         self._emitted[part] = nxt
         lag = self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
@@ -353,6 +355,7 @@ class KafkaSource(Source):
             keys=list(map(_key, messages)),
             timestamps=timestamps,
             read_at=time.time(),
+            headers=headers if any(headers) else None,
         )
 
     async def _send(self, consumer: Consumer, outbox: Outbox[Chunk], chunk: Chunk) -> None:

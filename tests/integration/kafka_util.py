@@ -22,6 +22,7 @@ async def produce(
     *,
     values: Sequence[bytes | None] | None = None,
     keys: Sequence[bytes | None] | None = None,
+    headers: Sequence[list[tuple[str, bytes]] | None] | None = None,
 ) -> None:
     """Key = decimal id (so an id always lands in the same partition)."""
     producer = AIOKafkaProducer(
@@ -37,7 +38,8 @@ async def produce(
             else:
                 assert vectors is not None
                 value = vectors[j].astype("<f4").tobytes()
-            futures.append(await producer.send(topic, key=key, value=value))
+            extra = headers[j] if headers is not None else None
+            futures.append(await producer.send(topic, key=key, value=value, headers=extra))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

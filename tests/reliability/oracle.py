@@ -25,6 +25,7 @@ class Verdict:
     duplicated: int
     unknown: int
     wrong_vectors: int
+    wrong_payloads: int = 0
 
     @property
     def ok(self) -> bool:
@@ -34,21 +35,31 @@ class Verdict:
             and not self.duplicated
             and not self.unknown
             and not self.wrong_vectors
+            and not self.wrong_payloads
         )
 
 
-def check(idx: Path, x: np.ndarray) -> Verdict:
-    """Compare the index at ``idx`` (what a restart loads) with rows ``x`` (id = row)."""
+def row_headers(ids: range | list[int]) -> list[list[tuple[str, bytes]] | None]:
+    """The Kafka headers the oracle's records carry: their payload, ``{"row": id}``."""
+    return [[("row", str(i).encode())] for i in ids]
+
+
+def check(idx: Path, x: np.ndarray, payloads: bool = False) -> Verdict:
+    """Compare the index at ``idx`` (what a restart loads) with rows ``x`` (id = row);
+    with ``payloads``, every vector must also carry its :func:`row_headers` payload."""
     view = open_snapshot(idx)
     ids = np.concatenate([s.ids() for s in view.shards]) if view.shards else np.zeros(0, int)
     uniq, counts = np.unique(ids, return_counts=True)
     known = (uniq >= 0) & (uniq < len(x))
-    wrong = 0
+    wrong = wrong_payloads = 0
     for shard in view.shards:
         sid = shard.ids()
         sid = sid[(sid >= 0) & (sid < len(x))]
         if len(sid):
             wrong += int((shard.reconstruct(sid) != x[sid]).any(axis=1).sum())
+        if payloads and len(sid):
+            held = shard.payloads_of(sid)
+            wrong_payloads += sum(held.get(i) != {"row": str(i)} for i in sid.tolist())
     return Verdict(
         expected=len(x),
         present=int(known.sum()),
@@ -56,6 +67,7 @@ def check(idx: Path, x: np.ndarray) -> Verdict:
         duplicated=int((counts > 1).sum()),
         unknown=int((~known).sum()),
         wrong_vectors=wrong,
+        wrong_payloads=wrong_payloads,
     )
 
 
@@ -105,7 +117,7 @@ def crash_rounds(kafka: str, topic: str, idx: Path, x: np.ndarray) -> list[tuple
     died = []
     for i, point in enumerate(CRASH_POINTS):
         ids = range(i * per, (i + 1) * per)
-        asyncio.run(produce(kafka, topic, ids, x[list(ids)]))
+        asyncio.run(produce(kafka, topic, ids, x[list(ids)], headers=row_headers(ids)))
         proc = subprocess.run(
             ingest_argv(
                 kafka,

@@ -21,6 +21,7 @@ from tests.reliability.oracle import (
     crash_rounds,
     ingest_argv,
     kill_cycles,
+    row_headers,
     run_to_idle,
     search_soak,
     slow_sink_rss,
@@ -41,7 +42,7 @@ async def test_crash_at_every_step_of_the_snapshot_protocol(
     died = await anyio.to_thread.run_sync(crash_rounds, kafka, topic_name, idx, x)
     assert [d for d in died if d[1] != CRASH_EXIT_CODE] == []
     await anyio.to_thread.run_sync(run_to_idle, kafka, topic_name, idx)
-    verdict = check(idx, x)
+    verdict = check(idx, x, payloads=True)
     assert verdict.ok, verdict
 
 
@@ -49,12 +50,14 @@ async def test_crash_at_every_step_of_the_snapshot_protocol(
 async def test_kill_9_while_ingesting(kafka: str, topic_name: str, tmp_path: Path) -> None:
     x = np.random.default_rng(12).standard_normal((50_000, 32)).astype(np.float32)
     await create_topic(kafka, topic_name, 4)
-    await produce(kafka, topic_name, range(len(x)), x)
+    # Every record carries its payload in its headers: vectors and payloads must
+    # both come through the kills exactly.
+    await produce(kafka, topic_name, range(len(x)), x, headers=row_headers(range(len(x))))
     idx = tmp_path / "idx"
     kills = await anyio.to_thread.run_sync(lambda: kill_cycles(kafka, topic_name, idx, 4, seed=1))
     assert kills >= 2
     await anyio.to_thread.run_sync(run_to_idle, kafka, topic_name, idx)
-    verdict = check(idx, x)
+    verdict = check(idx, x, payloads=True)
     assert verdict.ok, verdict
 
 

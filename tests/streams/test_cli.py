@@ -393,3 +393,49 @@ def test_serve_follows_new_snapshots(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_payloads_from_jsonl_filtered_search_and_inspect(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    metas = [
+        {"lang": ["en", "fr", "de"][i % 3], "year": 1990 + i % 40, "tags": ["a"]}
+        for i in range(300)
+    ]
+    metas[10] = {"lang": "en", "year": "unknown"}  # another type than declared
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": i, "vector": x[i].tolist(), "metadata": metas[i]}) + "\n"
+            for i in range(300)
+        )
+    )
+    idx = tmp_path / "idx"
+    cli("ingest", str(data), "--index", str(idx), "--metric", "l2", "--no-progress",
+        "--payload-index", "lang", "--payload-index", "year:int")  # fmt: skip
+    np.save(tmp_path / "q.npy", x[:3])
+    where = '{"lang": "en", "year": {"gte": 2010}}'
+    out = cli("search", str(idx), "--queries", str(tmp_path / "q.npy"), "-k", "4",
+              "--filter", where, "--with-payload").stdout  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row["ids"]) == len(row["payloads"]) == 4
+        for i, p in zip(row["ids"], row["payloads"], strict=True):
+            assert p == metas[i] and p["lang"] == "en" and p["year"] >= 2010
+    # The first query is vector 0 (lang en, year 1990): not in the filtered results.
+    assert 0 not in rows[0]["ids"]
+    bad = cli("search", str(idx), "--queries", str(tmp_path / "q.npy"),
+              "--filter", '{"year": {"gte": "x"}}', check=False)  # fmt: skip
+    assert bad.returncode == 2 and "$.year.gte" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    bad = cli("search", str(idx), "--queries", str(tmp_path / "q.npy"), "--filter", "{",
+              check=False)  # fmt: skip
+    assert bad.returncode == 2 and "not JSON" in bad.stderr
+    info = json.loads(cli("inspect", str(idx), "--json").stdout)
+    assert info["payload_index"] == {"lang": "keyword", "year": "int"}
+    assert info["payload_fields"]["year"] == {
+        "type": "int", "count": 299, "indexed": True, "mismatched": 1
+    }  # fmt: skip
+    assert info["payload_fields"]["tags"]["indexed"] is False
+    text = cli("inspect", str(idx)).stdout
+    assert "payload field year: int, indexed, 299 vectors, 1 of another type" in text

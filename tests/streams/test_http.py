@@ -380,3 +380,37 @@ def test_serve_usage_errors_are_one_line(tmp_path: Path, small_index: Path) -> N
         assert p.returncode == 1 and "cannot listen on" in p.stderr, p.stderr
         p = run_cli("ingest", str(data), "--index", str(tmp_path / "i"), "--serve", "abc")
         assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+@pytest.fixture(scope="module")
+def payload_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("http-payloads")
+    x = np.random.default_rng(5).standard_normal((200, 4)).astype(np.float32)
+    lines = [
+        json.dumps({"id": i, "vector": x[i].tolist(), "metadata": {"lang": ["en", "fr"][i % 2]}})
+        for i in range(200)
+    ]
+    (d / "d.jsonl").write_text("\n".join(lines) + "\n")
+    p = run_cli("ingest", str(d / "d.jsonl"), "--index", str(d / "idx"), "--no-progress",
+                "--payload-index", "lang")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return d / "idx"
+
+
+@pytest.mark.asyncio
+async def test_search_with_a_filter_and_payloads(payload_index: Path) -> None:
+    app = _app(payload_index)
+    body = {"vectors": [[1, 2, 3, 4]], "k": 5, "filter": {"lang": "fr"}, "with_payload": True}
+    ok, text = await _asgi_post(app, json.dumps(body).encode())
+    assert ok == 200, text
+    (row,) = json.loads(text)["results"]
+    assert len(row["ids"]) == 5 and all(i % 2 for i in row["ids"])
+    assert row["payloads"] == [{"lang": "fr"}] * 5
+    for bad, says in (
+        ({"lang": {"gt": 1}}, "$.lang.gt: field 'lang' is declared keyword"),
+        ({"lang": {"near": 1}}, "$.lang.near: unknown operator"),
+        ([1], "Expected `object | null`, got `array` - at `$.filter`"),
+        ({"$or": {"lang": "en"}}, "$.$or: takes a non-empty list"),
+    ):
+        status, text = await _asgi_post(app, json.dumps({**body, "filter": bad}).encode())
+        assert status == 400 and says in json.loads(text)["error"], (bad, text)

@@ -123,7 +123,9 @@ def test_chunk_offsets_with_and_without_gaps() -> None:
 
     def records(offsets: list[int]) -> list[Any]:
         return [
-            SimpleNamespace(offset=o, timestamp=1000 * o, key=str(o).encode(), value=b"v")
+            SimpleNamespace(
+                offset=o, timestamp=1000 * o, key=str(o).encode(), value=b"v", headers=()
+            )
             for o in offsets
         ]
 
