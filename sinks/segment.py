@@ -410,7 +410,14 @@ class Segment:
     def _row_cache(self) -> tuple[int, Any, Any]:
         got = self._rows
         if got is None or got[0] != self.version:
-            held = index_ids(self.index)
+            index = self.index
+            if isinstance(index, _ID_MAPS) and index.ntotal:
+                # A view of the id map, not a copy (8 bytes a vector): it is only
+                # read under the shard's read lock, and rebuilt when the version
+                # changes (an add may move the id map).
+                held = faiss.rev_swig_ptr(index.id_map.data(), index.ntotal)
+            else:
+                held = index_ids(index)
             got = (self.version, held, self.payloads.rows_in(held))
             self._rows = got
         return got

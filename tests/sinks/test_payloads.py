@@ -429,3 +429,48 @@ def test_filters_parse_once_and_say_what_they_hold() -> None:
     assert f == All(
         (Cond("lang", "eq", "en"), All((Cond("year", "gte", 2020), Cond("year", "lt", 2024))))
     )
+
+
+@pytest.mark.parametrize(("factory", "rebuild"), [("IVF16,Flat", "retrain"), ("HNSW16", "compact")])
+def test_payloads_follow_their_vectors_through_retraining_and_compaction(
+    tmp_path: Path, factory: str, rebuild: str
+) -> None:
+    """Segments rebuilt from a copy (re-encoded after a retrain, compacted HNSW
+    graphs) carry every live vector's payload and none of the others'."""
+    rng = np.random.default_rng(8)
+    n = 4000
+    x = rng.standard_normal((n, D)).astype(np.float32)
+    metas = [{"i": i, "lang": LANGS[i % 4]} for i in range(n)]
+
+    async def main() -> dict[int, Any]:
+        sink = FaissSink(tmp_path / "idx", factory=factory, metric="l2", snapshot_every=None,
+                         segment_size=500, train_size=1000, merge_factor=0,
+                         payload_index={"lang": "keyword"})  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            await sink.open(tg)
+            for lo in range(0, n, 500):
+                await _write(sink, range(lo, lo + 500), x[lo : lo + 500], metas[lo : lo + 500], lo)
+            # Replace half the vectors of the first segments (tombstones in HNSW).
+            up = np.arange(0, 1500, 2)
+            await _write(sink, up, x[up] + 0.01, [{"i": int(i), "v": 2} for i in up], n + 1)
+            if rebuild == "retrain":
+                assert await sink.retrain()
+                assert sink.statistics().reencoded_segments > 0
+            else:
+                assert await sink.compact() > 0
+            got = await sink.search(x, 1, {"nprobe": 16} if factory.startswith("IVF") else None,
+                                    with_payload=True)  # fmt: skip
+            await sink.close(ok=True)
+        return {r["ids"][0]: r["payloads"][0] for r in got.rows()}
+
+    found = anyio.run(main)
+    for i, p in found.items():
+        assert p == ({"i": i, "v": 2} if i < 1500 and i % 2 == 0 else metas[i])
+    assert len(found) >= 0.9 * n
+    view = open_snapshot(tmp_path / "idx")
+    rows = view.search(x[:300], 1, {"nprobe": 16} if factory.startswith("IVF") else None,
+                       filter={"lang": "de"}, with_payload=True).rows()  # fmt: skip
+    assert all(r["payloads"][0]["lang"] == "de" for r in rows)
+    assert view.payload_fields()["lang"].count == sum(
+        1 for i in range(n) if not (i < 1500 and i % 2 == 0)
+    )
