@@ -21,21 +21,31 @@ from benchmarks.harness import ROOT, python, run_child, save, table
 from benchmarks.kafka_env import broker, make_topic
 
 # embedstream-ingest: `embedstream ingest kafka://...` itself, as users start it (its
-# rate from its own /metrics);
+# rate from its own /metrics); embedstream-ingest-confluent: the same with
+# --kafka-client confluent (librdkafka); bare-confluent: librdkafka's consume() and
+# count, its ceiling;
 # embedstream-cli: the same pipeline with the process settings the CLI applies
 # (streams.app.memory.tune_process: glibc's mmap threshold pinned, GC frozen after the
 # imports); embedstream-gc-only: those settings without the mmap threshold pin;
 # embedstream: the Python API without any.
 OURS = (
     "bare-getmany",
+    "bare-confluent",
     "embedstream",
     "embedstream-ingest",
+    "embedstream-ingest-confluent",
     "embedstream-cli",
     "embedstream-gc-only",
     "hand-batched",
     "naive-per-message",
 )
-VARIANTS = ("embedstream", "embedstream-ingest", "embedstream-cli", "embedstream-gc-only")
+VARIANTS = (
+    "embedstream",
+    "embedstream-ingest",
+    "embedstream-ingest-confluent",
+    "embedstream-cli",
+    "embedstream-gc-only",
+)
 PEERS = ("bytewax", "pathway", "quixstreams")
 CONTENDERS = OURS + PEERS
 

@@ -61,6 +61,33 @@ async def bare_count(bootstrap: str, topic: str, n: int) -> None:
     _result(t0, first, last, got)
 
 
+def bare_confluent(bootstrap: str, topic: str, n: int) -> None:
+    """librdkafka's ceiling: confluent-kafka's consume() and count, nothing else."""
+    from confluent_kafka import Consumer
+
+    t0 = time.perf_counter()
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 32 << 20,
+            "max.partition.fetch.bytes": 8 << 20,
+        }
+    )
+    c.subscribe([topic])
+    got, first = 0, 0.0
+    while got < n:
+        msgs = c.consume(num_messages=50000, timeout=0.5)
+        if msgs and not first:
+            first = time.perf_counter()
+        got += sum(1 for m in msgs if m.error() is None)
+    last = time.perf_counter()
+    c.close()
+    _result(t0, first, last, got)
+
+
 async def hand_batched(bootstrap: str, topic: str, n: int, naive: bool = False) -> None:
     """What a careful user writes by hand (or, naive, one message at a time)."""
     import faiss
@@ -172,7 +199,7 @@ def _vectors_held(port: int) -> tuple[float, float] | None:
     return read, held
 
 
-def ingest_cli(bootstrap: str, topic: str, n: int) -> None:
+def ingest_cli(bootstrap: str, topic: str, n: int, client: str = "aiokafka") -> None:
     """The real thing: `embedstream ingest kafka://...` as users start it, its rate
     read from its own /metrics (polled every 20 ms); its peak RSS from /proc."""
     import signal
@@ -187,7 +214,8 @@ def ingest_cli(bootstrap: str, topic: str, n: int) -> None:
                 f"kafka://{bootstrap}/{topic}", "--index", f"{tmp}/idx",
                 "--group", uuid.uuid4().hex, "--normalize", "--metric", "ip",
                 "--factory", "IDMap2,Flat", "--snapshot-every", "0",
-                "--serve", f"127.0.0.1:{port}", "--no-progress"]  # fmt: skip
+                "--serve", f"127.0.0.1:{port}", "--no-progress",
+                "--kafka-client", client]  # fmt: skip
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         first = last = 0.0
@@ -220,6 +248,12 @@ def main() -> None:
     contender, bootstrap, topic, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     if contender == "embedstream-ingest":
         ingest_cli(bootstrap, topic, n)
+        return
+    if contender == "embedstream-ingest-confluent":
+        ingest_cli(bootstrap, topic, n, client="confluent")
+        return
+    if contender == "bare-confluent":
+        bare_confluent(bootstrap, topic, n)
         return
     if contender == "bare-getmany":
         asyncio.run(bare_count(bootstrap, topic, n))

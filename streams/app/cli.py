@@ -181,11 +181,21 @@ def main(verbose: int) -> None:
     help="Kafka: stop cleanly, with a final snapshot, after this many seconds without new records.",
 )
 @click.option(
+    "--kafka-client",
+    "kafka_client",
+    type=click.Choice(["aiokafka", "confluent"]),
+    default=_D.kafka_client,
+    show_default=True,
+    help="The Kafka client: confluent is librdkafka (pip install 'embedstream[fast]'), "
+    "which parses records in C and reads about twice as fast; same semantics.",
+)
+@click.option(
     "--kafka-option",
     "kafka_options",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Passed to the aiokafka consumer, e.g. security_protocol=SASL_SSL, "
+    help="Passed to the Kafka consumer (aiokafka names; with --kafka-client confluent "
+    "also librdkafka's dotted ones), e.g. security_protocol=SASL_SSL, "
     "sasl_mechanism=PLAIN, sasl_plain_username=..., sasl_plain_password=...",
 )
 @click.option("--ssl-cafile", default=None, help="Kafka: CA file for SSL.")

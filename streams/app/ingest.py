@@ -57,6 +57,7 @@ class IngestOptions:
     gc_grace: float = DEFAULT_GRACE_SECONDS
     until_idle: float | None = None
     kafka_options: tuple[str, ...] = ()
+    kafka_client: str = "aiokafka"
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -130,6 +131,7 @@ def _source(sources: list[str], o: IngestOptions) -> Source:
             consumer_options=_kafka_options(
                 o.kafka_options, o.ssl_cafile, o.ssl_certfile, o.ssl_keyfile
             ),
+            client=o.kafka_client,
         )
     if o.fmt is not None and o.fmt not in FORMATS:
         raise ConfigError(

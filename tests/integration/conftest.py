@@ -93,3 +93,11 @@ def kafka() -> Iterator[str]:
 @pytest.fixture
 def topic_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(params=["aiokafka", "confluent"])
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test on each Kafka client: ``ingest_argv`` passes it as
+    ``--kafka-client`` to every ``embedstream ingest`` the test starts."""
+    monkeypatch.setenv("EMBEDSTREAM_TEST_KAFKA_CLIENT", request.param)
+    return str(request.param)

@@ -65,7 +65,7 @@ def vectors_by_id(idx: Path) -> dict[int, np.ndarray]:
 
 @pytest.mark.asyncio
 async def test_ingest_restart_and_pick_up_new_records(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(5)
     x = rng.standard_normal((6000, 16)).astype(np.float32)
@@ -119,7 +119,7 @@ async def test_tombstones_delete_and_bad_messages_go_to_dead_letter_topic(
 
 @pytest.mark.asyncio
 async def test_two_processes_in_one_group_split_partitions_and_lag_reaches_zero(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -198,7 +198,7 @@ async def test_two_processes_in_one_group_split_partitions_and_lag_reaches_zero(
 
 @pytest.mark.asyncio
 async def test_a_slow_sink_pauses_fetching_without_leaving_the_group(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     """The sink takes longer than max.poll.interval.ms per batch: the source pauses its
     partitions and keeps polling, so the consumer is never thrown out of the group."""
@@ -207,27 +207,33 @@ async def test_a_slow_sink_pauses_fetching_without_leaving_the_group(
     await create_topic(kafka, topic_name, 2)
     await produce(kafka, topic_name, range(3000), np.ones((3000, 4), np.float32))
 
+    # librdkafka wants max.poll.interval.ms >= session.timeout.ms, which the broker
+    # keeps at 6 s or more.
+    interval = 2.0 if kafka_client == "aiokafka" else 6.0
+    options: dict[str, Any] = {
+        "max_poll_interval_ms": int(interval * 1000),
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 500,
+        "max_partition_fetch_bytes": 4096,
+    }
+
     class VerySlow(SlowSink):
         async def write(self, item: Any) -> None:
-            await anyio.sleep(2.5)
+            await anyio.sleep(1.25 * interval)
 
     source = KafkaSource(
         kafka,
         [topic_name],
         group=f"g-{topic_name}",
         max_records=200,
-        consumer_options={
-            "max_poll_interval_ms": 2000,
-            "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 500,
-            "max_partition_fetch_bytes": 4096,
-        },
+        consumer_options=options,
+        client=kafka_client,
     )
     p = source | decode() | batch(100, max_latency=0.01) | VerySlow()
     p.capacity = 1
     async with anyio.create_task_group() as tg:
         tg.start_soon(p.run)
-        await anyio.sleep(9)  # several max.poll.interval.ms with the channel full
+        await anyio.sleep(4.5 * interval)  # several max.poll.interval.ms, the channel full
         stats = source.statistics()
         p.stop()
         tg.cancel_scope.cancel()
@@ -237,7 +243,7 @@ async def test_a_slow_sink_pauses_fetching_without_leaving_the_group(
 
 @pytest.mark.asyncio
 async def test_kill_9_at_random_moments_then_exactly_once(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     n = 60000
     rng = np.random.default_rng(9)
@@ -281,7 +287,9 @@ async def test_kill_9_at_random_moments_then_exactly_once(
     assert inspect(idx)["ntotal"] == n
 
 
-def test_out_of_range_offset_is_an_error(kafka: str, topic_name: str, tmp_path: Path) -> None:
+def test_out_of_range_offset_is_an_error(
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
+) -> None:
     anyio.run(create_topic, kafka, topic_name, 1)
     anyio.run(lambda: produce(kafka, topic_name, range(10), np.ones((10, 4), np.float32)))
     idx = tmp_path / "idx"

@@ -95,7 +95,7 @@ def test_a_bad_kafka_url_is_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_until_idle_waits_for_partitions_a_dead_member_still_holds(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     """A is killed right after joining; B (--until-idle 2) must not stop while A's
     partitions are unread: it waits for the group to hand them over, and indexes all."""

@@ -79,7 +79,7 @@ async def test_record_metadata_is_stored_returned_and_filtered(
 
 @pytest.mark.asyncio
 async def test_f32_record_headers_become_the_payload(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     x = np.random.default_rng(2).standard_normal((50, 4)).astype(np.float32)
     headers = [[("source", b"crawler"), ("lang", [b"en", b"fr"][i % 2])] for i in range(50)]

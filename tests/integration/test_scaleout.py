@@ -118,7 +118,7 @@ def assert_exact(idx: Path, x: np.ndarray, workers: Workers) -> None:
 
 
 def test_two_and_three_workers_ingest_every_record_once(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     for n_workers in (2, 3):
         topic = f"{topic_name}-{n_workers}"
@@ -146,7 +146,7 @@ def test_two_and_three_workers_ingest_every_record_once(
 
 
 def test_merged_search_equals_one_index_holding_everything(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     anyio.run(create_topic, kafka, topic_name, 4)
     x = vectors(6000, seed=9)
@@ -179,7 +179,7 @@ def test_merged_search_equals_one_index_holding_everything(
 
 
 def test_workers_joining_and_leaving_mid_stream_lose_and_double_nothing(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     anyio.run(create_topic, kafka, topic_name, 4)
     x = vectors(30_000, seed=11)
@@ -205,7 +205,7 @@ def test_workers_joining_and_leaving_mid_stream_lose_and_double_nothing(
 
 
 def test_a_killed_worker_loses_nothing_the_others_take_over(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     anyio.run(create_topic, kafka, topic_name, 4)
     x = vectors(30_000, seed=12)

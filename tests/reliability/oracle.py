@@ -72,6 +72,9 @@ def check(idx: Path, x: np.ndarray, payloads: bool = False) -> Verdict:
 
 
 def ingest_argv(kafka: str, topic: str, idx: Path, *extra: str) -> list[str]:
+    """``embedstream ingest`` of ``topic`` into ``idx``, on the Kafka client the
+    ``kafka_client`` fixture chose (aiokafka when the test has none)."""
+    client = os.environ.get("EMBEDSTREAM_TEST_KAFKA_CLIENT", "aiokafka")
     return [
         sys.executable,
         "-m",
@@ -83,6 +86,8 @@ def ingest_argv(kafka: str, topic: str, idx: Path, *extra: str) -> list[str]:
         "--group",
         f"g-{topic}",
         "--no-progress",
+        "--kafka-client",
+        client,
         *extra,
     ]
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.asyncio
 async def test_crash_at_every_step_of_the_snapshot_protocol(
-    kafka: str, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(11)
     per_round = 1500
@@ -47,7 +47,9 @@ async def test_crash_at_every_step_of_the_snapshot_protocol(
 
 
 @pytest.mark.asyncio
-async def test_kill_9_while_ingesting(kafka: str, topic_name: str, tmp_path: Path) -> None:
+async def test_kill_9_while_ingesting(
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
+) -> None:
     x = np.random.default_rng(12).standard_normal((50_000, 32)).astype(np.float32)
     await create_topic(kafka, topic_name, 4)
     # Every record carries its payload in its headers: vectors and payloads must
@@ -63,7 +65,7 @@ async def test_kill_9_while_ingesting(kafka: str, topic_name: str, tmp_path: Pat
 
 @pytest.mark.asyncio
 async def test_broker_restart_mid_stream(
-    kafka: str, kafka_broker, topic_name: str, tmp_path: Path
+    kafka_client: str, kafka: str, kafka_broker, topic_name: str, tmp_path: Path
 ) -> None:
     if kafka_broker is None:
         pytest.skip("the broker was given from outside (KAFKA_BOOTSTRAP_SERVERS)")
