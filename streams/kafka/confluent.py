@@ -42,6 +42,9 @@ __all__ = ["ConfluentConsumer", "confluent_available"]
 
 log = logging.getLogger("embedstream.kafka")
 
+CONSUME_BYTES = 32 << 20
+"""About how many value bytes one ``consume`` takes."""
+
 _offset = methodcaller("offset")
 _value = methodcaller("value")
 _key = methodcaller("key")
@@ -100,9 +103,9 @@ class ConfluentConsumer:
             "group.id": group,
             # Fetch in big steps: librdkafka prefetches into its own queue
             # (queued.max.messages.kbytes) while the pipeline works.
-            "fetch.max.bytes": 32 << 20,
-            "max.partition.fetch.bytes": 8 << 20,
-            "queued.max.messages.kbytes": 128 << 10,
+            "fetch.max.bytes": 16 << 20,
+            "max.partition.fetch.bytes": 4 << 20,
+            "queued.max.messages.kbytes": 32 << 10,
             "max.poll.interval.ms": int(rebalance_timeout * 1000),
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 3_000,
@@ -121,6 +124,9 @@ class ConfluentConsumer:
         self._highwater: dict[Any, int] = {}
         self._topics: dict[str, set[int]] = {}
         self._error: Exception | None = None
+        # Value bytes of the last message seen: a consume takes about
+        # CONSUME_BYTES of messages (50,000 768-d vectors would be 150 MB at once).
+        self._message_bytes = 0
         # Set while a rebalance callback runs: commits wait in _deferred for it.
         self._in_callback = False
         self._deferred: dict[Any, int] = {}
@@ -213,9 +219,14 @@ class ConfluentConsumer:
         self, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[Any, list[Any]]:
         consumer = self._consumer
+        wanted = max_records or 100_000
+        if self._message_bytes:
+            wanted = max(256, min(wanted, CONSUME_BYTES // self._message_bytes))
         messages = await anyio.to_thread.run_sync(
-            lambda: consumer.consume(num_messages=max_records or 100_000, timeout=timeout_ms / 1000)
+            lambda: consumer.consume(num_messages=wanted, timeout=timeout_ms / 1000)
         )
+        if messages:
+            self._message_bytes = max(1, len(messages[-1]))
         if self._error is not None:
             error, self._error = self._error, None
             raise error
