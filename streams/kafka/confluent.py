@@ -16,9 +16,11 @@ of ``confluent_kafka.Consumer``:
   asks for, and then assigns the partitions at exactly those offsets: a partition is
   never fetched from anywhere else. Eager rebalancing, as with aiokafka.
 - confluent-kafka lets one thread at a time into a consumer: a commit from another
-  thread waits until ``consume`` returns. A hand-over inside a rebalance callback
-  snapshots and commits, so a commit asked for during a callback is kept and made
-  by the callback itself (in its thread) once the listener is done.
+  thread waits until ``consume`` returns, and for ever when ``consume`` is inside a
+  rebalance callback whose hand-over waits for a snapshot that waits for that
+  commit. So every commit is made by the consuming thread: right after its next
+  ``consume``, or at the end of the rebalance callback (asynchronously, its result
+  logged by ``on_commit``).
 - Offsets are never reset silently (``auto.offset.reset=error``), and auto-commit is
   off: offsets are committed after a durable snapshot, as with aiokafka.
 - Partitions are ``aiokafka.structs.TopicPartition`` tuples on the source's side,
@@ -28,6 +30,7 @@ of ``confluent_kafka.Consumer``:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from operator import methodcaller
 from typing import Any
@@ -53,6 +56,12 @@ _headers = methodcaller("headers")
 
 def _timestamp(m: Any) -> int:
     return int(m.timestamp()[1])
+
+
+def _committed(err: Any, partitions: list[Any]) -> None:
+    if err is not None:
+        # Commits only inform lag tools; the snapshot already holds the truth.
+        log.warning("committing offsets failed: %s", err)
 
 
 def confluent_available() -> bool:
@@ -115,6 +124,7 @@ class ConfluentConsumer:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "error",
             "enable.partition.eof": False,
+            "on_commit": _committed,
         }
         self._consumer: Any = None
         self._listener: Any = None
@@ -127,9 +137,9 @@ class ConfluentConsumer:
         # Value bytes of the last message seen: a consume takes about
         # CONSUME_BYTES of messages (50,000 768-d vectors would be 150 MB at once).
         self._message_bytes = 0
-        # Set while a rebalance callback runs: commits wait in _deferred for it.
-        self._in_callback = False
+        # Commits asked for, made by the consuming thread (see commit()).
         self._deferred: dict[Any, int] = {}
+        self._deferred_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -146,7 +156,12 @@ class ConfluentConsumer:
     async def stop(self) -> None:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
-            await anyio.to_thread.run_sync(consumer.close)
+
+            def close() -> None:
+                self._commit_deferred(consumer)
+                consumer.close()
+
+            await anyio.to_thread.run_sync(close)
 
     # -- group membership ---------------------------------------------------------------
 
@@ -164,7 +179,6 @@ class ConfluentConsumer:
 
         tps = [self._tp(p) for p in partitions]
         self._pending = {}
-        self._in_callback = True
         try:
             if self._listener is not None:
                 anyio.from_thread.run(self._listener.on_partitions_assigned, tps)
@@ -172,7 +186,6 @@ class ConfluentConsumer:
             self._error = exc
         finally:
             pending, self._pending = self._pending, None
-            self._in_callback = False
             self._commit_deferred(consumer)
         consumer.assign(
             [
@@ -184,14 +197,12 @@ class ConfluentConsumer:
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         tps = [self._tp(p) for p in partitions]
-        self._in_callback = True
         try:
             if self._listener is not None and tps:
                 anyio.from_thread.run(self._listener.on_partitions_revoked, tps)
         except Exception:
             log.exception("handing over %s failed", tps)
         finally:
-            self._in_callback = False
             # The hand-over's snapshot commits while the partitions are still ours.
             self._commit_deferred(consumer)
         self._assigned = []
@@ -200,12 +211,13 @@ class ConfluentConsumer:
     def _commit_deferred(self, consumer: Any) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        offsets, self._deferred = self._deferred, {}
+        with self._deferred_lock:
+            offsets, self._deferred = self._deferred, {}
         if not offsets:
             return
         parts = [TopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
         try:
-            consumer.commit(offsets=parts, asynchronous=False)
+            consumer.commit(offsets=parts, asynchronous=True)
         except KafkaException as exc:
             # Commits only inform lag tools; the snapshot already holds the truth.
             log.warning("committing offsets %s failed: %s", offsets, exc)
@@ -222,9 +234,13 @@ class ConfluentConsumer:
         wanted = max_records or 100_000
         if self._message_bytes:
             wanted = max(256, min(wanted, CONSUME_BYTES // self._message_bytes))
-        messages = await anyio.to_thread.run_sync(
-            lambda: consumer.consume(num_messages=wanted, timeout=timeout_ms / 1000)
-        )
+
+        def consume() -> list[Any]:
+            got: list[Any] = consumer.consume(num_messages=wanted, timeout=timeout_ms / 1000)
+            self._commit_deferred(consumer)
+            return got
+
+        messages = await anyio.to_thread.run_sync(consume)
         if messages:
             self._message_bytes = max(1, len(messages[-1]))
         if self._error is not None:
@@ -310,22 +326,13 @@ class ConfluentConsumer:
         return int(high) if high >= 0 else None
 
     async def commit(self, offsets: Any = None) -> None:
-        from aiokafka.errors import KafkaError
-        from confluent_kafka import KafkaException, TopicPartition
-
-        if self._in_callback:
-            # The consumer is inside consume() in the callback's thread: this
-            # commit would wait for it forever; the callback makes it.
+        """Commit ``offsets`` (partition -> next offset) from the consuming thread,
+        right after its next ``consume`` (or at the end of a rebalance callback):
+        confluent-kafka lets one thread at a time into a consumer, and a commit
+        from another thread would wait for ``consume`` to return, or for ever when
+        it is inside a rebalance callback waiting for this very commit."""
+        with self._deferred_lock:
             self._deferred.update({tp: int(o) for tp, o in offsets.items()})
-            return
-        parts = [TopicPartition(tp.topic, tp.partition, int(o)) for tp, o in offsets.items()]
-        consumer = self._consumer
-        try:
-            await anyio.to_thread.run_sync(
-                lambda: consumer.commit(offsets=parts, asynchronous=False)
-            )
-        except KafkaException as exc:
-            raise KafkaError(f"librdkafka: {exc}") from None
 
     async def end_offsets(self, partitions: Any) -> dict[Any, int]:
         from aiokafka.errors import KafkaError

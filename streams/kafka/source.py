@@ -301,6 +301,7 @@ class KafkaSource(Source):
                 await anyio.sleep(min(0.2 * self._transient_errors, 2.0))
                 continue
             self._transient_errors = 0
+            self._learn_ends(consumer)
             now = time.monotonic()
             if fetched:
                 last_record = now
@@ -378,6 +379,7 @@ class KafkaSource(Source):
         self._emitted[part] = nxt
         lag = self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
         lag.position = nxt
+        lag.end_known = True
         lag.last_timestamp = float(timestamps[-1])
         hw = self.consumer.highwater(tp) if self.consumer is not None else None
         if hw is not None:
@@ -428,6 +430,19 @@ class KafkaSource(Source):
             still = set(consumer.assignment())
             consumer.resume(*[tp for tp in paused if tp in still])
 
+    def _learn_ends(self, consumer: Consumer) -> None:
+        """Take the end of each partition that has not said where it ends since it
+        was assigned from the client's last fetch response (no request: a caught-up
+        partition fetches nothing, yet its lag is known to be 0)."""
+        for lag in self.lag.values():
+            if not lag.end_known:
+                from aiokafka.structs import TopicPartition
+
+                hw = consumer.highwater(TopicPartition(lag.topic, lag.partition))
+                if hw is not None:
+                    lag.highwater = hw
+                    lag.end_known = True
+
     def _out_of_range(self, exc: Exception) -> SourceError:
         detail = getattr(exc, "args", [None])[0]
         where = (
@@ -463,7 +478,8 @@ class KafkaSource(Source):
                 consumer.seek(tp, int(offset))
                 # Everything before it is in the index: as good as emitted.
                 self._emitted[part] = int(offset)
-            self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
+            lag = self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
+            lag.position = self._emitted.get(part, 0)
         if fresh:
             await consumer.seek_to_beginning(*fresh)
         log.info("assigned %s", sorted(partition_name(tp.topic, tp.partition) for tp in partitions))
@@ -491,7 +507,8 @@ class KafkaSource(Source):
                     self._emitted[name] = int(offset)
                 else:
                     fresh.append(tp)
-                self.lag.setdefault(name, PartitionLag(tp.topic, tp.partition))
+                lag = self.lag.setdefault(name, PartitionLag(tp.topic, tp.partition))
+                lag.position = self._emitted.get(name, 0)
             if fresh:
                 await consumer.seek_to_beginning(*fresh)
         except Exception as exc:
@@ -547,6 +564,8 @@ class KafkaSource(Source):
             rebalances=self._rebalances,
             commits=self._commits,
             consumer_restarts=self._restarts,
+            # A partition's lag is known once a fetch said where its end is: one
+            # just assigned is not "0 behind" before that.
             lag={
                 name: PartitionLagStatistics(
                     lag.topic,
@@ -557,6 +576,7 @@ class KafkaSource(Source):
                     lag.highwater,
                 )
                 for name, lag in self.lag.items()
+                if lag.end_known
             },
             first_assignment_at=self._first_assignment_at,
             until_idle=self.until_idle,

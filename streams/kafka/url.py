@@ -72,6 +72,8 @@ class PartitionLag:
     position: int = 0
     highwater: int = 0
     last_timestamp: float = 0.0
+    # Its end is known since it was assigned (a fetch response said where it is).
+    end_known: bool = False
 
     @property
     def records(self) -> int:

@@ -157,6 +157,8 @@ async def test_two_processes_in_one_group_split_partitions_and_lag_reaches_zero(
                         "--snapshot-every",
                         "0.5",
                         "--no-progress",
+                        "--kafka-client",
+                        kafka_client,
                     ],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
