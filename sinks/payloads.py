@@ -448,7 +448,13 @@ class PayloadStore:
         if len(at):
             keep = np.ones(len(block), bool)
             keep[at] = False
-            self._block = block.take(np.flatnonzero(keep))
+            smaller = block.take(np.flatnonzero(keep))
+            if block._order is not None:
+                # The id order of what is left, in one pass instead of a new sort
+                # (upserts remove from big sealed segments batch after batch).
+                order = block._order[keep[block._order]]
+                smaller._order = (np.cumsum(keep) - 1)[order]
+            self._block = smaller
 
     def get(self, ids: Ids) -> list[Payload]:
         """The payload of each of ``ids`` (``None`` where it has none or is absent)."""
