@@ -77,6 +77,7 @@ class Snapshotter:
         # Held while a snapshot is written, and by claims and releases (which must
         # not change the shards under a snapshot).
         self.lock = anyio.Lock()
+        self._listening = anyio.Lock()
 
     def __repr__(self) -> str:
         return f"<Snapshotter {self.store.root} seq={self.stats.last_snapshot_seq}>"
@@ -132,10 +133,14 @@ class Snapshotter:
             st.last_snapshot_bytes = written
             st.snapshot_bytes_total += written
             positions = self.saved_positions()
+        # Listeners (the Kafka source commits offsets) run after the lock is let go:
+        # a commit may wait for a consumer-group rebalance, whose hand-over claims or
+        # releases shards under this lock. Their own lock keeps them one at a time.
+        async with self._listening:
             for fn in self.listeners:
                 await fn(seq, positions)
             self.store._step("snapshot:listeners-done")
-            return seq
+        return seq
 
     async def _capture(self, shard: Shard) -> tuple[Capture, ShardManifest]:
         """Write ``shard``'s changed segments, key map and float map; its entry."""

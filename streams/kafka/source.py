@@ -179,6 +179,7 @@ class KafkaSource(Source):
         self._failure: Exception | None = None
         self._rebalances = 0
         self._commits = 0
+        self._committed_seq = -1
         self._transient_errors = 0
         self._restarts = 0
         self._first_assignment_at: float | None = None
@@ -536,10 +537,13 @@ class KafkaSource(Source):
         log.info("revoked %s", sorted(partition_name(tp.topic, tp.partition) for tp in partitions))
 
     async def on_snapshot(self, seq: int, positions: Positions) -> None:
-        """Commit the offsets a durable snapshot holds (for lag tools only)."""
+        """Commit the offsets a durable snapshot holds (for lag tools only); a
+        snapshot older than one already committed is skipped (snapshots call their
+        listeners outside their lock, so two may come close together)."""
         consumer = self.consumer
-        if consumer is None:
+        if consumer is None or seq <= self._committed_seq:
             return
+        self._committed_seq = seq
         from aiokafka.errors import KafkaError
         from aiokafka.structs import TopicPartition
 
