@@ -28,6 +28,7 @@ from sinks import SnapshotStore, open_snapshot
 from sinks.expiry import parse_duration
 from sinks.store import chain_names
 from streams.app.ingest import IngestOptions, build_ingest_pipeline
+from streams.app.jsonable import jsonable
 from streams.app.logs import configure as configure_logging
 from streams.app.memory import pin_mmap_threshold
 from streams.app.progress import channel_table, summary_line
@@ -385,7 +386,7 @@ def search(
         out.write(json.dumps({"positions": results.positions, "snapshots": results.snapshots}))
         out.write("\n")
     for row in results.rows():
-        out.write(json.dumps(row) + "\n")
+        out.write(json.dumps(jsonable(row)) + "\n")
 
 
 @main.command()

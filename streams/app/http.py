@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
@@ -45,6 +44,7 @@ from starlette.routing import Route
 from sinks.filters import FilterError, parse_filter
 from sinks.freshness import SearchTimeout
 from sinks.params import parse_params
+from streams.app.jsonable import jsonable
 from streams.errors import ConfigError, EmbedstreamError
 from streams.pipeline import PipelineMetrics
 
@@ -237,19 +237,9 @@ def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int
     return host or default_host, int(port)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def stats_json(m: PipelineMetrics) -> dict[str, Any]:
     """The JSON body of ``/stats``."""
-    body: dict[str, Any] = _clean(
+    body: dict[str, Any] = jsonable(
         {
             "elapsed_seconds": m.elapsed_seconds,
             "bottleneck": m.bottleneck(),
@@ -293,7 +283,7 @@ def make_app(
     async def get_health(_: Request) -> Response:
         ok = healthy()
         body = {"status": "ok" if ok else "stopping", **(health() if health else {})}
-        return JSONResponse(_clean(body), status_code=200 if ok else 503)
+        return JSONResponse(jsonable(body), status_code=200 if ok else 503)
 
     async def get_stats(_: Request) -> Response:
         return JSONResponse(stats())
@@ -328,7 +318,7 @@ def make_app(
             return _error(500, f"search failed: {type(exc).__name__}: {exc}")
         return JSONResponse(
             {
-                "results": _clean(results.rows()),
+                "results": jsonable(results.rows()),
                 "positions": results.positions,
                 "snapshots": results.snapshots,
             }

@@ -414,3 +414,13 @@ async def test_search_with_a_filter_and_payloads(payload_index: Path) -> None:
     ):
         status, text = await _asgi_post(app, json.dumps({**body, "filter": bad}).encode())
         assert status == 400 and says in json.loads(text)["error"], (bad, text)
+
+
+def test_answers_are_strict_json() -> None:
+    """NaN scores become null and bytes in msgpack payloads base64, in HTTP answers
+    and in what `embedstream search` prints."""
+    from streams.app.jsonable import jsonable
+
+    got = jsonable({"scores": [float("nan"), 0.5], "payloads": [{"blob": b"\x00\x01"}, None]})
+    assert got == {"scores": [None, 0.5], "payloads": [{"blob": {"base64": "AAE="}}, None]}
+    json.dumps(got, allow_nan=False)
