@@ -13,6 +13,7 @@ nothing after it is.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ class Shard:
         self.ttl: float | None = None
         self.expiry = expiry
         self.expired = expired
+        self._sweeping = threading.Lock()
         self.clock: Callable[[], float] = time.time
         self.position: Position = dict(position or {})
         self.keys: dict[int, str] = dict(keys or {})
@@ -284,6 +286,13 @@ class Shard:
         earlier (blocking). Returns how many."""
         if self.expiry is None:
             return 0
+        # One sweep at a time: a second caller must not see the next deadline move
+        # on while the first still removes what was due, and return early.
+        with self._sweeping:
+            return self._expire(now)
+
+    def _expire(self, now: float | None) -> int:
+        assert self.expiry is not None
         now = self.clock() if now is None else now
         if now < self.expiry.next_deadline:
             return 0
