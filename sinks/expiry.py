@@ -5,8 +5,10 @@ the Kafka timestamp, else the time it was indexed. An upsert renews it (the
 newest deadline of an id wins); a delete forgets it. The sink's expiry task
 removes what is due from the shard's index at the next deadline (removal as for a
 delete: gone from IVF and flat indexes at once, tombstoned and later compacted
-out of HNSW graphs), so a search never sees a vector past its deadline once the
-sweep ran, a few milliseconds after it.
+out of HNSW graphs), a few milliseconds after it. Until that sweep ran (and in a
+snapshot opened read-only, until the writer's next snapshot), searches leave out
+the vectors past their deadline themselves (:meth:`Expiry.overdue`), so an
+expired vector is invisible at once.
 
 The deadlines of a shard live in :class:`Expiry`, laid out like
 :class:`sinks.idset.IdSet`: one array sorted by id (unique ids) plus recent runs
@@ -71,6 +73,9 @@ class Expiry:
         self._runs: list[tuple[Ids, Times]] = []
         self._run_total = 0
         self._next = float(self._deadlines.min()) if len(self._deadlines) else math.inf
+        # Changes with every put or sweep; keys the by-deadline view searches read.
+        self._version = 0
+        self._by_deadline: tuple[int, Ids, Times] | None = None
 
     def __repr__(self) -> str:
         return f"<Expiry {len(self._ids)} + {self._run_total} recent, next {self._next}>"
@@ -91,6 +96,7 @@ class Expiry:
             return
         self._runs.append((np.asarray(ids, np.int64).copy(), np.asarray(deadlines, np.float64)))
         self._run_total += len(ids)
+        self._version += 1
         self._next = min(self._next, float(np.min(deadlines)))
         if self._run_total > max(65536, len(self._ids) // 4):
             self._fold()
@@ -109,8 +115,31 @@ class Expiry:
         out = self._ids[expired]
         if len(out):
             self._ids, self._deadlines = self._ids[~expired], self._deadlines[~expired]
+            self._version += 1
         self._next = float(self._deadlines.min()) if len(self._deadlines) else math.inf
         return out
+
+    def overdue(self, now: float) -> Ids:
+        """The ids whose deadline is ``now`` or earlier, without forgetting them:
+        what a search must leave out until the sweep removed them.
+
+        Reads only (safe under the shard's read lock, beside other readers): the
+        deadlines sorted once per change are kept for the next search, so a search
+        in the moment between a deadline and its sweep costs a binary search.
+        """
+        if now < self._next:
+            return np.zeros(0, np.int64)
+        view = self._by_deadline
+        if view is None or view[0] != self._version:
+            version = self._version
+            ids = np.concatenate([self._ids, *(r[0] for r in self._runs)])
+            dl = np.concatenate([self._deadlines, *(r[1] for r in self._runs)])
+            ids, dl = _latest(ids, dl)
+            order = np.argsort(dl, kind="stable")
+            # One assignment: a reader sees the old view or the new one, whole.
+            view = self._by_deadline = (version, ids[order], dl[order])
+        _, ids, dl = view
+        return ids[: int(np.searchsorted(dl, now, side="right"))]
 
     def _fold(self) -> None:
         if self._runs:

@@ -59,9 +59,11 @@ def search_filtered(
     k: int,
     params: SearchParams | None,
     node: Filter,
+    hidden: npt.NDArray[np.int64] | None = None,
 ) -> Result | None:
     """Top-``k`` of ``seg`` among the vectors that pass ``node`` (blocking, under
-    the shard's read lock); ``None`` when none passes.
+    the shard's read lock); ``None`` when none passes. ``hidden``: ids left out
+    whatever their payload (expired ones).
 
     Raises:
         ConfigError: binary segments, which have no filtered search.
@@ -70,9 +72,11 @@ def search_filtered(
         raise ConfigError("filters do not apply to binary codes (--quantize binary)")
     store = seg.payloads
     if store.blank:
-        return seg.search(queries, k, params) if _passes_blank(node) else None
+        return seg.search(queries, k, params, hidden) if _passes_blank(node) else None
     block = store.block
     mask = evaluate(node, block)
+    if hidden is not None and len(hidden):
+        mask &= ~np.isin(block.ids, hidden)
     if isinstance(seg.index, faiss.IndexIVF):
         return _ivf(seg, queries, k, params, block.ids, mask)
     rows = seg.payload_rows()

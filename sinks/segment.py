@@ -461,22 +461,30 @@ class Segment:
         return isinstance(faiss.downcast_index(inner), faiss.IndexHNSW)
 
     def search(
-        self, queries: npt.NDArray[np.float32], k: int, params: SearchParams | None = None
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        params: SearchParams | None = None,
+        hidden: npt.NDArray[np.int64] | None = None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Top-``k`` of this segment, with search-time ``params`` (:mod:`sinks.params`);
         binary segments search the queries' sign bits and score by Hamming distance.
+        ``hidden``: ids left out (besides the dead ones), e.g. expired ones.
 
         Raises:
             ConfigError: a parameter this segment's index type does not have.
         """
+        if hidden is not None:
+            hidden = hidden[self.ids.contains(hidden)] if len(hidden) else None
+            hidden = hidden if hidden is not None and len(hidden) else None
         if self.binary:
             if params:
                 raise ConfigError("binary codes (--quantize binary) take no search parameters")
-            dist, ids = self.index.search(np.packbits(queries > 0, axis=1), k)
-            return dist.astype(np.float32), ids
+            return self._search_binary(queries, k, hidden)
         sel = keep = None
-        if len(self.dead):
-            dead = self.dead.to_array()
+        if len(self.dead) or hidden is not None:
+            parts = [self.dead.to_array()] if len(self.dead) else []
+            dead = np.concatenate([*parts, *([hidden] if hidden is not None else [])])
             keep = faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
             sel = faiss.IDSelectorNot(keep)
         search_params, alive = make_search_parameters(self.index, params or {}, sel)
@@ -486,6 +494,24 @@ class Segment:
             scores, ids = self.index.search(queries, k, params=search_params)
         del keep, alive  # kept alive until the search is done
         return scores, ids
+
+    def _search_binary(
+        self, queries: npt.NDArray[np.float32], k: int, hidden: npt.NDArray[np.int64] | None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        bits = np.packbits(queries > 0, axis=1)
+        if hidden is None:
+            dist, ids = self.index.search(bits, k)
+            return dist.astype(np.float32), ids
+        # Binary indexes take no selector: ask for the hidden ones more, drop them.
+        want = min(self.ntotal, k + len(hidden))
+        dist, ids = self.index.search(bits, want)
+        keep = (ids >= 0) & ~np.isin(ids, hidden)
+        # Per row, the kept results first, in their order.
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        kept = np.take_along_axis(keep, order, axis=1)
+        out_d = np.where(kept, np.take_along_axis(dist, order, axis=1), np.nan)
+        out_i = np.where(kept, np.take_along_axis(ids, order, axis=1), -1)
+        return out_d.astype(np.float32), out_i
 
     def reconstruct(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
         """The stored vectors (or codes) of ``ids``, all of which this segment holds

@@ -329,19 +329,26 @@ class Shard:
         """Top-``k`` of this shard (blocking); ids -1 where it has fewer than k.
         ``where``: only vectors whose payload passes this filter (:mod:`sinks.filtered`).
 
-        Binary shards score by Hamming distance (lower is better).
+        Binary shards score by Hamming distance (lower is better). Vectors past
+        their expiry deadline are left out even before the sweep removed them.
         """
         n = len(queries)
         with self.lock.read():
+            hidden = None
+            if self.expiry is not None:
+                hidden = self.expiry.overdue(self.clock())
+                hidden = hidden if len(hidden) else None
             # No segment is asked for more than it holds: a huge k costs only the
             # merged result, never a FAISS allocation of nq x k per segment.
             if where is None:
                 parts = [
-                    s.search(queries, min(k, s.ntotal), params) for s in self.segments if s.ntotal
+                    s.search(queries, min(k, s.ntotal), params, hidden)
+                    for s in self.segments
+                    if s.ntotal
                 ]
             else:
                 found = [
-                    search_filtered(s, queries, min(k, s.ntotal), params, where)
+                    search_filtered(s, queries, min(k, s.ntotal), params, where, hidden)
                     for s in self.segments
                     if s.ntotal
                 ]

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import anyio
+import faiss
 import numpy as np
 import pytest
 
 from sinks import FaissSink, open_snapshot
 from sinks.expiry import Expiry, parse_duration
+from sinks.segment import Segment
 from streams import ConfigError
 from streams.records import Batch
 from tests.helpers import run_cli
@@ -174,3 +176,55 @@ def test_search_positions_say_up_to_where_each_shard_was_searched(tmp_path: Path
     view = open_snapshot(tmp_path / "idx")
     res = view.search(x[:1], 1)
     assert res.positions == head["positions"] and res.snapshots == {"files": 1}
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8", "IVF4,Flat"])
+@pytest.mark.asyncio
+async def test_vectors_past_their_deadline_are_invisible_before_any_sweep(
+    tmp_path: Path, factory: str
+) -> None:
+    """A snapshot opened read-only is never swept: its searches leave out what is
+    past its deadline themselves, with and without a filter, the payloads too."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, DIM)).astype(np.float32)
+    clock = Clock(0.0)
+    sink = FaissSink(tmp_path / "idx", factory=factory, metric="l2", snapshot_every=None,
+                     ttl=100, clock=clock, train_size=200)  # fmt: skip
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        first = _batch(range(200), x, 0.0, 1)  # deadline 100
+        first.metadata = [{"half": "first"}] * 200
+        second = _batch(range(200, 400), x, 50.0, 2)  # deadline 150
+        second.metadata = [{"half": "second"}] * 200
+        await sink.write(first)
+        await sink.write(second)
+        await sink.close(ok=True)
+    view = open_snapshot(tmp_path / "idx")
+    for shard in view.shards:
+        shard.clock = clock
+    params = {"nprobe": 4} if "IVF" in factory else {"efSearch": 64} if "HNSW" in factory else None
+    early = view.search(x[:50], 5, params)
+    assert set(early.ids.ravel().tolist()) & set(range(200))
+    clock.now = 120.0
+    late = view.search(x[:50], 5, params, with_payload=True)
+    found = set(late.ids.ravel().tolist())
+    assert not found & set(range(200)) and -1 not in found  # still k answers each
+    assert {p["half"] for p in (late.payloads or {}).values()} == {"second"}
+    kept = view.search(x[:50], 5, params, filter={"half": {"in": ["first", "second"]}})
+    assert not set(kept.ids.ravel().tolist()) & set(range(200))
+    assert view.search(x[:5], 5, params, filter={"half": "first"}).ids.max() == -1
+    assert view.ntotal == 400  # hidden, not removed: the writer's sweep removes them
+    clock.now = 151.0
+    assert view.search(x[:5], 5, params).ids.max() == -1
+
+
+def test_binary_segments_leave_hidden_ids_out_and_still_answer_k() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 32)).astype(np.float32)
+    seg = Segment(faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(32)))
+    seg.add(np.packbits(x > 0, axis=1), np.arange(64, dtype=np.int64))
+    _, every = seg.search(x[:8], 5)
+    hidden = np.unique(every[:, :3])
+    dist, ids = seg.search(x[:8], 5, hidden=hidden)
+    assert not np.isin(ids, hidden).any() and (ids >= 0).all()
+    assert (np.diff(dist, axis=1) >= 0).all()
