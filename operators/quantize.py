@@ -13,10 +13,18 @@ A :class:`Codec` holds the trained state. The same codec object is given to
 the sink builds indexes that hold the codes, answers float queries (asymmetric
 distances for ``sq8`` and ``pq``, the queries' sign bits for ``binary``), and
 persists the trained codec in its snapshots, so a restart encodes exactly as before.
+
+Trained codecs (``sq8``, ``pq``) have generations: when the stream drifts away from
+what the codec was trained on, the sink trains a new state and :meth:`Codec.adopt`
+swaps it in (:mod:`sinks.retrain`). Every batch says which generation encoded it
+(:attr:`streams.records.Batch.codec_tag`) and carries its float vectors along, so
+the sink measures the drift on the floats and re-encodes a batch that was encoded
+by the generation before a swap.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,7 +63,10 @@ class Codec:
         self.pq_m = pq_m
         self.metric = metric
         self.dim: int | None = None
-        self._index: Any = None  # the trained, empty FAISS index (not binary)
+        # (generation, token, trained empty FAISS index), replaced as one: the
+        # operator encodes in a worker thread while the sink may adopt a new one.
+        # The token names a retrained generation's state (None for the first).
+        self._state: tuple[int, str | None, Any] = (0, None, None)
 
     def __repr__(self) -> str:
         return f"<Codec {self.kind} dim={self.dim} trained={self.is_trained}>"
@@ -66,7 +77,29 @@ class Codec:
 
     @property
     def is_trained(self) -> bool:
-        return self.dim is not None and (self.binary or self._index is not None)
+        return self.dim is not None and (self.binary or self._state[2] is not None)
+
+    @property
+    def trainable(self) -> bool:
+        """True for codecs trained from data (``sq8``, ``pq``), which can drift."""
+        return not self.binary
+
+    @property
+    def generation(self) -> int:
+        """How many times the codec was retrained (0: its first training)."""
+        return self._state[0]
+
+    @property
+    def token(self) -> str | None:
+        """The current generation's name: the SHA-256 of its :meth:`state` for a
+        retrained codec (segments of it record it), None for the first training."""
+        return self._state[1]
+
+    @property
+    def tag(self) -> tuple[int, str | None]:
+        """(generation, token) of the current state."""
+        generation, token, _ = self._state
+        return generation, token
 
     @property
     def code_size(self) -> int:
@@ -74,14 +107,17 @@ class Codec:
         assert self.dim is not None
         if self.binary:
             return (self.dim + 7) // 8
-        return int(self._index.sa_code_size())
+        return int(self._state[2].sa_code_size())
 
-    def train(self, sample: npt.NDArray[np.float32]) -> None:
-        """Train on ``sample`` (rows x dim), blocking."""
+    def trained_index(self, sample: npt.NDArray[np.float32]) -> Any:
+        """A new trained empty FAISS index for ``sample`` (rows x dim), blocking;
+        the codec itself is not changed (see :meth:`adopt`).
+
+        Raises:
+            ConfigError: ``pq`` sub-quantizers that do not divide the dimension.
+        """
+        assert not self.binary
         dim = int(sample.shape[1])
-        self.dim = dim
-        if self.binary:
-            return
         metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
         index: Any
         if self.kind == "sq8":
@@ -91,33 +127,68 @@ class Codec:
                 raise ConfigError(f"pq: {self.pq_m} sub-quantizers do not divide dimension {dim}")
             index = faiss.IndexPQ(dim, self.pq_m, 8, metric)
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        self._index = index
+        return index
+
+    def train(self, sample: npt.NDArray[np.float32]) -> None:
+        """Train on ``sample`` (rows x dim), blocking: the first generation."""
+        dim = int(sample.shape[1])
+        if self.binary:
+            self.dim = dim
+            return
+        index = self.trained_index(sample)
+        self.dim = dim
+        self._state = (0, None, index)
+
+    def adopt(self, index: Any) -> tuple[int, str | None]:
+        """Make ``index`` (from :meth:`trained_index`) the next generation; batches
+        encoded from now on say so. Returns its (generation, token)."""
+        assert self.dim is not None and not self.binary
+        generation = self._state[0] + 1
+        token = hashlib.sha256(self._state_bytes(index)).hexdigest()
+        self._state = (generation, token, index)
+        return generation, token
 
     def encode(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
         """Codes of the rows of ``x``."""
+        return self.encode_tagged(x)[0]
+
+    def encode_tagged(
+        self, x: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.uint8], tuple[int, str | None]]:
+        """Codes of the rows of ``x`` and the (generation, token) that made them."""
+        generation, token, index = self._state
         if self.binary:
-            return np.packbits(x > 0, axis=1)
-        codes: npt.NDArray[np.uint8] = self._index.sa_encode(np.ascontiguousarray(x, np.float32))
-        return codes
+            return np.packbits(x > 0, axis=1), (generation, token)
+        codes: npt.NDArray[np.uint8] = index.sa_encode(np.ascontiguousarray(x, np.float32))
+        return codes, (generation, token)
 
     def empty_index(self) -> Any:
         """A new empty index holding codes, with ids: ``IndexIDMap`` (or its binary
         twin) around a clone of the trained index (no reverse map: see
         :func:`sinks.segment.make_index`)."""
+        return self.empty_tagged()[0]
+
+    def empty_tagged(self) -> tuple[Any, str | None]:
+        """:meth:`empty_index` and the token of the generation it holds codes of."""
         assert self.dim is not None
+        _, token, index = self._state
         if self.binary:
-            return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(self.dim))
-        return faiss.IndexIDMap(faiss.clone_index(self._index))
+            return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(self.dim)), token
+        return faiss.IndexIDMap(faiss.clone_index(index)), token
+
+    def _state_bytes(self, index: Any) -> bytes:
+        head = f"{self.kind}:{self.dim}:{self.pq_m}:{self.metric}\n".encode()
+        body = b"" if self.binary else faiss.serialize_index(index).tobytes()
+        return head + body
 
     def state(self) -> bytes:
         """The trained state, for snapshots."""
         assert self.dim is not None
-        head = f"{self.kind}:{self.dim}:{self.pq_m}:{self.metric}\n".encode()
-        body = b"" if self.binary else faiss.serialize_index(self._index).tobytes()
-        return head + body
+        return self._state_bytes(self._state[2])
 
-    def restore(self, data: bytes) -> None:
-        """Take the trained state from a snapshot.
+    def restore(self, data: bytes, generation: int = 0) -> None:
+        """Take the trained state from a snapshot; ``generation``: the one the
+        snapshot names (a retrained state's token is its SHA-256).
 
         Raises:
             ConfigError: the snapshot holds another kind of codec.
@@ -127,8 +198,9 @@ class Codec:
         if kind != self.kind:
             raise ConfigError(f"the index was built with --quantize {kind}, not {self.kind}")
         self.dim, self.pq_m, self.metric = int(dim), int(pq_m), metric
-        if not self.binary:
-            self._index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
+        index = None if self.binary else faiss.deserialize_index(np.frombuffer(body, np.uint8))
+        token = hashlib.sha256(data).hexdigest() if generation else None
+        self._state = (generation, token, index)
 
 
 def quantize(
@@ -139,7 +211,9 @@ def quantize(
     Args:
         codec: the codec, shared with the sink.
         keep_floats: keep the full-precision vectors on the batch (``floats``) for
-            the sink's exact rerank.
+            the sink's exact rerank. Trained codecs (``sq8``, ``pq``) keep them on
+            the batch anyway, for the sink's drift check and re-encoding; the sink
+            stores them only with ``rerank``.
         name: the stage name.
     """
 
@@ -170,7 +244,10 @@ def quantize(
 
 def _encode(codec: Codec, b: Batch, keep_floats: bool) -> Batch:
     floats = b.vectors
-    b.vectors = codec.encode(floats) if len(b) else np.zeros((0, codec.code_size), np.uint8)
-    if keep_floats:
+    if len(b):
+        b.vectors, b.codec_tag = codec.encode_tagged(floats)
+    else:
+        b.vectors, b.codec_tag = np.zeros((0, codec.code_size), np.uint8), codec.tag
+    if keep_floats or codec.trainable:
         b.floats = floats
     return b

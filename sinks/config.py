@@ -73,7 +73,8 @@ class IndexConfig:
         # The trained template's SHA-256 (its object name once saved): segments
         # cloned from it carry it, so only segments of one codec generation merge
         # and the older ones are known for re-encoding. None for indexes that are
-        # not trained (Flat, HNSW) and for quantize codecs.
+        # not trained (Flat, HNSW) and for a quantize codec's first generation
+        # (a retrained one's is the SHA-256 of its state).
         self.token: str | None = None
         self._template_bytes: bytes | None = None
         # Template and token, replaced together (a writer thread reads both).
@@ -144,7 +145,9 @@ class IndexConfig:
         """True for an index whose codec was trained from data (IVF, PQ, SQ
         factories; quantize codecs are trained upstream and are not)."""
         assert self.dim is not None
-        return self.codec is None and not make_index(self.dim, self.factory, "l2").is_trained
+        if self.codec is not None:
+            return bool(self.codec.trainable)
+        return not make_index(self.dim, self.factory, "l2").is_trained
 
     def set_template(self, index: Any, digest: str | None = None) -> None:
         """Make ``index`` the template new segments clone; a trained one gets its
@@ -161,9 +164,15 @@ class IndexConfig:
         self._current = (index, token)
 
     def retrained(self, index: Any, record: RetrainRecord) -> None:
-        """Swap in a retrained template: the next codec generation."""
-        self.set_template(index)
-        self.template_object = None
+        """Swap in a retrained template (or quantize codec state): the next codec
+        generation."""
+        if self.codec is not None:
+            self.codec.adopt(index)
+            self.template, self.token = self.codec.empty_tagged()
+            self.codec_object = None
+        else:
+            self.set_template(index)
+            self.template_object = None
         self.generation = record.generation
         self.codec_fit = None
         self.last_retrain = record
@@ -176,7 +185,8 @@ class IndexConfig:
     def fresh(self) -> tuple[Any, str | None]:
         """A new empty segment index and the token of the template it clones."""
         if self.codec is not None:
-            return self.codec.empty_index(), None
+            index, token = self.codec.empty_tagged()
+            return index, token
         template, token = self._current
         assert template is not None
         return faiss.clone_index(template), token
@@ -236,9 +246,9 @@ class IndexConfig:
             )
         if self.codec is not None:
             assert held.codec is not None
-            self.codec.restore(read_regular(store.objects / held.codec))
+            self.codec.restore(read_regular(store.objects / held.codec), held.generation)
             self.codec_object = held.codec
-            self.template = self.codec.empty_index()
+            self.template, self.token = self.codec.empty_tagged()
             self.rerank = self.rerank or held.rerank
 
     def save(self, store: SnapshotStore) -> int:
@@ -247,6 +257,7 @@ class IndexConfig:
         if self.codec is not None and self.codec_object is None:
             state = self.codec.state()
             self.codec_object = store.put_object(state)
+            assert self.codec.token in (None, self.codec_object), "codec changed after training"
             return len(state)
         if self.template_object is None and self.template is not None and self.codec is None:
             data = self._template_bytes or faiss.serialize_index(self.template).tobytes()

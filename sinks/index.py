@@ -200,6 +200,7 @@ class FaissSink(Sink[Batch]):
         self._training: list[Batch] = []
         self._training_rows = 0
         self._loop_scope: anyio.CancelScope | None = None
+        self._loop_done = anyio.Event()
         # Set when a segment seals (merges may be due) or a drift check is due.
         self._maintenance_wanted = anyio.Event()
         self._drift_wanted = anyio.Event()
@@ -300,22 +301,27 @@ class FaissSink(Sink[Batch]):
             if self.worker is None:
                 # The only writer: every shard is ours.
                 positions = await self.handover.take(combined, sorted(combined.shards))
-        task_group.start_soon(self._background)
+        # Made here, not in the task: a close() before the task first runs must
+        # still cancel it (it would otherwise run on and keep the task group open).
+        self._loop_scope = anyio.CancelScope()
+        task_group.start_soon(self._background, self._loop_scope)
         return positions
 
-    async def _background(self) -> None:
+    async def _background(self, scope: anyio.CancelScope) -> None:
         """Periodic snapshots (and compaction), and maintenance (merges, drift
         checks, retraining) when a segment seals or a check is due; cancelled by
         :meth:`close`."""
-        with anyio.CancelScope() as scope:
-            self._loop_scope = scope
-            async with anyio.create_task_group() as tg:
-                if self.snapshot_every:
-                    assert self.snapshotter is not None
-                    tg.start_soon(self.snapshotter.loop, self.snapshot_every, self.compact)
-                tg.start_soon(self._maintenance_loop)
-                tg.start_soon(self._drift_loop)
-                tg.start_soon(self._expiry_loop)
+        try:
+            with scope:
+                async with anyio.create_task_group() as tg:
+                    if self.snapshot_every:
+                        assert self.snapshotter is not None
+                        tg.start_soon(self.snapshotter.loop, self.snapshot_every, self.compact)
+                    tg.start_soon(self._maintenance_loop)
+                    tg.start_soon(self._drift_loop)
+                    tg.start_soon(self._expiry_loop)
+        finally:
+            self._loop_done.set()
 
     async def _expiry_loop(self) -> None:
         # Sleeps until the earliest deadline, and at most a quarter of the ttl
@@ -423,11 +429,19 @@ class FaissSink(Sink[Batch]):
             self._loop_scope.cancel()
         try:
             if ok:
+                if self._loop_scope is not None:
+                    # A merge or re-encode running in a worker thread finishes its swap
+                    # after the cancel; the final maintenance must come after it, or a
+                    # merge of an older codec generation lands after the re-encoding.
+                    await self._loop_done.wait()
                 if self._training:
                     await self._train_and_apply()
                 await self.maintain(final=True)
                 await self.snapshot()
         finally:
+            for shard in self.shards.values():
+                if shard.floats is not None:
+                    shard.floats.close()  # appends end; searches still read the mapping
             if self.store is not None:
                 # Another writer may take the directory from here on.
                 self.store.close()
@@ -504,14 +518,16 @@ class FaissSink(Sink[Batch]):
                 await self._apply(item)
             return
         config = self.config
+        assert self.retrainer is not None, "write() before open()"
         if config.codec is not None:
             self._check_codes(item)
             config.check_dim(config.codec.dim, item.partition)
             config.ensure_template()
+            if self.retrainer.observe(item):
+                self._drift_wanted.set()
             await self._apply(item)
             return
         config.check_dim(item.dim, item.partition)
-        assert self.retrainer is not None, "write() before open()"
         if self.retrainer.observe(item):
             self._drift_wanted.set()
         if not config.ensure_template().is_trained:
@@ -547,6 +563,7 @@ class FaissSink(Sink[Batch]):
                 seg.payloads = seg.payloads.with_schema(shard.schema)
         shard.ttl = self.config.ttl
         shard.clock = self.clock
+        shard.codec = self.codec if self.codec is not None and self.codec.trainable else None
         shard.segment_size = self.segment_size
         shard.segment_bytes = self.segment_bytes
 
@@ -567,6 +584,7 @@ class FaissSink(Sink[Batch]):
         )
         shard.ttl = self.config.ttl
         shard.clock = self.clock
+        shard.codec = self.codec if self.codec is not None and self.codec.trainable else None
         return shard
 
     async def _apply(self, item: Batch) -> None:

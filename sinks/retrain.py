@@ -1,8 +1,9 @@
 """Retraining on drift: a new codec generation when the stream moved away from what
 the index was trained on.
 
-For an index trained from data (IVF, PQ, SQ factories), :class:`Retrainer` watches
-the drift (:mod:`sinks.drift`) as batches arrive. Past the threshold
+For an index trained from data (IVF, PQ, SQ factories, and the ``sq8``/``pq``
+codecs of a ``quantize`` stage, whose batches carry their float vectors for this),
+:class:`Retrainer` watches the drift (:mod:`sinks.drift`) as batches arrive. Past the threshold
 (``retrain_threshold``, ``--retrain-threshold``; 0 turns it off) it retrains, off
 the write path:
 
@@ -17,6 +18,8 @@ the write path:
    under the shard's read lock, added to a segment of the new template without it,
    and swapped in under the write lock (ids replaced or deleted meanwhile are
    removed at the swap), so searches see the old segment or its copy, never both.
+   Quantize codes are encoded again from their floats on disk (``rerank``); without
+   them, older segments keep their generation (see :meth:`Retrainer.reencode`).
 
 Searches are correct throughout: every segment is searched with its own trained
 index, whatever its generation; only merges need segments of one generation (each
@@ -98,7 +101,9 @@ class Retrainer:
     def observe(self, batch: Batch) -> bool:
         """Take an arriving batch's vectors into the sample (cheap: copies into two
         preallocated arrays). Returns True when a drift check is due."""
-        if not self.watching or batch.vectors.dtype != np.float32 or not len(batch):
+        # A quantize codec's batches carry their floats (the vectors are codes).
+        vectors = batch.vectors if self.config.codec is None else batch.floats
+        if not self.watching or vectors is None or vectors.dtype != np.float32 or not len(batch):
             return False
         monitor = self.monitor
         if monitor is None:
@@ -107,7 +112,7 @@ class Retrainer:
             if self.config.template is not None and self.config.template.is_trained:
                 # Adopted from the directory, trained before this run.
                 monitor.trained(self.config.codec_fit)
-        vecs = batch.vectors
+        vecs = vectors
         if batch.deleted is not None and batch.deleted.any():
             vecs = vecs[~batch.deleted]
         monitor.observe(vecs)
@@ -175,12 +180,15 @@ class Retrainer:
         if monitor is None or monitor.filled == 0 or config.dim is None:
             return False
         sample = monitor.training_sample()
-        dim, factory, metric = config.dim, config.factory, config.metric
+        dim, factory, metric, codec = config.dim, config.factory, config.metric, config.codec
 
         def train() -> tuple[Any, float]:
             started = time.perf_counter()
-            index = make_index(dim, factory, metric)
-            index.train(sample)
+            if codec is not None:
+                index = codec.trained_index(sample)
+            else:
+                index = make_index(dim, factory, metric)
+                index.train(sample)
             return index, time.perf_counter() - started
 
         try:
@@ -202,12 +210,15 @@ class Retrainer:
             sample=len(sample),
             seconds=round(seconds, 3),
         )
-        async with self.lock:
-            config.retrained(index, record)
-            monitor.trained()
-            for shard in list(self.shards.values()):
-                if shard.new_index is not None:
-                    await anyio.to_thread.run_sync(shard.roll)
+        # Shielded: a cancel (the sink closing) between the swap and the rolls would
+        # leave active segments of the older generation that nothing re-encodes.
+        with anyio.CancelScope(shield=True):
+            async with self.lock:
+                config.retrained(index, record)
+                monitor.trained()
+                for shard in list(self.shards.values()):
+                    if shard.new_index is not None:
+                        await anyio.to_thread.run_sync(shard.roll)
         self.stats.retrains += 1
         self.stats.codec_generation = record.generation
         self.stats.last_retrain_time = time.time()
@@ -228,6 +239,12 @@ class Retrainer:
         done = 0
         for shard in list(self.shards.values()):
             if shard.new_index is None:
+                continue
+            if self.config.codec is not None and shard.floats is None:
+                # Quantize codes without their floats on disk: decoding and encoding
+                # again would add the new codec's error to the old one's (a PQ
+                # measured worse than never retraining), so older segments stay in
+                # their generation, searched with their own codec.
                 continue
             while (seg := shard.stale(self.config.token)) is not None:
                 try:

@@ -42,6 +42,7 @@ from sinks.segment import (
 )
 from sinks.store import SnapshotStore
 from sinks.topk import merge_topk
+from streams.errors import ConfigError
 from streams.records import Batch, Position
 
 __all__ = [
@@ -135,6 +136,10 @@ class Shard:
         self.expired = expired
         self._sweeping = threading.Lock()
         self.clock: Callable[[], float] = time.time
+        # A trained quantize codec (:class:`operators.quantize.Codec`, set by the
+        # sink): batches it encoded before a retrain are encoded again here.
+        self.codec: Any = None
+        self.recoded = 0
         self.position: Position = dict(position or {})
         self.keys: dict[int, str] = dict(keys or {})
         self.lock = RWLock()
@@ -258,6 +263,8 @@ class Shard:
                     if self._flat:
                         active.reserve(max(self.seal_at, len(add_ids)))
                     self.segments = [*self.segments, active]
+                if batch.codec_tag is not None and self.codec is not None:
+                    add_vecs, active = self._current_codes(batch, keep, add_vecs, active)
                 active.add(add_vecs, add_ids, metas)
                 if self.floats is not None and batch.floats is not None:
                     floats = batch.floats if keep is None else batch.floats[keep]
@@ -312,6 +319,43 @@ class Shard:
             self.expired += len(ids)
             self.version += 1
         return len(ids)
+
+    def _current_codes(
+        self,
+        batch: Batch,
+        keep: npt.NDArray[np.bool_] | None,
+        codes: npt.NDArray[np.uint8],
+        active: Segment,
+    ) -> tuple[npt.NDArray[np.uint8], Segment]:
+        """Codes of the codec's current generation and an active segment of it
+        (under the write lock). A batch encoded before the codec was retrained is
+        encoded again from its floats; an active segment of the older generation is
+        sealed. The codec may be retrained meanwhile (in another thread): look again
+        until batch, codec and segment agree."""
+        assert batch.codec_tag is not None and self.new_index is not None
+        token = batch.codec_tag[1]
+        while True:
+            if token != self.codec.token:
+                if batch.floats is None:
+                    raise ConfigError(
+                        f"a batch of partition {batch.partition!r} holds codes of an older "
+                        "codec generation and no float vectors to encode again: feed the "
+                        "sink with quantize(codec), which keeps them"
+                    )
+                floats = batch.floats if keep is None else batch.floats[keep]
+                codes, (_, token) = self.codec.encode_tagged(floats)
+                self.recoded += len(codes)
+                continue
+            if active.template == token:
+                return codes, active
+            index, template = self.new_index()
+            if template != token:
+                continue  # retrained again since the look above
+            active = self._segment(index, template)
+            if self._flat:
+                active.reserve(max(self.seal_at, len(codes)))
+            older = self.segments if self.segments[-1].ntotal else self.segments[:-1]
+            self.segments = [*older, active]
 
     def _segment(self, index: Any, template: str | None, **kw: Any) -> Segment:
         """A new segment of this shard around ``index``."""
@@ -595,6 +639,11 @@ class Shard:
                 return False
             ids, vecs = seg.contents()
             payloads = PayloadStore.gathered(self.schema, [seg.payloads], ids)
+            if self.floats is not None and len(ids):
+                # Codes with their full-precision vectors on disk (rerank): encode
+                # those, not the decoded codes (which would add the old codec's error).
+                exact, found = self.floats.gather(ids)
+                vecs = np.where(found[:, None], exact, vecs).astype(np.float32)
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vecs), ids)
         fresh = Segment(index, codes=self.codes, template=template, payloads=payloads)

@@ -123,7 +123,10 @@ class Batch:
         metadata: optional per-row metadata objects.
         created: monotonic time the first record of the batch was decoded.
         floats: after ``quantize(keep_floats=True)``, the full-precision vectors
-            that ``vectors`` encodes (for the sink's exact rerank).
+            that ``vectors`` encodes (for the sink's exact rerank; trained codecs
+            carry them for drift checks too).
+        codec_tag: after ``quantize``, the (generation, token) of the codec state
+            that encoded ``vectors`` (:class:`operators.quantize.Codec`).
     """
 
     ids: npt.NDArray[np.int64]
@@ -136,6 +139,7 @@ class Batch:
     metadata: list[Any] | None = None
     created: float = field(default=0.0)
     floats: npt.NDArray[np.float32] | None = None
+    codec_tag: tuple[int, str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -172,6 +176,7 @@ class Batch:
             position=self.position if position is None else position,
             keys=self.keys,
             created=self.created,
+            codec_tag=self.codec_tag,
         )
 
     @staticmethod
@@ -200,12 +205,16 @@ class Batch:
         for p in parts:
             if p.keys:
                 keys = {**(keys or {}), **p.keys}
+        tags = {p.codec_tag for p in parts}
+        if len(tags) > 1:
+            raise ValueError("the parts hold codes of different codec generations")
         return Batch(
             **joined,
             partition=parts[0].partition,
             position=position,
             keys=keys,
             created=parts[0].created,
+            codec_tag=tags.pop(),
         )
 
 
