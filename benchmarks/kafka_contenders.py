@@ -74,6 +74,9 @@ def bare_confluent(bootstrap: str, topic: str, n: int) -> None:
             "enable.auto.commit": False,
             "fetch.max.bytes": 32 << 20,
             "max.partition.fetch.bytes": 8 << 20,
+            # librdkafka waits 1 s by default before fetching again once its queue
+            # was full, which throttles big messages (see streams/kafka/confluent.py).
+            "fetch.queue.backoff.ms": 5,
         }
     )
     c.subscribe([topic])
