@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import re
+from collections.abc import Sequence
 from typing import Any, cast
 
 import faiss
@@ -268,7 +269,7 @@ class Segment:
     def dirty(self) -> bool:
         return self.saved_object is None or self.version != self.saved_version
 
-    def reserve(self, capacity: int) -> bool:
+    def reserve(self, capacity: int, *, populate: bool = False) -> bool:
         """Give an empty flat-code segment (:func:`flat_codes` in an ``IndexIDMap``
         or ``IndexIDMap2``) room for ``capacity`` vectors up front, so that adds
         write codes in place.
@@ -280,7 +281,9 @@ class Segment:
         arrays (19 MB of its peak RSS). Here the codes go to one anonymous mapping
         of the final size, whose pages the kernel provides as they are first
         written; the index reads them through a FAISS view (``MaybeOwnedVector``)
-        that each add extends. Returns whether it did.
+        that each add extends. ``populate``: the caller fills it at once, so the
+        kernel provides every page up front (one call instead of a fault a page).
+        Returns whether it did.
         """
         private = getattr(mmap, "MAP_PRIVATE", None)  # (not on Windows)
         if type(self.index) not in _IN_PLACE or self.ntotal or capacity <= 0 or private is None:
@@ -289,7 +292,8 @@ class Segment:
         if not isinstance(inner, faiss.IndexFlatCodes) or isinstance(inner, faiss.IndexFlat1D):
             return False  # (IndexFlat1D's own add also maintains a sort order)
         nbytes = capacity * int(inner.code_size)
-        buffer = mmap.mmap(-1, nbytes, flags=private)
+        flags = private | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        buffer = mmap.mmap(-1, nbytes, flags=flags)
         self._buffer = buffer
         self._area = np.frombuffer(buffer, dtype=np.uint8)
         self._view(inner, 0)
@@ -338,19 +342,22 @@ class Segment:
                 self.index = faiss.deserialize_index(faiss.serialize_index(self.index))
             self.mapped = 0
 
-    def _add_in_place(self, vecs: npt.NDArray[Any], ids: npt.NDArray[np.int64]) -> bool:
+    def _add_in_place(
+        self, vecs: npt.NDArray[Any], ids: npt.NDArray[np.int64], raw: bool = False
+    ) -> bool:
         """What ``add_with_ids`` / ``add_sa_codes`` do, writing into the reserved
-        area; False when it has no room left (the caller falls back to FAISS)."""
+        area; False when it has no room left (the caller falls back to FAISS).
+        ``raw``: ``vecs`` are codes of this index's encoding, whatever it holds."""
         assert self._area is not None
         n, b = self.ntotal, len(ids)
         inner: Any = faiss.downcast_index(self.index.index)
         size = int(inner.code_size)
         if (n + b) * size > len(self._area) or len(vecs) != b or not inner.is_trained:
             return False  # FAISS's own add then grows the array or says what is wrong
-        if self.codes and (vecs.dtype != np.uint8 or vecs.shape != (b, size)):
+        if (self.codes or raw) and (vecs.dtype != np.uint8 or vecs.shape != (b, size)):
             return False
         dest = self._area[n * size : (n + b) * size].reshape(b, size)
-        if self.codes:
+        if self.codes or raw:
             dest[:] = vecs
         else:
             inner.sa_encode(vecs, dest)
@@ -391,6 +398,29 @@ class Segment:
         self.ids.add(ids)
         self.payloads.append(ids, payloads)
         self.version += 1
+
+    def concat(self, inputs: Sequence[Segment], payloads: PayloadStore) -> bool:
+        """Fill this empty flat-code segment with every entry of ``inputs`` (of
+        its codec), their codes copied once into one reserved mapping of the total
+        size (blocking; :meth:`reserve`), where FAISS's own concatenation grows its
+        array by doubling and fills each growth with zeros first, all of it under
+        the shard's read lock. False (nothing changed) where it cannot reserve."""
+        total = sum(int(s.index.ntotal) for s in inputs)
+        if not self.reserve(total, populate=True):
+            return False
+        for seg in inputs:
+            n = int(seg.index.ntotal)
+            if not n:
+                continue
+            src: Any = faiss.downcast_index(seg.index.index)
+            codes = faiss.rev_swig_ptr(src.codes.data(), n * int(src.code_size))
+            ids = index_ids(seg.index)
+            added = self._add_in_place(codes.reshape(n, -1), ids, raw=True)
+            assert added, "reserved for every input"
+            self.ids.add(ids)
+        self.payloads = payloads
+        self.version += 1
+        return True
 
     def live_ids(self) -> npt.NDArray[np.int64]:
         """The ids searches can return, in the order of the index's rows."""

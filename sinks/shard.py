@@ -537,10 +537,15 @@ class Shard:
             with self.lock.read():
                 if any(s not in self.segments[:-1] for s in inputs):
                     return False
-                index = merged_index(inputs, out)
-                live = index_ids(index)
-                payloads = PayloadStore.gathered(self.schema, stores, live)
-            merged = Segment(index, codes=self.codes, template=template, payloads=payloads)
+                merged = Segment(out, codes=self.codes, template=template)
+                # (Rows in merged order: the inputs' rows one after the other.)
+                rows = np.concatenate([index_ids(s.index) for s in inputs])
+                payloads = PayloadStore.gathered(self.schema, stores, rows)
+                if not (self._flat and merged.concat(inputs, payloads)):
+                    index = merged_index(inputs, out)
+                    live = index_ids(index)
+                    payloads = PayloadStore.gathered(self.schema, stores, live)
+                    merged = Segment(index, codes=self.codes, template=template, payloads=payloads)
             gone = None
         else:
             with self.lock.read():

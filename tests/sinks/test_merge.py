@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from sinks import FaissSink, open_snapshot
 from sinks.durable import CRASH_EXIT_CODE
 from sinks.merge import grown_graph, merged_index, plan
+from sinks.payloads import PayloadStore
 from sinks.segment import Segment, make_index
 from sinks.shard import Shard
 from streams.records import Batch
@@ -66,6 +67,15 @@ def test_a_merged_index_answers_as_one_built_directly(factory: str) -> None:
         np.testing.assert_allclose(got_d, want_d, rtol=1e-5)
         # Byte-identical to the direct build: the codes were moved, not re-encoded.
         assert faiss.serialize_index(merged).tobytes() == faiss.serialize_index(direct).tobytes()
+    if factory in ("Flat", "SQ8", "PQ4"):
+        # The same, written in place into one reserved mapping (Shard.merge's way).
+        inplace = Segment(faiss.clone_index(template))
+        assert inplace.concat(parts, PayloadStore({}))
+        assert sorted(inplace.ids.to_array().tolist()) == list(range(3000))
+        got = faiss.serialize_index(inplace.index).tobytes()
+        assert got == faiss.serialize_index(direct).tobytes()
+        inplace.remove(np.arange(10, dtype=np.int64))  # moves the codes out first
+        assert inplace.ntotal == 2990
 
 
 def test_hnsw_segments_merge_into_a_copy_of_the_larger_graph() -> None:
