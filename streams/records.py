@@ -151,8 +151,10 @@ class Batch:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the arrays, for channel byte counters."""
-        return int(self.ids.nbytes + self.vectors.nbytes + self.timestamps.nbytes)
+        """Bytes held by the arrays, for channel byte counters (the floats a
+        quantized batch carries along included)."""
+        floats = 0 if self.floats is None else self.floats.nbytes
+        return int(self.ids.nbytes + self.vectors.nbytes + self.timestamps.nbytes + floats)
 
     def n_deletes(self) -> int:
         """How many rows are deletes."""
