@@ -537,11 +537,15 @@ class Shard:
             with self.lock.read():
                 if any(s not in self.segments[:-1] for s in inputs):
                     return False
-                merged = Segment(out, codes=self.codes, template=template)
-                # (Rows in merged order: the inputs' rows one after the other.)
-                rows = np.concatenate([index_ids(s.index) for s in inputs])
-                payloads = PayloadStore.gathered(self.schema, stores, rows)
-                if not (self._flat and merged.concat(inputs, payloads)):
+                merged: Segment | None = None
+                if self._flat:
+                    merged = Segment(out, codes=self.codes, template=template)
+                    # (Rows in merged order: the inputs' rows one after the other.)
+                    rows = np.concatenate([index_ids(s.index) for s in inputs])
+                    payloads = PayloadStore.gathered(self.schema, stores, rows)
+                    if not merged.concat(inputs, payloads):
+                        merged = None
+                if merged is None:
                     index = merged_index(inputs, out)
                     live = index_ids(index)
                     payloads = PayloadStore.gathered(self.schema, stores, live)
