@@ -11,7 +11,9 @@ A front object composed of parts, each owning its own state:
 - :class:`~sinks.snapshots.Snapshotter`: periodic, atomic snapshots with the
   positions;
 - :class:`~sinks.handover.HandOver`: shards loaded from the directory and moved
-  between workers.
+  between workers;
+- :class:`~sinks.upkeep.Upkeep`: background expiry, drift checks and retraining,
+  re-encoding, merges and compaction.
 
 Following one batch: :meth:`FaissSink.write` checks ownership and the dimension,
 buffers it while an index trains, then ``WriteGate.apply`` runs ``Shard.apply`` in a
@@ -21,7 +23,6 @@ worker thread. Searches run concurrently under each shard's read lock.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,6 @@ import numpy.typing as npt
 from anyio.abc import TaskGroup
 
 from sinks.config import DEFAULT_FACTORY, DEFAULT_METRIC, IndexConfig
-from sinks.expiry import Expiry
 from sinks.filters import Filter, parse_filter
 from sinks.floats import FloatStore, floats_path
 from sinks.freshness import After, SearchTimeout, check_after, position_value, reached, unreached
@@ -50,6 +50,7 @@ from sinks.shard import DEFAULT_SEGMENT_BYTES, DEFAULT_SEGMENT_SIZE, Shard
 from sinks.shared import combine
 from sinks.snapshots import SnapshotListener, Snapshotter
 from sinks.store import DEFAULT_GRACE_SECONDS, SnapshotStore
+from sinks.upkeep import Upkeep
 from streams.errors import ConfigError
 from streams.histogram import DEFAULT_SECONDS_BUCKETS, Histogram
 from streams.records import Batch, Positions
@@ -201,9 +202,7 @@ class FaissSink(Sink[Batch]):
         self._training_rows = 0
         self._loop_scope: anyio.CancelScope | None = None
         self._loop_done = anyio.Event()
-        # Set when a segment seals (merges may be due) or a drift check is due.
-        self._maintenance_wanted = anyio.Event()
-        self._drift_wanted = anyio.Event()
+        self.upkeep: Upkeep | None = None
 
     def __repr__(self) -> str:
         return (
@@ -273,6 +272,16 @@ class FaissSink(Sink[Batch]):
             threshold=self.retrain_threshold,
             capacity=self.train_size,
         )
+        self.upkeep = Upkeep(
+            self.config,
+            self.shards,
+            self.stats,
+            self.gate,
+            self.snapshotter,
+            self.retrainer,
+            clock=self.clock,
+            merge_factor=self.merge_factor,
+        )
         self.handover = HandOver(
             self.snapshotter,
             self.config,
@@ -317,62 +326,25 @@ class FaissSink(Sink[Batch]):
                     if self.snapshot_every:
                         assert self.snapshotter is not None
                         tg.start_soon(self.snapshotter.loop, self.snapshot_every, self.compact)
-                    tg.start_soon(self._maintenance_loop)
-                    tg.start_soon(self._drift_loop)
-                    tg.start_soon(self._expiry_loop)
+                    assert self.upkeep is not None
+                    self.upkeep.start(tg)
         finally:
             self._loop_done.set()
 
-    async def _expiry_loop(self) -> None:
-        # Sleeps until the earliest deadline, and at most a quarter of the ttl
-        # (deadlines of vectors that arrive meanwhile are never sooner than that).
-        while True:
-            ttl = self.config.ttl
-            if ttl is None:
-                await anyio.sleep(1.0)
-                continue
-            deadline = min((e.next_deadline for _, e in self._expiring()), default=math.inf)
-            await anyio.sleep(min(1.0, ttl / 4, max(0.0, deadline - self.clock())))
-            await self.expire()
-
-    def _expiring(self) -> list[tuple[Shard, Expiry]]:
-        return [(s, s.expiry) for s in self.shards.values() if s.expiry is not None]
+    # The upkeep tasks' steps (:mod:`sinks.upkeep`), for callers that want one now.
 
     async def expire(self, now: float | None = None) -> int:
         """Remove every vector whose deadline is ``now`` (default: the clock) or
         earlier, in worker threads (the expiry task does this at each deadline).
         Returns how many."""
-        done = 0
-        for shard, expiry in self._expiring():
-            if (now if now is not None else self.clock()) >= expiry.next_deadline:
-                done += await anyio.to_thread.run_sync(shard.expire, now)
-        return done
-
-    async def _maintenance_loop(self) -> None:
-        while True:
-            await self._maintenance_wanted.wait()
-            self._maintenance_wanted = anyio.Event()
-            if self.retrainer is not None:
-                await self.retrainer.reencode()
-            await self.merge()
-
-    async def _drift_loop(self) -> None:
-        # Apart from merges: a merge can run long (it applies the batches queued
-        # behind it), and a drift check must not wait for it to see the shift.
-        while True:
-            await self._drift_wanted.wait()
-            self._drift_wanted = anyio.Event()
-            if self.retrainer is not None:
-                await self.retrainer.check()
+        return 0 if self.upkeep is None else await self.upkeep.expire(now)
 
     async def maintain(self, *, final: bool = False) -> None:
         """Check the drift (and retrain past the threshold), re-encode segments of
         older codec generations, and merge sealed segments. ``final``: the stream
         ends, so check the drift now whatever arrived since the last look."""
-        if self.retrainer is not None:
-            await self.retrainer.check(final=final)
-            await self.retrainer.reencode()
-        await self.merge()
+        if self.upkeep is not None:
+            await self.upkeep.maintain(final=final)
 
     async def retrain(self, reason: str = "requested") -> bool:
         """Retrain the index's codec now on the sample of vectors seen, and
@@ -385,44 +357,14 @@ class FaissSink(Sink[Batch]):
     async def compact(self) -> int:
         """Rebuild segments of indexes that cannot remove ids (HNSW) whose replaced
         and deleted entries pile up; in a worker thread while ingestion goes on.
-
-        Returns how many segments were rebuilt.
-        """
-        rebuilt = 0
-        for shard in list(self.shards.values()):
-            rebuilt += await anyio.to_thread.run_sync(shard.compact)
-        self.stats.compactions += rebuilt
-        return rebuilt
+        Returns how many segments were rebuilt."""
+        return 0 if self.upkeep is None else await self.upkeep.compact()
 
     async def merge(self) -> int:
         """Merge sealed segments by the tiered policy (:mod:`sinks.merge`) in every
         shard, in worker threads: batches for a shard whose segments are being read
         queue meanwhile (as during a snapshot). Returns how many merges were done."""
-        if self.merge_factor < 2 or self.snapshotter is None:
-            return 0
-        done = 0
-        # No snapshot or hand-over while segments are swapped.
-        async with self.snapshotter.lock:
-            token = self.config.token
-            for shard in list(self.shards.values()):
-                while (group := shard.merge_plan(self.merge_factor, token)) is not None:
-                    self.snapshotter.store._step(f"merge:{shard.name}:start")
-                    merged = await self._merge_one(shard, group)
-                    if not merged:
-                        break
-                    self.snapshotter.store._step(f"merge:{shard.name}:swapped")
-                    done += 1
-        self.stats.merges += done
-        return done
-
-    async def _merge_one(self, shard: Shard, group: list[Segment]) -> bool:
-        async def run() -> bool:
-            return await anyio.to_thread.run_sync(shard.merge, group)
-
-        if group[0].removable:
-            # Removals mutate these segments: hold the shard's batches back meanwhile.
-            return await self.gate.capture(shard, run)
-        return await run()
+        return 0 if self.upkeep is None else await self.upkeep.merge()
 
     async def close(self, *, ok: bool) -> None:
         if self._loop_scope is not None:
@@ -518,18 +460,18 @@ class FaissSink(Sink[Batch]):
                 await self._apply(item)
             return
         config = self.config
-        assert self.retrainer is not None, "write() before open()"
+        assert self.retrainer is not None and self.upkeep is not None, "write() before open()"
         if config.codec is not None:
             self._check_codes(item)
             config.check_dim(config.codec.dim, item.partition)
             config.ensure_template()
             if self.retrainer.observe(item):
-                self._drift_wanted.set()
+                self.upkeep.want_drift_check()
             await self._apply(item)
             return
         config.check_dim(item.dim, item.partition)
         if self.retrainer.observe(item):
-            self._drift_wanted.set()
+            self.upkeep.want_drift_check()
         if not config.ensure_template().is_trained:
             self._training.append(item)
             self._training_rows += len(item)
@@ -593,8 +535,8 @@ class FaissSink(Sink[Batch]):
             shard = self.shards[item.partition] = self._new_shard(item.partition)
         sealed = len(shard.segments)
         await self.gate.apply(shard, item)
-        if len(shard.segments) != sealed and self.merge_factor >= 2:
-            self._maintenance_wanted.set()  # a segment sealed: merges may be due
+        if len(shard.segments) != sealed and self.upkeep is not None:
+            self.upkeep.want_maintenance()  # a segment sealed: merges may be due
 
     async def _train_and_apply(self) -> None:
         template = self.config.ensure_template()
