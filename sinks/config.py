@@ -142,8 +142,8 @@ class IndexConfig:
 
     @property
     def retrainable(self) -> bool:
-        """True for an index whose codec was trained from data (IVF, PQ, SQ
-        factories; quantize codecs are trained upstream and are not)."""
+        """True for an index whose codec was trained from data: IVF, PQ, SQ
+        factories, and the ``sq8``/``pq`` codecs of a ``quantize`` stage."""
         assert self.dim is not None
         if self.codec is not None:
             return bool(self.codec.trainable)
@@ -185,8 +185,8 @@ class IndexConfig:
     def fresh(self) -> tuple[Any, str | None]:
         """A new empty segment index and the token of the template it clones."""
         if self.codec is not None:
-            index, token = self.codec.empty_tagged()
-            return index, token
+            made: tuple[Any, str | None] = self.codec.empty_tagged()
+            return made
         template, token = self._current
         assert template is not None
         return faiss.clone_index(template), token
