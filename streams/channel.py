@@ -8,12 +8,19 @@ Choosing ``capacity``: items are whole chunks or batches, so a handful is plenty
 A larger capacity absorbs bursts but holds more memory (capacity x batch bytes) and
 delays the backpressure signal; a smaller one makes the slowest stage visible at
 once. The default of 4 keeps every stage busy while the next one works.
+
+``max_bytes`` bounds a channel by what its items hold as well (their ``nbytes``): a
+sender waits while the channel holds that many bytes, though an empty channel always
+takes one item, however big. Item counts alone let a fast source fill every channel
+with whole batches when the sink is the slow stage, which at 768-d is 16 MB a batch:
+counts bound the number of waiting items, bytes bound the memory they hold.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -33,7 +40,11 @@ class ChannelStatistics:
 
     name: str
     capacity: int
+    max_bytes: int | None = None
+    """Most bytes of items the channel holds before senders wait (``None``: no bound)."""
     depth: int = 0
+    queued_bytes: int = 0
+    """Bytes of the items waiting in the channel now."""
     peak_depth: int = 0
     items_in: int = 0
     items_out: int = 0
@@ -49,8 +60,12 @@ class ChannelStatistics:
 
     @property
     def fill(self) -> float:
-        """Depth as a fraction of capacity (0.0 to 1.0)."""
-        return self.depth / self.capacity if self.capacity else 0.0
+        """How full the channel is (0.0 to 1.0): depth as a fraction of capacity, or
+        the bytes waiting as a fraction of ``max_bytes`` if that is more."""
+        fill = self.depth / self.capacity if self.capacity else 0.0
+        if self.max_bytes:
+            fill = max(fill, min(1.0, self.queued_bytes / self.max_bytes))
+        return fill
 
 
 def _records(item: object) -> int:
@@ -71,16 +86,25 @@ class Channel(Generic[T]):
     Args:
         name: stable name, used as the metric label (``"decode->batch"``).
         capacity: how many items may wait in the channel; at least 1.
+        max_bytes: how many bytes of items may wait (``None``: any); an empty
+            channel takes one item of any size.
     """
 
-    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self, name: str, capacity: int = DEFAULT_CAPACITY, max_bytes: int | None = None
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"channel {name!r}: capacity must be at least 1, got {capacity}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError(f"channel {name!r}: max_bytes must be at least 1, got {max_bytes}")
         send, receive = anyio.create_memory_object_stream[T](capacity)
-        self.stats = ChannelStatistics(name=name, capacity=capacity)
+        self.stats = ChannelStatistics(name=name, capacity=capacity, max_bytes=max_bytes)
         room = _Room()
-        self.outbox: Outbox[T] = Outbox(send, self.stats, room)
-        self.inbox: Inbox[T] = Inbox(receive, self.stats, room)
+        # Sizes of the waiting items in order: what an item weighed when it was sent
+        # is what it frees when taken, whatever its nbytes says by then.
+        sizes: deque[int] = deque()
+        self.outbox: Outbox[T] = Outbox(send, self.stats, room, sizes)
+        self.inbox: Inbox[T] = Inbox(receive, self.stats, room, sizes)
 
     @property
     def name(self) -> str:
@@ -115,6 +139,8 @@ class _Room:
 
     def __init__(self) -> None:
         self._event: anyio.Event | None = None
+        self.broken = False
+        """The receiving side is closed."""
 
     async def wait(self) -> None:
         if self._event is None:
@@ -131,11 +157,16 @@ class Outbox(Generic[T]):
     """The sending end of a :class:`Channel`."""
 
     def __init__(
-        self, stream: MemoryObjectSendStream[T], stats: ChannelStatistics, room: _Room | None = None
+        self,
+        stream: MemoryObjectSendStream[T],
+        stats: ChannelStatistics,
+        room: _Room | None = None,
+        sizes: deque[int] | None = None,
     ) -> None:
         self._stream = stream
         self._stats = stats
         self._room = room or _Room()
+        self._sizes: deque[int] = deque() if sizes is None else sizes
 
     async def send(self, item: T) -> None:
         """Send one item, waiting while the channel is full.
@@ -144,43 +175,46 @@ class Outbox(Generic[T]):
             anyio.BrokenResourceError: the receiving side is gone.
             anyio.ClosedResourceError: this outbox was closed.
         """
-        s = self._stats
-        try:
-            self._stream.send_nowait(item)
-        except anyio.WouldBlock:
+        nbytes = _nbytes(item)
+        if not self._put(item, nbytes):
             started = time.perf_counter()
             try:
                 while True:
                     await self._room.wait()
-                    try:
-                        self._stream.send_nowait(item)
+                    if self._put(item, nbytes):
                         break
-                    except anyio.WouldBlock:
-                        continue
             finally:
-                s.send_blocked_seconds += time.perf_counter() - started
-        self._count(item)
+                self._stats.send_blocked_seconds += time.perf_counter() - started
 
-    def _count(self, item: T) -> None:
+    def _put(self, item: T, nbytes: int) -> bool:
         s = self._stats
+        if s.max_bytes is not None and s.depth and s.queued_bytes + nbytes > s.max_bytes:
+            # Full by bytes: the stream would take it, so say what it would say.
+            if s.closed:
+                raise anyio.ClosedResourceError
+            if self._room.broken:
+                raise anyio.BrokenResourceError
+            return False
+        try:
+            self._stream.send_nowait(item)
+        except anyio.WouldBlock:
+            return False
         s.items_in += 1
         n = _records(item)
         if s.first_record_at is None and n:
             s.first_record_at = time.perf_counter()
         s.records_in += n
-        s.bytes_in += _nbytes(item)
+        s.bytes_in += nbytes
+        s.queued_bytes += nbytes
+        self._sizes.append(nbytes)
         s.depth = s.items_in - s.items_out
         if s.depth > s.peak_depth:
             s.peak_depth = s.depth
+        return True
 
     def try_send(self, item: T) -> bool:
         """Send ``item`` if there is room now; ``False`` (and nothing sent) if not."""
-        try:
-            self._stream.send_nowait(item)
-        except anyio.WouldBlock:
-            return False
-        self._count(item)
-        return True
+        return self._put(item, _nbytes(item))
 
     async def aclose(self) -> None:
         """Close the sending side; the receiver gets end-of-stream after draining.
@@ -205,10 +239,12 @@ class Inbox(Generic[T]):
         stream: MemoryObjectReceiveStream[T],
         stats: ChannelStatistics,
         room: _Room | None = None,
+        sizes: deque[int] | None = None,
     ) -> None:
         self._stream = stream
         self._stats = stats
         self._room = room or _Room()
+        self._sizes: deque[int] = deque() if sizes is None else sizes
 
     @property
     def name(self) -> str:
@@ -248,7 +284,9 @@ class Inbox(Generic[T]):
         s = self._stats
         s.items_out += 1
         s.records_out += _records(item)
-        s.bytes_out += _nbytes(item)
+        nbytes = self._sizes.popleft() if self._sizes else 0
+        s.bytes_out += nbytes
+        s.queued_bytes -= nbytes
         s.depth = s.items_in - s.items_out
         return item
 
@@ -264,6 +302,7 @@ class Inbox(Generic[T]):
     async def aclose(self) -> None:
         """Close the receiving side. Idempotent."""
         await self._stream.aclose()
+        self._room.broken = True
         self._room.notify()  # a waiting sender finds the channel broken
 
     async def __aenter__(self) -> Inbox[T]:

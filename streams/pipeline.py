@@ -120,6 +120,8 @@ class Pipeline:
         sink: the last stage.
         capacity: default capacity of every channel (see
             :mod:`streams.channel` for how to choose it).
+        channel_bytes: most bytes of items every channel holds (``None``: bounded
+            by ``capacity`` alone).
     """
 
     def __init__(
@@ -129,11 +131,13 @@ class Pipeline:
         sink: Sink[Any],
         *,
         capacity: int = DEFAULT_CAPACITY,
+        channel_bytes: int | None = None,
     ) -> None:
         self.source = source
         self.operators = operators
         self.sink = sink
         self.capacity = capacity
+        self.channel_bytes = channel_bytes
         names = _unique_names([source.name, *(o.name for o in operators), sink.name])
         self._stage_names = names
         self._stages = {n: StageStatistics(n) for n in names}
@@ -267,7 +271,9 @@ class Pipeline:
         out: list[Channel[Any]] = []
         for i in range(len(self.operators) + 1):
             own = self.operators[i - 1].capacity if i > 0 else None
-            out.append(Channel(f"{names[i]}->{names[i + 1]}", own or self.capacity))
+            out.append(
+                Channel(f"{names[i]}->{names[i + 1]}", own or self.capacity, self.channel_bytes)
+            )
         return out
 
     async def _run_stages(self, outer: TaskGroup) -> BaseException | None:

@@ -295,6 +295,14 @@ def main(verbose: int) -> None:
     help="Items per channel.",
 )
 @click.option(
+    "--channel-bytes",
+    default=_D.channel_bytes,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Bytes of chunks or batches per channel (an empty channel takes one item of any "
+    "size): with a fast source and a slow sink, the memory held between stages.",
+)
+@click.option(
     "--serve",
     default=None,
     metavar="HOST:PORT",

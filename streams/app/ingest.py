@@ -52,6 +52,7 @@ class IngestOptions:
     train_size: int = 50_000
     fmt: str | None = None
     capacity: int = 4
+    channel_bytes: int | None = 16 << 20
     group: str | None = None
     worker: str | None = None
     gc_grace: float = DEFAULT_GRACE_SECONDS
@@ -211,5 +212,6 @@ def build_ingest_pipeline(
     )
     pipeline = flow | sink
     pipeline.capacity = o.capacity
+    pipeline.channel_bytes = o.channel_bytes
     pipeline.closing(rejects)
     return pipeline

@@ -11,7 +11,9 @@ Families (labels in braces):
   ``embedstream_channel_peak_depth{channel}`` (gauges),
   ``embedstream_channel_send_blocked_seconds_total{channel}`` (backpressure),
   ``embedstream_channel_receive_wait_seconds_total{channel}`` (starvation),
-  ``embedstream_channel_items_total{channel}``
+  ``embedstream_channel_items_total{channel}``, ``embedstream_channel_bytes{channel}``
+  (bytes of the items waiting), ``embedstream_channel_max_bytes{channel}`` (its
+  bound, when it has one)
 - ``embedstream_stage_records_total{stage}``, ``embedstream_stage_busy_seconds_total{stage}``
 - ``embedstream_kafka_consumer_lag{topic,partition}`` (records),
   ``embedstream_kafka_consumer_lag_seconds{topic,partition}``
@@ -95,6 +97,16 @@ class PipelineCollector(Collector):
             "items": CounterMetricFamily(
                 "embedstream_channel_items", "Items sent through the channel", labels=["channel"]
             ),
+            "bytes": GaugeMetricFamily(
+                "embedstream_channel_bytes",
+                "Bytes of the items waiting in the channel",
+                labels=["channel"],
+            ),
+            "max_bytes": GaugeMetricFamily(
+                "embedstream_channel_max_bytes",
+                "Bytes of items the channel holds before senders wait",
+                labels=["channel"],
+            ),
         }
         for name, c in m.channels.items():
             ch["depth"].add_metric([name], c.depth)
@@ -103,6 +115,9 @@ class PipelineCollector(Collector):
             ch["blocked"].add_metric([name], c.send_blocked_seconds)
             ch["waited"].add_metric([name], c.receive_wait_seconds)
             ch["items"].add_metric([name], c.items_in)
+            ch["bytes"].add_metric([name], c.queued_bytes)
+            if c.max_bytes is not None:
+                ch["max_bytes"].add_metric([name], c.max_bytes)
         yield from ch.values()
         records = CounterMetricFamily(
             "embedstream_stage_records", "Records a stage emitted", labels=["stage"]

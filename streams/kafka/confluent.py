@@ -9,9 +9,14 @@ sees a :class:`streams.kafka.source.Consumer`, which this module implements on t
 of ``confluent_kafka.Consumer``:
 
 - Blocking calls (``consume``, ``commit``, metadata and offset queries, ``close``)
-  run in worker threads, so the event loop stays free.
+  run in one thread of the consumer's own (:class:`_ConsumerThread`), so the event
+  loop stays free. One thread, not any worker: glibc gives every thread that
+  allocates its own malloc arena, and the Python bytes of each ``consume`` (8 MB of
+  message values) stayed resident in whichever arena the worker had, up to 128 MB
+  over the worker pool at 768-d; and confluent-kafka lets one thread at a time into
+  a consumer anyway.
 - Rebalances: librdkafka calls ``on_assign`` / ``on_revoke`` from inside
-  ``consume`` (in its worker thread). The adapter runs the source's async listener
+  ``consume`` (in the consumer's thread). The adapter runs the source's async listener
   in the event loop meanwhile (``anyio.from_thread.run``), collects the seeks it
   asks for, and then assigns the partitions at exactly those offsets: a partition is
   never fetched from anywhere else. Eager rebalancing, as with aiokafka.
@@ -29,15 +34,17 @@ of ``confluent_kafka.Consumer``:
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from operator import methodcaller
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
-import anyio.to_thread
+import anyio.lowlevel
 
 from streams.errors import ConfigError
 
@@ -45,7 +52,9 @@ __all__ = ["ConfluentConsumer", "confluent_available"]
 
 log = logging.getLogger("embedstream.kafka")
 
-CONSUME_BYTES = 32 << 20
+T = TypeVar("T")
+
+CONSUME_BYTES = 8 << 20
 """About how many value bytes one ``consume`` takes."""
 
 _offset = methodcaller("offset")
@@ -62,6 +71,43 @@ def _committed(err: Any, partitions: list[Any]) -> None:
     if err is not None:
         # Commits only inform lag tools; the snapshot already holds the truth.
         log.warning("committing offsets failed: %s", err)
+
+
+class _ConsumerThread:
+    """One thread that makes every blocking call into the consumer, awaited from the
+    event loop. A call runs to its end even when the awaiting task is cancelled (as
+    ``anyio.to_thread.run_sync`` does): librdkafka cannot be interrupted."""
+
+    def __init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="embedstream-confluent"
+        )
+        self.token: anyio.lowlevel.EventLoopToken | None = None
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        """``fn()`` in the consumer's thread."""
+        if self.token is None:
+            self.token = anyio.lowlevel.current_token()
+        token = self.token
+        done = anyio.Event()
+
+        def call() -> T:
+            try:
+                return fn()
+            finally:
+                # When the event loop is gone, nobody waits any more.
+                with contextlib.suppress(anyio.RunFinishedError):
+                    anyio.from_thread.run_sync(done.set, token=token)
+
+        future = self._executor.submit(call)
+        with anyio.CancelScope(shield=True):
+            await done.wait()
+        # A cancellation that came meanwhile is delivered now, as to_thread does.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return future.result()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False)
 
 
 def confluent_available() -> bool:
@@ -143,6 +189,7 @@ class ConfluentConsumer:
         # Commits asked for, made by the consuming thread (see commit()).
         self._deferred: dict[Any, int] = {}
         self._deferred_lock = threading.Lock()
+        self._thread = _ConsumerThread()
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -164,7 +211,10 @@ class ConfluentConsumer:
                 self._commit_deferred(consumer)
                 consumer.close()
 
-            await anyio.to_thread.run_sync(close)
+            try:
+                await self._thread.run(close)
+            finally:
+                self._thread.shutdown()
 
     # -- group membership ---------------------------------------------------------------
 
@@ -184,7 +234,9 @@ class ConfluentConsumer:
         self._pending = {}
         try:
             if self._listener is not None:
-                anyio.from_thread.run(self._listener.on_partitions_assigned, tps)
+                anyio.from_thread.run(
+                    self._listener.on_partitions_assigned, tps, token=self._thread.token
+                )
         except Exception as exc:  # the source fails from its poll loop
             self._error = exc
         finally:
@@ -202,7 +254,9 @@ class ConfluentConsumer:
         tps = [self._tp(p) for p in partitions]
         try:
             if self._listener is not None and tps:
-                anyio.from_thread.run(self._listener.on_partitions_revoked, tps)
+                anyio.from_thread.run(
+                    self._listener.on_partitions_revoked, tps, token=self._thread.token
+                )
         except Exception:
             log.exception("handing over %s failed", tps)
         finally:
@@ -237,13 +291,15 @@ class ConfluentConsumer:
         wanted = max_records or 100_000
         if self._message_bytes:
             wanted = max(256, min(wanted, CONSUME_BYTES // self._message_bytes))
+        else:
+            wanted = min(wanted, 1024)
 
         def consume() -> list[Any]:
             got: list[Any] = consumer.consume(num_messages=wanted, timeout=timeout_ms / 1000)
             self._commit_deferred(consumer)
             return got
 
-        messages = await anyio.to_thread.run_sync(consume)
+        messages = await self._thread.run(consume)
         if messages:
             self._message_bytes = max(1, len(messages[-1]))
         if self._error is not None:
@@ -353,7 +409,7 @@ class ConfluentConsumer:
             return out
 
         try:
-            return await anyio.to_thread.run_sync(ends)
+            return await self._thread.run(ends)
         except KafkaException as exc:
             raise KafkaError(f"librdkafka: {exc}") from None
 
@@ -363,7 +419,7 @@ class ConfluentConsumer:
 
         consumer = self._consumer
         try:
-            md = await anyio.to_thread.run_sync(lambda: consumer.list_topics(timeout=10))
+            md = await self._thread.run(lambda: consumer.list_topics(timeout=10))
         except KafkaException as exc:
             raise KafkaConnectionError(f"librdkafka: {exc}") from None
         self._topics = {name: set(t.partitions) for name, t in md.topics.items() if t.error is None}
@@ -376,7 +432,7 @@ class ConfluentConsumer:
         from confluent_kafka import TopicPartition
 
         consumer = self._consumer
-        got = await anyio.to_thread.run_sync(
+        got = await self._thread.run(
             lambda: consumer.committed(
                 [TopicPartition(partition.topic, partition.partition)], timeout=10
             )

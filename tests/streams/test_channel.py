@@ -72,3 +72,65 @@ async def test_end_of_stream_after_drain() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         Channel("x", 0)
+
+
+class _Blob:
+    """An item that weighs ``nbytes`` (and can change its mind later)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+
+async def test_max_bytes_bounds_what_waits_but_an_empty_channel_takes_anything() -> None:
+    ch: Channel[_Blob] = Channel("a->b", capacity=10, max_bytes=100)
+    assert ch.outbox.try_send(_Blob(500))  # bigger than the bound, but the channel is empty
+    assert not ch.outbox.try_send(_Blob(1))  # nothing more while it waits
+    assert (await ch.inbox.receive()).nbytes == 500
+    assert ch.outbox.try_send(_Blob(60)) and not ch.outbox.try_send(_Blob(41))
+    assert ch.outbox.try_send(_Blob(40))
+    assert ch.stats.queued_bytes == 100 and ch.stats.depth == 2
+
+    sent = anyio.Event()
+
+    async def send_big() -> None:
+        await ch.outbox.send(_Blob(90))
+        sent.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send_big)
+        await anyio.sleep(0.01)
+        assert not sent.is_set()  # 100 bytes wait: 90 more do not fit
+        first = await ch.inbox.receive()
+        first.nbytes = 0  # what an item frees is what it weighed when sent
+        await anyio.sleep(0.01)
+        assert not sent.is_set()  # 40 + 90 > 100
+        await ch.inbox.receive()
+        await sent.wait()
+    s = ch.statistics()
+    assert s.queued_bytes == 90 and s.depth == 1
+    assert s.bytes_in == 500 + 60 + 40 + 90 and s.bytes_out == 500 + 60 + 40
+    assert s.send_blocked_seconds > 0.015
+    await ch.aclose()
+
+
+async def test_a_sender_waiting_for_bytes_learns_that_the_receiver_is_gone() -> None:
+    ch: Channel[_Blob] = Channel("a->b", capacity=10, max_bytes=10)
+    await ch.outbox.send(_Blob(10))
+    broken: list[BaseException] = []
+
+    async def send() -> None:
+        try:
+            await ch.outbox.send(_Blob(5))
+        except anyio.BrokenResourceError as exc:
+            broken.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send)
+        await anyio.sleep(0.01)
+        await ch.inbox.aclose()
+    assert len(broken) == 1
+    await ch.outbox.aclose()
+    with pytest.raises(anyio.ClosedResourceError):
+        await ch.outbox.send(_Blob(5))
+    with pytest.raises(ValueError, match="max_bytes"):
+        Channel("x", 1, max_bytes=0)

@@ -99,6 +99,7 @@ async def test_metrics_healthz_and_search(make_npy, tmp_path) -> None:
     path, x = make_npy(5000, 8)
     sink = FaissSink(tmp_path / "idx", metric="l2", snapshot_every=0.1)
     p = FileSource(path) | decode() | batch(1000) | sink
+    p.channel_bytes = 1 << 20
     base, server = await serve(p, sink.search)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
@@ -127,6 +128,8 @@ async def test_metrics_healthz_and_search(make_npy, tmp_path) -> None:
         "embedstream_channel_peak_depth",
         "embedstream_channel_send_blocked_seconds",
         "embedstream_channel_receive_wait_seconds",
+        "embedstream_channel_bytes",
+        "embedstream_channel_max_bytes",
         "embedstream_stage_records",
         "embedstream_stage_busy_seconds",
         "embedstream_kafka_consumer_lag",
@@ -141,6 +144,10 @@ async def test_metrics_healthz_and_search(make_npy, tmp_path) -> None:
     assert vectors == {"files": 5000.0}
     cap = {s.labels["channel"]: s.value for s in families["embedstream_channel_capacity"].samples}
     assert cap == {"source->decode": 4.0, "decode->batch": 4.0, "batch->faiss": 4.0}
+    bound = {
+        s.labels["channel"]: s.value for s in families["embedstream_channel_max_bytes"].samples
+    }
+    assert bound == {name: float(1 << 20) for name in cap}
     fresh = {
         s.name: s.value
         for s in families["embedstream_freshness_seconds"].samples

@@ -1,0 +1,58 @@
+"""The librdkafka adapter's own thread (no broker needed)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import pytest
+
+from streams.kafka.confluent import _ConsumerThread
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the Kafka clients run on asyncio
+
+
+async def test_every_call_runs_on_one_thread_that_can_call_back_into_the_loop() -> None:
+    thread = _ConsumerThread()
+    seen: set[int] = set()
+    loop_thread = threading.get_ident()
+
+    async def in_loop() -> int:
+        return threading.get_ident()
+
+    def call() -> int:
+        seen.add(threading.get_ident())
+        # What a rebalance callback does from inside consume().
+        return anyio.from_thread.run(in_loop, token=thread.token)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(thread.run, call)
+        assert await thread.run(call) == loop_thread
+    finally:
+        thread.shutdown()
+    assert len(seen) == 1 and loop_thread not in seen
+
+
+async def test_a_cancelled_call_finishes_and_the_cancel_arrives_after_it() -> None:
+    thread = _ConsumerThread()
+    finished = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.1)
+        finished.set()
+
+    try:
+        with anyio.move_on_after(0.01) as scope:
+            await thread.run(slow)
+            pytest.fail("the cancellation was lost")  # pragma: no cover
+        assert scope.cancelled_caught and finished.is_set()
+    finally:
+        thread.shutdown()
