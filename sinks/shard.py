@@ -515,7 +515,11 @@ class Shard:
             # Merging IVF segments copies their lists and costs little, while each
             # segment costs a coarse-quantizer search per query: merge in pairs.
             factor = min(factor, 2)
-        picked = plan([s.live for s in sealed], factor, max(1, self.seal_at))
+        ceiling = None
+        if self._flat:
+            # A scan costs the bytes it reads however they are split (sinks.merge).
+            ceiling = max(2, self.segment_bytes // max(1, self.code_bytes))
+        picked = plan([s.live for s in sealed], factor, max(1, self.seal_at), ceiling)
         return None if picked is None else [sealed[i] for i in picked]
 
     def merge(self, inputs: list[Segment]) -> bool:

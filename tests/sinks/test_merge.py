@@ -41,6 +41,46 @@ def test_the_tiered_plan_keeps_segment_counts_logarithmic() -> None:
     assert len(sizes) == 1  # 256 = 4**4
 
 
+def test_a_ceiling_stops_merges_at_that_size() -> None:
+    assert plan([100, 100, 100, 100], 4, 100, ceiling=100) is None  # full ones stay
+    assert plan([100, 25, 25, 25, 25], 4, 10, ceiling=100) == [1, 2, 3, 4]
+    assert plan([100, 30, 30, 30, 30], 4, 10, ceiling=100) == [1, 2, 3]
+    assert plan([60, 60, 60, 60], 4, 10, ceiling=150) == [0, 1]  # as many as fit
+    assert plan([90, 90, 90, 90], 4, 10, ceiling=150) is None  # not even two fit
+    sizes: list[int] = []
+    for _ in range(100):
+        sizes.append(25)
+        while (picked := plan(sizes, 4, 25, ceiling=400)) is not None:
+            merged = sum(sizes[i] for i in picked)
+            assert merged <= 400
+            sizes = [s for i, s in enumerate(sizes) if i not in picked] + [merged]
+    assert sum(sizes) == 2500 and max(sizes) <= 400 and len(sizes) <= 10
+
+
+def test_full_flat_segments_are_not_merged_but_small_ones_are(tmp_path: Path) -> None:
+    """Flat codes merge only up to segment_bytes: a scan costs its bytes however
+    they are split, and every tier of merges copies them once more."""
+    x = np.random.default_rng(0).standard_normal((20_000, 8)).astype(np.float32)
+
+    async def run(segment_size: int) -> tuple[list[int], int]:
+        sink = FaissSink(tmp_path / f"idx{segment_size}", metric="l2", snapshot_every=0,
+                         segment_size=segment_size, segment_bytes=2048 * 32)  # fmt: skip
+        async with anyio.create_task_group() as tg:
+            await sink.open(tg)
+            for lo in range(0, 20_000, 500):
+                ids = np.arange(lo, lo + 500)
+                await sink.write(Batch(ids, x[lo : lo + 500], np.zeros(500), "p", {"o": lo}))
+            await sink.close(ok=True)
+        sizes = [seg.ntotal for seg in sink.shards["p"].segments]
+        return sizes, sink.statistics().merges
+
+    full, merges = anyio.run(run, 1_000_000)  # sealed by bytes: 2,000 of at most 2,048
+    assert merges == 0 and full == [2000] * 10, full
+    small, merges = anyio.run(run, 500)  # sealed at 500 rows: merged up to 2,048
+    assert merges > 0 and max(small) <= 2048 and len(small) < 40, small
+    assert sum(small) == 20_000
+
+
 @pytest.mark.parametrize("factory", ["IVF16,Flat", "Flat", "SQ8", "PQ4", "HNSW8"])
 def test_a_merged_index_answers_as_one_built_directly(factory: str) -> None:
     rng = np.random.default_rng(0)
