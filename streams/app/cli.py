@@ -184,11 +184,12 @@ def main(verbose: int) -> None:
 @click.option(
     "--kafka-client",
     "kafka_client",
-    type=click.Choice(["aiokafka", "confluent"]),
+    type=click.Choice(["auto", "aiokafka", "confluent"]),
     default=_D.kafka_client,
     show_default=True,
     help="The Kafka client: confluent is librdkafka (pip install 'embedstream[fast]'), "
-    "which parses records in C and reads about twice as fast; same semantics.",
+    "which parses records in C and ingests 1.5-2.7x as fast at 128-1536-d; auto: "
+    "confluent when it is installed, else aiokafka. Same semantics.",
 )
 @click.option(
     "--kafka-option",

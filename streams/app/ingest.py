@@ -58,7 +58,7 @@ class IngestOptions:
     gc_grace: float = DEFAULT_GRACE_SECONDS
     until_idle: float | None = None
     kafka_options: tuple[str, ...] = ()
-    kafka_client: str = "aiokafka"
+    kafka_client: str = "auto"
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None

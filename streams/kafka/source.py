@@ -57,7 +57,7 @@ _key = attrgetter("key")
 _headers = attrgetter("headers")
 _RECORD_FIELDS = (_offset, _timestamp, _value, _key, _headers)
 
-CLIENTS = ("aiokafka", "confluent")
+CLIENTS = ("aiokafka", "confluent", "auto")
 """The Kafka clients the source can consume with."""
 
 
@@ -110,9 +110,11 @@ class KafkaSource(Source):
         stall_timeout: when nothing arrived for this long, ask the broker whether
             records are waiting; if so (or if it cannot be asked), replace the
             consumer, which resumes at what was already emitted.
-        client: ``"aiokafka"`` (the default) or ``"confluent"``: librdkafka through
+        client: ``"aiokafka"`` (the default), ``"confluent"``: librdkafka through
             ``confluent-kafka`` (``pip install 'embedstream[fast]'``), which parses
-            records in C (:mod:`streams.kafka.confluent`). Same semantics either way.
+            records in C (:mod:`streams.kafka.confluent`), or ``"auto"``: confluent
+            when it is installed, else aiokafka (what ``embedstream ingest`` does).
+            Same semantics either way; :attr:`client` says which one runs.
         name: the stage name.
     """
 
@@ -135,6 +137,10 @@ class KafkaSource(Source):
     ) -> None:
         if client not in CLIENTS:
             raise ConfigError(f"unknown Kafka client {client!r}; use one of {', '.join(CLIENTS)}")
+        if client == "auto":
+            from streams.kafka.confluent import confluent_available
+
+            client = "confluent" if confluent_available() else "aiokafka"
         if client == "confluent" and consumer_factory is None:
             from streams.kafka.confluent import confluent_available
 

@@ -56,3 +56,13 @@ async def test_a_cancelled_call_finishes_and_the_cancel_arrives_after_it() -> No
         assert scope.cancelled_caught and finished.is_set()
     finally:
         thread.shutdown()
+
+
+def test_auto_picks_librdkafka_when_it_is_installed() -> None:
+    from streams.app.ingest import IngestOptions
+    from streams.kafka import KafkaSource
+    from streams.kafka.confluent import confluent_available
+
+    assert IngestOptions().kafka_client == "auto"  # what `embedstream ingest` runs
+    source = KafkaSource("127.0.0.1:9", ["t"], group="g", client="auto")
+    assert source.client == ("confluent" if confluent_available() else "aiokafka")
