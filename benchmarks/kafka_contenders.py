@@ -4,7 +4,8 @@
 
 Consume the topic from the start, L2-normalise, add with ids to ``IDMap2,Flat``
 (inner product), stop when all N are in. Prints ``RESULT {json}`` with the seconds
-from consumer start to the first record and to the last record being searchable.
+from consumer start to the first record and to the last record being searchable,
+and the steady rate (:class:`Progress`).
 """
 
 from __future__ import annotations
@@ -18,20 +19,53 @@ import time
 import uuid
 
 
-def _result(t0: float, first: float, last: float, n: int) -> None:
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "records": n,
-                "first_record_s": first - t0,
-                "wall_s": last - t0,
-                "steady_s": last - first,
-                "steady_rate": n / (last - first) if last > first else 0.0,
-                "wall_rate": n / (last - t0),
-            }
+class Progress:
+    """When a contender had how many records (read, or searchable: each says).
+
+    The steady window opens at the first count of at least a tenth of all records
+    and closes at the last; the steady rate is the records counted inside it over
+    its length. A tenth, not the first record: group join, the first fetches and
+    every buffer's warm-up stay out, whatever size each contender's first poll has
+    (one that takes half of a small topic in its first poll would otherwise count
+    that half at no cost).
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.t0 = time.perf_counter()
+        self.first = 0.0
+        self.last = 0.0
+        self.count = 0
+        self.mark: tuple[float, int] | None = None
+
+    def saw(self, count: int) -> None:
+        """``count`` records so far (call after each poll or add)."""
+        now = time.perf_counter()
+        self.count = count
+        if count and not self.first:
+            self.first = now
+        if self.mark is None and count >= self.n / 10:
+            self.mark = (now, count)
+        if count >= self.n and not self.last:
+            self.last = now
+
+    def report(self) -> None:
+        """Print the ``RESULT`` line."""
+        at, counted = self.mark or (self.first, 0)
+        steady = self.last - at
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "records": self.count,
+                    "first_record_s": self.first - self.t0,
+                    "wall_s": self.last - self.t0,
+                    "steady_s": steady,
+                    "steady_rate": (self.count - counted) / steady if steady > 0 else 0.0,
+                    "wall_rate": self.count / (self.last - self.t0),
+                }
+            )
         )
-    )
 
 
 async def bare_count(bootstrap: str, topic: str, n: int) -> None:
@@ -47,25 +81,22 @@ async def bare_count(bootstrap: str, topic: str, n: int) -> None:
         max_partition_fetch_bytes=4 << 20,
         fetch_max_bytes=32 << 20,
     )
-    t0 = time.perf_counter()
+    progress = Progress(n)
     await c.start()
-    got, first = 0, 0.0
+    got = 0
     while got < n:
         batch = await c.getmany(timeout_ms=500, max_records=50000)
-        for msgs in batch.values():
-            if msgs and not first:
-                first = time.perf_counter()
-            got += len(msgs)
-    last = time.perf_counter()
+        got += sum(len(msgs) for msgs in batch.values())
+        progress.saw(got)
     await c.stop()
-    _result(t0, first, last, got)
+    progress.report()
 
 
 def bare_confluent(bootstrap: str, topic: str, n: int) -> None:
     """librdkafka's ceiling: confluent-kafka's consume() and count, nothing else."""
     from confluent_kafka import Consumer
 
-    t0 = time.perf_counter()
+    progress = Progress(n)
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -80,15 +111,13 @@ def bare_confluent(bootstrap: str, topic: str, n: int) -> None:
         }
     )
     c.subscribe([topic])
-    got, first = 0, 0.0
+    got = 0
     while got < n:
         msgs = c.consume(num_messages=50000, timeout=0.5)
-        if msgs and not first:
-            first = time.perf_counter()
         got += sum(1 for m in msgs if m.error() is None)
-    last = time.perf_counter()
+        progress.saw(got)
     c.close()
-    _result(t0, first, last, got)
+    progress.report()
 
 
 async def hand_batched(bootstrap: str, topic: str, n: int, naive: bool = False) -> None:
@@ -107,19 +136,18 @@ async def hand_batched(bootstrap: str, topic: str, n: int, naive: bool = False) 
         fetch_max_bytes=32 << 20,
     )
     index = None
-    t0 = time.perf_counter()
+    progress = Progress(n)
     await c.start()
-    got, first = 0, 0.0
+    got = 0
     if naive:
         async for m in c:
-            if not first:
-                first = time.perf_counter()
             v = np.frombuffer(m.value, dtype="<f4").reshape(1, -1).copy()
             faiss.normalize_L2(v)
             if index is None:
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(v.shape[1]))
             index.add_with_ids(v, np.array([int(m.key)], dtype=np.int64))
             got += 1
+            progress.saw(got)
             if got >= n:
                 break
     else:
@@ -128,8 +156,6 @@ async def hand_batched(bootstrap: str, topic: str, n: int, naive: bool = False) 
             for msgs in batch.values():
                 if not msgs:
                     continue
-                if not first:
-                    first = time.perf_counter()
                 x = np.frombuffer(b"".join(m.value for m in msgs), dtype="<f4")
                 x = x.reshape(len(msgs), -1).copy()
                 ids = np.array([int(m.key) for m in msgs], dtype=np.int64)
@@ -138,9 +164,9 @@ async def hand_batched(bootstrap: str, topic: str, n: int, naive: bool = False) 
                     index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
                 await asyncio.to_thread(index.add_with_ids, x, ids)
                 got += len(msgs)
-    last = time.perf_counter()
+                progress.saw(got)
     await c.stop()
-    _result(t0, first, last, got)
+    progress.report()
 
 
 async def embedstream(bootstrap: str, topic: str, n: int, tuned: bool = False) -> None:
@@ -160,19 +186,12 @@ async def embedstream(bootstrap: str, topic: str, n: int, tuned: bool = False) -
         source = KafkaSource(bootstrap, [topic], group=uuid.uuid4().hex, format="f32")
         sink = FaissSink(tmp, factory="IDMap2,Flat", metric="ip", snapshot_every=None)
         pipeline = source | decode() | batch(32768) | normalize() | sink
-        t0 = time.perf_counter()
-        marks: dict[str, float] = {}
+        progress = Progress(n)
 
         async def watch() -> None:
             while True:
-                if (
-                    "first" not in marks
-                    and pipeline.channels
-                    and pipeline.channels[0].stats.items_in
-                ):
-                    marks["first"] = time.perf_counter()
+                progress.saw(sink.ntotal)
                 if sink.ntotal >= n:
-                    marks["last"] = time.perf_counter()
                     pipeline.stop()
                     return
                 await anyio.sleep(0.001)
@@ -180,7 +199,7 @@ async def embedstream(bootstrap: str, topic: str, n: int, tuned: bool = False) -
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             await pipeline.run()
-        _result(t0, marks["first"], marks["last"], sink.ntotal)
+        progress.report()
 
 
 def _vectors_held(port: int) -> tuple[float, float] | None:
@@ -219,9 +238,8 @@ def ingest_cli(bootstrap: str, topic: str, n: int, client: str = "aiokafka") -> 
                 "--factory", "IDMap2,Flat", "--snapshot-every", "0",
                 "--serve", f"127.0.0.1:{port}", "--no-progress",
                 "--kafka-client", client]  # fmt: skip
-        t0 = time.perf_counter()
+        progress = Progress(n)
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        first = last = 0.0
         hwm = 0
         try:
             while True:
@@ -230,10 +248,10 @@ def ingest_cli(bootstrap: str, topic: str, n: int, client: str = "aiokafka") -> 
                 got = _vectors_held(port)
                 if got is not None:
                     read, held = got
-                    if read and not first:
-                        first = time.perf_counter()
+                    if read and not progress.first:
+                        progress.first = time.perf_counter()  # read, not yet held
+                    progress.saw(int(held))
                     if held >= n:
-                        last = time.perf_counter()
                         break
                 time.sleep(0.02)
             with open(f"/proc/{proc.pid}/status") as f:
@@ -244,7 +262,7 @@ def ingest_cli(bootstrap: str, topic: str, n: int, client: str = "aiokafka") -> 
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
     print(f"RESULT {json.dumps({'child_peak_rss_mb': hwm / 1024})}")
-    _result(t0, first, last, n)
+    progress.report()
 
 
 def main() -> None:

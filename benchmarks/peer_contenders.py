@@ -20,24 +20,23 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.kafka_contenders import _result
+from benchmarks.kafka_contenders import Progress
 
 
 class Index:
-    """The job's sink: normalise and add a batch; note first and last times."""
+    """The job's sink: normalise and add a batch; count as it goes (:class:`Progress`)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.index: Any = None
         self.got = 0
-        self.first = 0.0
-        self.last = 0.0
+        self.progress = Progress(n)
         self.done = threading.Event()
 
     def mark(self) -> None:
         """The first record reached the user's code."""
-        if not self.first:
-            self.first = time.perf_counter()
+        if not self.progress.first:
+            self.progress.first = time.perf_counter()
 
     def add(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
         import faiss
@@ -45,8 +44,7 @@ class Index:
 
         if not values:
             return
-        if not self.first:
-            self.first = time.perf_counter()
+        self.mark()
         x = np.frombuffer(b"".join(values), dtype="<f4").reshape(len(values), -1).copy()
         ids = np.array([int(k) for k in keys], dtype=np.int64)
         faiss.normalize_L2(x)
@@ -54,8 +52,8 @@ class Index:
             self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
         self.index.add_with_ids(x, ids)
         self.got += len(values)
-        if self.got >= self.n and not self.last:
-            self.last = time.perf_counter()
+        self.progress.saw(self.got)
+        if self.got >= self.n:
             self.done.set()
 
 
@@ -87,9 +85,9 @@ def bytewax_job(bootstrap: str, topic: str, n: int) -> None:
         add_config={"group.id": uuid.uuid4().hex},
     )
     op.output("faiss", op.input("kafka", flow, source), FaissOut())
-    t0 = time.perf_counter()
+    sink.progress.t0 = time.perf_counter()
     run_main(flow)
-    _result(t0, sink.first, sink.last, sink.got)
+    sink.progress.report()
 
 
 def quix_job(bootstrap: str, topic: str, n: int) -> None:
@@ -120,9 +118,9 @@ def quix_job(bootstrap: str, topic: str, n: int) -> None:
 
     t = app.topic(topic, key_deserializer="bytes", value_deserializer="bytes")
     app.dataframe(t).sink(FaissOut())
-    t0 = time.perf_counter()
+    sink.progress.t0 = time.perf_counter()
     app.run()
-    _result(t0, sink.first, sink.last, sink.got)
+    sink.progress.report()
 
 
 def pathway_job(bootstrap: str, topic: str, n: int) -> None:
@@ -161,14 +159,14 @@ def pathway_job(bootstrap: str, topic: str, n: int) -> None:
         autocommit_duration_ms=50,
     )
     pw.io.subscribe(table, on_change=on_change, on_time_end=on_time_end)
-    t0 = time.perf_counter()
+    sink.progress.t0 = time.perf_counter()
     runner = threading.Thread(
         target=lambda: pw.run(monitoring_level=pw.MonitoringLevel.NONE), daemon=True
     )
     runner.start()
     # Pathway streams forever: stop the process once everything is in.
     sink.done.wait()
-    _result(t0, sink.first, sink.last, sink.got)
+    sink.progress.report()
     sys.stdout.flush()
     os._exit(0)
 

@@ -67,6 +67,9 @@ class Codec:
         # operator encodes in a worker thread while the sink may adopt a new one.
         # The token names a retrained generation's state (None for the first).
         self._state: tuple[int, str | None, Any] = (0, None, None)
+        self.retrains = True
+        """Whether a sink may retrain it (a sink with ``retrain_threshold=0`` says
+        no): only then do encoded batches carry their floats to the sink."""
 
     def __repr__(self) -> str:
         return f"<Codec {self.kind} dim={self.dim} trained={self.is_trained}>"
@@ -212,8 +215,9 @@ def quantize(
         codec: the codec, shared with the sink.
         keep_floats: keep the full-precision vectors on the batch (``floats``) for
             the sink's exact rerank. Trained codecs (``sq8``, ``pq``) keep them on
-            the batch anyway, for the sink's drift check and re-encoding; the sink
-            stores them only with ``rerank``.
+            the batch anyway while a sink may retrain them (:attr:`Codec.retrains`),
+            for its drift check and re-encoding; the sink stores them only with
+            ``rerank``.
         name: the stage name.
     """
 
@@ -248,6 +252,6 @@ def _encode(codec: Codec, b: Batch, keep_floats: bool) -> Batch:
         b.vectors, b.codec_tag = codec.encode_tagged(floats)
     else:
         b.vectors, b.codec_tag = np.zeros((0, codec.code_size), np.uint8), codec.tag
-    if keep_floats or codec.trainable:
+    if keep_floats or (codec.trainable and codec.retrains):
         b.floats = floats
     return b

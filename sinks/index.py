@@ -175,6 +175,9 @@ class FaissSink(Sink[Batch]):
         self.segment_bytes = segment_bytes
         self.merge_factor = merge_factor
         self.retrain_threshold = retrain_threshold
+        if codec is not None:
+            # Batches then arrive without their floats, unless rerank keeps them.
+            codec.retrains = bool(retrain_threshold)
         self.retrainer: Retrainer | None = None
         if ttl is not None and not ttl > 0:
             raise ConfigError(f"ttl must be above 0 seconds, got {ttl}")

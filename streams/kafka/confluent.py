@@ -34,6 +34,7 @@ of ``confluent_kafka.Consumer``:
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import logging
@@ -88,20 +89,9 @@ class _ConsumerThread:
         """``fn()`` in the consumer's thread."""
         if self.token is None:
             self.token = anyio.lowlevel.current_token()
-        token = self.token
-        done = anyio.Event()
-
-        def call() -> T:
-            try:
-                return fn()
-            finally:
-                # When the event loop is gone, nobody waits any more.
-                with contextlib.suppress(anyio.RunFinishedError):
-                    anyio.from_thread.run_sync(done.set, token=token)
-
-        future = self._executor.submit(call)
+        future = asyncio.wrap_future(self._executor.submit(fn))
         with anyio.CancelScope(shield=True):
-            await done.wait()
+            await asyncio.wait([future])
         # A cancellation that came meanwhile is delivered now, as to_thread does.
         await anyio.lowlevel.checkpoint_if_cancelled()
         return future.result()
@@ -299,7 +289,8 @@ class ConfluentConsumer:
             self._commit_deferred(consumer)
             return got
 
-        messages = await self._thread.run(consume)
+        import anyio.to_thread
+        messages = await anyio.to_thread.run_sync(consume)
         if messages:
             self._message_bytes = max(1, len(messages[-1]))
         if self._error is not None:

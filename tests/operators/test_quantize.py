@@ -76,3 +76,28 @@ def test_quantized_index_resumes_with_the_same_codec(tmp_path: Path, data) -> No
     assert recall_at_10(view.search(queries, 10).ids, truth) >= 0.99
     p = cli("ingest", str(head), "--index", str(idx), check=False)
     assert p.returncode == 1 and "--quantize sq8" in p.stderr
+
+
+def test_batches_carry_their_floats_only_while_the_sink_may_retrain() -> None:
+    """A trained codec's batches keep their floats for the sink's drift check; a
+    sink that never retrains (and has no rerank) tells the codec, and the floats
+    are dropped at once."""
+    from operators.quantize import Codec, _encode
+    from sinks import FaissSink
+    from streams.records import Batch
+
+    x = np.random.default_rng(0).standard_normal((500, 16)).astype(np.float32)
+    codec = Codec("sq8", train_size=500, metric="l2")
+    codec.train(x)
+
+    def encoded(keep_floats: bool = False) -> Batch:
+        b = Batch(np.arange(100), x[:100].copy(), np.zeros(100), "p", {})
+        return _encode(codec, b, keep_floats)
+
+    assert encoded().floats is not None
+    FaissSink("unused-dir", metric="l2", codec=codec, retrain_threshold=0)
+    assert codec.retrains is False
+    assert encoded().floats is None
+    assert encoded(keep_floats=True).floats is not None  # rerank needs them
+    FaissSink("unused-dir", metric="l2", codec=codec)
+    assert codec.retrains and encoded().floats is not None
