@@ -79,8 +79,8 @@ def _committed(err: Any, partitions: list[Any]) -> None:
 class _ConsumerThread:
     """One thread that makes every blocking call into the consumer, awaited from the
     event loop (asyncio: the Kafka clients run on it). A call runs to its end even
-    when the awaiting task is cancelled (as
-    ``anyio.to_thread.run_sync`` does): librdkafka cannot be interrupted."""
+    when the awaiting task is cancelled (as ``anyio.to_thread.run_sync`` does):
+    librdkafka cannot be interrupted."""
 
     def __init__(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
