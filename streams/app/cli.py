@@ -188,7 +188,7 @@ def main(verbose: int) -> None:
     default=_D.kafka_client,
     show_default=True,
     help="The Kafka client: confluent is librdkafka (pip install 'embedstream[fast]'), "
-    "which parses records in C; the CLI ingests 1.3-1.6x as fast on it at 128-1536-d; auto: "
+    "which parses records in C; the CLI ingests 1.2-1.7x as fast on it at 128-1536-d; auto: "
     "confluent when it is installed, else aiokafka. Same semantics.",
 )
 @click.option(
