@@ -41,6 +41,16 @@ def test_the_tiered_plan_keeps_segment_counts_logarithmic() -> None:
     assert len(sizes) == 1  # 256 = 4**4
 
 
+async def _write_in_batches_of_500(sink: FaissSink, x: np.ndarray) -> None:
+    """Open ``sink``, write ``x`` (ids = rows) to partition "p", close it."""
+    async with anyio.create_task_group() as tg:
+        await sink.open(tg)
+        for lo in range(0, len(x), 500):
+            ids = np.arange(lo, lo + 500)
+            await sink.write(Batch(ids, x[lo : lo + 500], np.zeros(500), "p", {"o": lo}))
+        await sink.close(ok=True)
+
+
 def test_a_ceiling_stops_merges_at_that_size() -> None:
     assert plan([100, 100, 100, 100], 4, 100, ceiling=100) is None  # full ones stay
     assert plan([100, 25, 25, 25, 25], 4, 10, ceiling=100) == [1, 2, 3, 4]
@@ -65,12 +75,7 @@ def test_full_flat_segments_are_not_merged_but_small_ones_are(tmp_path: Path) ->
     async def run(segment_size: int) -> tuple[list[int], int]:
         sink = FaissSink(tmp_path / f"idx{segment_size}", metric="l2", snapshot_every=0,
                          segment_size=segment_size, segment_bytes=2048 * 32)  # fmt: skip
-        async with anyio.create_task_group() as tg:
-            await sink.open(tg)
-            for lo in range(0, 20_000, 500):
-                ids = np.arange(lo, lo + 500)
-                await sink.write(Batch(ids, x[lo : lo + 500], np.zeros(500), "p", {"o": lo}))
-            await sink.close(ok=True)
+        await _write_in_batches_of_500(sink, x)
         sizes = [seg.ntotal for seg in sink.shards["p"].segments]
         return sizes, sink.statistics().merges
 
@@ -266,12 +271,7 @@ def test_ingest_merges_segments_and_reports_them(tmp_path: Path) -> None:
     async def run(merge_factor: int) -> tuple[int, int]:
         sink = FaissSink(tmp_path / f"idx{merge_factor}", metric="l2", snapshot_every=0,
                          segment_size=1000, merge_factor=merge_factor)  # fmt: skip
-        async with anyio.create_task_group() as tg:
-            await sink.open(tg)
-            for lo in range(0, 20_000, 500):
-                ids = np.arange(lo, lo + 500)
-                await sink.write(Batch(ids, x[lo : lo + 500], np.zeros(500), "p", {"o": lo}))
-            await sink.close(ok=True)
+        await _write_in_batches_of_500(sink, x)
         st = sink.statistics()
         return st.shards["p"].segments, st.merges
 
