@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["INT64_MAX", "INT64_MIN", "canonical_decimal", "key_id"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["INT64_MAX", "INT64_MIN", "canonical_decimal", "decimal_ids", "key_id"]
 
 INT64_MAX = (1 << 63) - 1
 INT64_MIN = -(1 << 63)
@@ -41,3 +44,33 @@ def canonical_decimal(text: str) -> int | None:
         return None
     value = int(text)
     return value if value <= INT64_MAX else None
+
+
+_POW10 = 10 ** np.arange(19, dtype=np.int64)
+
+
+def decimal_ids(
+    text: npt.NDArray[np.uint8], starts: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64] | None:
+    """The keys ``text[starts[i] : starts[i] + lengths[i]]`` as int64 ids when every
+    one is a canonical decimal of 1 to 18 digits (18 always fit in int64), else
+    ``None`` (the caller then applies the rule key by key, so a key's id never
+    depends on its neighbours). A few vectorised passes: about 40 ns a key."""
+    n = len(starts)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if lengths.min() < 1 or lengths.max() > 18:
+        return None
+    ends = np.cumsum(lengths)
+    first = ends - lengths  # where each key starts among the gathered digits
+    total = int(ends[-1])
+    where = np.arange(total, dtype=np.int64) + np.repeat(starts - first, lengths)
+    digits = text[where] - np.uint8(ord("0"))  # anything but a digit wraps above 9
+    if digits.max() > 9:
+        return None
+    if ((digits[first] == 0) & (lengths > 1)).any():
+        return None  # a leading zero: "007" is a string id, not 7
+    # Each digit's power of ten: its distance to the end of its key.
+    power = np.repeat(ends - 1, lengths) - np.arange(total, dtype=np.int64)
+    ids: npt.NDArray[np.int64] = np.add.reduceat(digits.astype(np.int64) * _POW10[power], first)
+    return ids

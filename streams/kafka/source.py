@@ -12,16 +12,18 @@ partition (so the fetcher stops fetching) and keeps polling, which keeps the
 consumer inside ``max.poll.interval.ms``; heartbeats run in aiokafka's background
 task all along. Memory stays bounded by the channel capacities and the fetch limits.
 
-aiokafka builds one Python object per message; the source adds only a few list
-comprehensions per partition per fetch, and everything else is vectorised in
-``decode``.
+On aiokafka, the source reads fetch responses itself (:mod:`streams.kafka.records`,
+:mod:`streams.kafka.wire`): fixed-size ``f32`` values with decimal keys become a
+chunk of vectors and ids in a few vectorised passes over the response, without a
+Python object per message. Other formats and records (nulls, headers, string keys)
+take the per-record path, on librdkafka always.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
@@ -36,6 +38,7 @@ from streams.kafka.errors import map_kafka_errors, transient
 from streams.kafka.records import raw_records_marker
 from streams.kafka.topics import await_topics, unfinished_partitions
 from streams.kafka.url import PartitionLag, partition_name
+from streams.kafka.wire import WireRecords
 from streams.records import Chunk, Positions
 from streams.sink import Sink
 from streams.source import Source
@@ -315,8 +318,8 @@ class KafkaSource(Source):
                 for tp, messages in fetched.items():
                     if self._claiming and partition_name(tp.topic, tp.partition) in self._claiming:
                         continue
-                    if messages:
-                        await self._send(consumer, outbox, self._chunk(tp, messages))
+                    for piece in self._pieces(messages):
+                        await self._send(consumer, outbox, self._chunk(tp, piece))
                 continue
             if self.until_idle is not None and now - last_record >= self.until_idle:
                 behind = await unfinished_partitions(consumer, self.topics, self._emitted)
@@ -369,8 +372,36 @@ class KafkaSource(Source):
         consumer's messages."""
         return getattr(consumer, "record_fields", None) or _RECORD_FIELDS
 
+    def _pieces(self, messages: list[Any]) -> Iterator[list[Any]]:
+        """A partition's messages of one poll in pieces of at most ``max_records``
+        records (a fetch response read whole counts as one message in the poll)."""
+        if not messages:
+            return
+        if not isinstance(messages[0], WireRecords):
+            yield messages  # one record object per message
+            return
+        step = self.max_records
+        run: list[Any] = []  # aiokafka's records after a batch the wire reader left
+        for m in messages:
+            if not isinstance(m, WireRecords):
+                run.append(m)
+                continue
+            if run:
+                yield run
+                run = []
+            for part in m.runs() if self.format == "f32" else [m]:
+                for start in range(0, len(part), step):
+                    yield [part.take(slice(start, start + step)) if len(part) > step else part]
+        if run:
+            yield run
+
     def _chunk(self, tp: Any, messages: list[Any]) -> Chunk:
-        part = partition_name(tp.topic, tp.partition)
+        if isinstance(messages[0], WireRecords):
+            (wire,) = messages  # as _pieces cut them
+            fast = self._vectors_chunk(tp, wire)
+            if fast is not None:
+                return fast
+            messages = wire.records()
         n = len(messages)
         offset, timestamp, value, key, header = self._fields(self.consumer)
         # map over C-level getters: C-speed passes over the client's record objects.
@@ -379,9 +410,46 @@ class KafkaSource(Source):
             offsets = np.arange(first, last + 1, dtype=np.int64)
         else:  # compacted topics and transaction markers leave gaps
             offsets = np.fromiter(map(offset, messages), dtype=np.int64, count=n)
-        timestamps = np.fromiter(map(timestamp, messages), dtype=np.float64, count=n) / 1000.0
-        values = list(map(value, messages))
+        # A consumer may read all timestamps in C-level passes (librdkafka's are pairs).
+        stamps = getattr(self.consumer, "timestamps", None)
+        each = stamps(messages) if stamps is not None else map(timestamp, messages)
+        timestamps = np.fromiter(each, dtype=np.float64, count=n) / 1000.0
         headers = list(map(header, messages))
+        return self._read(
+            tp,
+            offsets,
+            timestamps,
+            payloads=list(map(value, messages)),
+            keys=list(map(key, messages)),
+            headers=headers if any(headers) else None,
+        )
+
+    def _vectors_chunk(self, tp: Any, wire: WireRecords) -> Chunk | None:
+        """A chunk of vectors and ids read straight from a fetch response: ``f32``
+        values of one size, decimal keys, no headers. ``None`` otherwise (the
+        per-record path then reads it)."""
+        if self.format != "f32":
+            return None
+        size = wire.value_size()
+        if not size or size % 4 or wire.header_count.any():
+            return None
+        ids = wire.ids()
+        if ids is None:
+            return None
+        return self._read(
+            tp, wire.offsets, wire.timestamps / 1000.0, vectors=wire.matrix().view("<f4"), ids=ids
+        )
+
+    def _read(
+        self,
+        tp: Any,
+        offsets: np.ndarray[Any, Any],
+        timestamps: np.ndarray[Any, Any],
+        **items: Any,
+    ) -> Chunk:
+        """The chunk of a partition's records at ``offsets``, noting that they were
+        read (the partition's position and lag)."""
+        part = partition_name(tp.topic, tp.partition)
         nxt = int(offsets[-1]) + 1
         self._emitted[part] = nxt
         lag = self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
@@ -398,11 +466,9 @@ class KafkaSource(Source):
             position={"offset": nxt},
             locations=offsets,
             location_kind="offset",
-            payloads=values,
-            keys=list(map(key, messages)),
             timestamps=timestamps,
             read_at=time.time(),
-            headers=headers if any(headers) else None,
+            **items,
         )
 
     async def _send(self, consumer: Consumer, outbox: Outbox[Chunk], chunk: Chunk) -> None:

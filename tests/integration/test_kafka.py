@@ -389,3 +389,92 @@ async def test_live_record_is_searchable_within_a_second_over_http(
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "101 records" in out
+
+
+@pytest.mark.asyncio
+async def test_fetch_responses_read_whole_give_what_per_record_reading_gives(
+    kafka: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka's responses read straight into arrays (streams.kafka.wire) against
+    aiokafka's ConsumerRecords, on one topic with every kind of record: plain 96-d
+    vectors, a gzip-compressed run, tombstones, headers, string keys, a NaN."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.deadletters import Rejects
+    from tests.helpers import collect
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3000, 96)).astype(np.float32)
+    x[17, 5] = np.nan
+    await create_topic(kafka, topic_name, 2)
+    await produce(kafka, topic_name, range(2000), x[:2000])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, compression_type="gzip")
+    await producer.start()
+    try:
+        for i in range(2000, 2500):
+            await producer.send(topic_name, key=str(i).encode(), value=x[i].tobytes())
+    finally:
+        await producer.stop()
+    await produce(
+        kafka,
+        topic_name,
+        range(2500, 2600),
+        None,
+        keys=[f"doc-{i}".encode() for i in range(2500, 2600)],
+        values=[x[i].tobytes() for i in range(2500, 2600)],
+        headers=[[("lang", b"en")] if i % 2 else None for i in range(2500, 2600)],
+    )
+    await produce(kafka, topic_name, range(0, 100), None, values=[None] * 100)
+    await produce(kafka, topic_name, range(2600, 3000), x[2600:])
+
+    from streams.kafka.source import KafkaSource as Source
+
+    whole = 0
+    vectors_chunk = Source._vectors_chunk
+
+    def counting(self: Any, tp: Any, wire: Any) -> Any:
+        nonlocal whole
+        got = vectors_chunk(self, tp, wire)
+        whole += got is not None
+        return got
+
+    monkeypatch.setattr(Source, "_vectors_chunk", counting)
+
+    class Letters:
+        def __init__(self) -> None:
+            self.letters: list[Any] = []
+
+        async def write(self, letters: list[Any]) -> None:
+            self.letters.extend(letters)
+
+        async def aclose(self) -> None:
+            pass
+
+    async def consume(raw: bool) -> dict[int, tuple[bool, bytes, Any]]:
+        source = KafkaSource(
+            kafka,
+            [topic_name],
+            group=f"g-{raw}-{topic_name}",
+            until_idle=2.0,
+            raw_records=raw,
+            max_records=700,  # whole responses are cut, too
+        )
+        letters = Letters()
+        rows: dict[int, tuple[bool, bytes, Any]] = {}
+        got = await collect(source, decode(errors=Rejects("dead-letter", letters)))
+        assert [(r.reason, r.raw) for r in letters.letters] == [("not-finite", x[17].tobytes())]
+        for b in got:
+            deleted = b.deleted if b.deleted is not None else np.zeros(len(b), bool)
+            for j, i in enumerate(b.ids.tolist()):
+                meta = b.metadata[j] if b.metadata is not None else None
+                rows[i] = (bool(deleted[j]), b.vectors[j].tobytes(), meta)
+        return rows
+
+    per_record = await consume(False)
+    assert whole == 0
+    read_whole = await consume(True)
+    assert whole > 0  # the plain runs came as whole responses
+    assert read_whole == per_record
+    # 2,900 integer ids (17, the NaN, only as a delete) and 100 hashed string keys.
+    assert len(per_record) == 3000
+    assert sum(d for d, _, _ in per_record.values()) == 100
