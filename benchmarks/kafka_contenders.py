@@ -223,7 +223,9 @@ def _vectors_held(port: int) -> tuple[float, float] | None:
 
 def ingest_cli(bootstrap: str, topic: str, n: int, client: str = "aiokafka") -> None:
     """The real thing: `embedstream ingest kafka://...` as users start it, its rate
-    read from its own /metrics (polled every 20 ms); its peak RSS from /proc."""
+    read from its own /metrics (polled every 100 ms, as a scraper might); its peak
+    RSS from /proc."""
+    import shlex
     import signal
     import socket
     import subprocess
@@ -237,7 +239,9 @@ def ingest_cli(bootstrap: str, topic: str, n: int, client: str = "aiokafka") -> 
                 "--group", uuid.uuid4().hex, "--normalize", "--metric", "ip",
                 "--factory", "IDMap2,Flat", "--snapshot-every", "0",
                 "--serve", f"127.0.0.1:{port}", "--no-progress",
-                "--kafka-client", client]  # fmt: skip
+                "--kafka-client", client,
+                # Settings to try against the defaults, e.g. "--batch-bytes 4194304".
+                *shlex.split(os.environ.get("EMBEDSTREAM_BENCH_INGEST_ARGS", ""))]  # fmt: skip
         progress = Progress(n)
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         hwm = 0
@@ -253,7 +257,7 @@ def ingest_cli(bootstrap: str, topic: str, n: int, client: str = "aiokafka") -> 
                     progress.saw(int(held))
                     if held >= n:
                         break
-                time.sleep(0.02)
+                time.sleep(0.1)
             with open(f"/proc/{proc.pid}/status") as f:
                 for line in f:
                     if line.startswith("VmHWM:"):

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import faiss
 import numpy as np
 import numpy.typing as npt
 
@@ -112,6 +113,7 @@ class _Decoder:
 
     def _reject(self, chunk: Chunk, bad: list[tuple[int, str, str]]) -> list[Rejected]:
         payloads = chunk.payloads
+        vectors = chunk.vectors if FORMATS[chunk.format].kafka else None
         return [
             Rejected(
                 reason=reason,
@@ -121,7 +123,12 @@ class _Decoder:
                 location_kind=chunk.location_kind,
                 location=int(chunk.locations[i]),
                 detail=detail,
-                raw=payloads[i] if payloads is not None else None,
+                raw=(
+                    payloads[i]
+                    if payloads is not None
+                    # Kafka f32 values read straight into rows: a row is its value.
+                    else (vectors[i].tobytes() if vectors is not None else None)
+                ),
             )
             for i, reason, detail in sorted(bad)
         ]
@@ -132,11 +139,20 @@ class _Decoder:
         assert chunk.vectors is not None and chunk.ids is not None
         vectors, ids = chunk.vectors, chunk.ids
         bad: list[tuple[int, str, str]] = []
-        if self.dim is None and vectors.shape[1]:
+        row_bytes = vectors.shape[1] * vectors.itemsize
+        # Kafka values read straight into rows have the per-record size limit.
+        oversized = FORMATS[chunk.format].kafka and row_bytes > self.max_bytes
+        if self.dim is None and vectors.shape[1] and not oversized:
             self.dim = int(vectors.shape[1])
-        if vectors.shape[1] != self.dim:
+        if vectors.shape[1] != self.dim or oversized:
             reason, detail = (
                 (
+                    "oversized",
+                    f"{row_bytes:,} bytes is over the limit of "
+                    f"{self.max_bytes:,} (max_payload_bytes / --max-payload-bytes)",
+                )
+                if oversized
+                else (
                     "wrong-dimension",
                     f"the vector has {vectors.shape[1]} values, the stream {self.dim}",
                 )
@@ -147,17 +163,13 @@ class _Decoder:
             keep = np.zeros(len(ids), dtype=bool)
             vectors = np.zeros((0, self.dim or 0), np.float32)
         else:
-            keep = np.isfinite(vectors).all(axis=1)
-            if not keep.all():
-                bad = [
-                    (int(i), "not-finite", "the vector holds NaN or Inf")
-                    for i in np.flatnonzero(~keep)
-                ]
-            if self.reject_zero:
-                zero = keep & ~vectors.any(axis=1)
-                bad += [(int(i), "zero-vector", _ZERO) for i in np.flatnonzero(zero)]
-                keep &= ~zero
+            nonfinite, zero = _bad_rows(vectors, self.reject_zero)
+            keep = np.ones(len(ids), dtype=bool)
+            bad = [(int(i), "not-finite", "the vector holds NaN or Inf") for i in nonfinite]
+            bad += [(int(i), "zero-vector", _ZERO) for i in zero]
             if bad:
+                keep[nonfinite] = False
+                keep[zero] = False
                 vectors = vectors[keep]
         ts = chunk.timestamps
         if ts is None:
@@ -190,17 +202,17 @@ class _Decoder:
                 vectors = np.zeros((n, self.dim or 0), dtype=np.float32)
         keep = np.ones(n, dtype=bool)
         if vectors.shape[1]:
-            live = ~deleted
-            nonfinite = np.flatnonzero(live & ~np.isfinite(vectors).all(axis=1))
+            nonfinite, zero = _bad_rows(vectors, self.reject_zero)
+            # A delete's vector row is meaningless.
+            nonfinite = nonfinite[~deleted[nonfinite]]
+            zero = zero[~deleted[zero]]
             cols.bad.extend(
                 (int(rows[j]), "not-finite", "the vector holds NaN or Inf")
                 for j in nonfinite.tolist()
             )
+            cols.bad.extend((int(rows[j]), "zero-vector", _ZERO) for j in zero.tolist())
             keep[nonfinite] = False
-            if self.reject_zero:
-                zero = np.flatnonzero(keep & live & ~vectors.any(axis=1))
-                cols.bad.extend((int(rows[j]), "zero-vector", _ZERO) for j in zero.tolist())
-                keep[zero] = False
+            keep[zero] = False
         ts = (
             chunk.timestamps[rows]
             if chunk.timestamps is not None
@@ -228,6 +240,29 @@ class _Decoder:
             metadata=metadata,
         )
         return batch, self._reject(chunk, cols.bad)
+
+
+def _bad_rows(
+    vectors: npt.NDArray[Any], zero_too: bool
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The rows holding NaN or Inf, and (when ``zero_too``) the all-zero rows.
+
+    One pass for both: a row's squared norm is not finite when the row holds NaN or
+    Inf, and 0 when it is all zeros. Huge finite values (the square overflows) and
+    tiny ones (it underflows) are flagged too, so flagged rows are checked exactly."""
+    if vectors.dtype == np.float32 and vectors.flags.c_contiguous and len(vectors):
+        n, d = vectors.shape
+        norms = np.empty(n, dtype=np.float32)
+        faiss.fvec_norms_L2sqr(faiss.swig_ptr(norms), faiss.swig_ptr(vectors), d, n)  # type: ignore[attr-defined]
+        flagged = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    else:
+        flagged = np.arange(len(vectors))
+    if not len(flagged):
+        return flagged, flagged
+    rows = vectors[flagged]
+    finite = np.isfinite(rows).all(axis=1)
+    zero = finite & ~rows.any(axis=1) if zero_too else np.zeros(len(rows), dtype=bool)
+    return flagged[~finite], flagged[zero]
 
 
 def _utf8(data: bytes) -> bool:

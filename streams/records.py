@@ -14,6 +14,7 @@ ones with ``dict.update``, so one partition can track several files.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,8 +187,10 @@ class Batch:
         """One batch holding ``parts`` (of one partition) in order, with
         ``position``. An optional per-row field set in some parts only is filled
         for the others (not deleted, no metadata, NaN floats)."""
-        if len(parts) == 1 and parts[0].position is position:
-            return parts[0]
+        if len(parts) == 1:
+            # One part: the same arrays under the new position, nothing copied.
+            one = parts[0]
+            return one if one.position is position else dataclasses.replace(one, position=position)
         joined: dict[str, Any] = {}
         for name in ROW_FIELDS:
             values = [getattr(p, name) for p in parts]

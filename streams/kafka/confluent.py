@@ -42,12 +42,13 @@ import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from operator import methodcaller
+from operator import itemgetter, methodcaller
 from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import numpy as np
 
 from streams.errors import ConfigError
 
@@ -68,6 +69,40 @@ _headers = methodcaller("headers")
 
 def _timestamp(m: Any) -> int:
     return int(m.timestamp()[1])
+
+
+_error = methodcaller("error")
+_topic = methodcaller("topic")
+_partition = methodcaller("partition")
+_timestamp_pair = methodcaller("timestamp")
+_second = itemgetter(1)
+
+
+def _by_partition(messages: list[Any]) -> tuple[dict[Any, list[Any]], list[Any]]:
+    """``messages`` per partition (each partition's in order), and the error events
+    among them. C-level passes: librdkafka returns each partition's messages in
+    runs, so the lists are slices between the points where the partition changes."""
+    from aiokafka.structs import TopicPartition
+
+    out: dict[Any, list[Any]] = {}
+    bad: list[Any] = []
+    if not messages:
+        return out, bad
+    if any(map(_error, messages)):
+        bad = [m for m in messages if m.error() is not None]
+        messages = [m for m in messages if m.error() is None]
+    if not messages:
+        return out, bad
+    topics = list(map(_topic, messages))
+    partitions = np.fromiter(map(_partition, messages), dtype=np.int64, count=len(messages))
+    change = partitions[1:] != partitions[:-1]
+    if topics.count(topics[0]) != len(topics):  # several topics: compare names too
+        names = np.asarray(topics, dtype=object)
+        change |= names[1:] != names[:-1]
+    starts = [0, *(np.flatnonzero(change) + 1).tolist()]
+    for a, b in zip(starts, [*starts[1:], len(messages)], strict=True):
+        out.setdefault(TopicPartition(topics[a], int(partitions[a])), []).extend(messages[a:b])
+    return out, bad
 
 
 def _committed(err: Any, partitions: list[Any]) -> None:
@@ -287,34 +322,21 @@ class ConfluentConsumer:
         else:
             wanted = min(wanted, 1024)
 
-        def consume() -> list[Any]:
+        def consume() -> tuple[dict[Any, list[Any]], list[Any]]:
             got: list[Any] = consumer.consume(num_messages=wanted, timeout=timeout_ms / 1000)
             self._commit_deferred(consumer)
-            return got
+            if got:
+                self._message_bytes = max(1, len(got[-1]))
+            # Sorting messages by partition is per-message work: done here, off the
+            # event loop.
+            return _by_partition(got)
 
-        messages = await self._thread.run(consume)
-        if messages:
-            self._message_bytes = max(1, len(messages[-1]))
+        out, bad = await self._thread.run(consume)
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        out: dict[Any, list[Any]] = {}
-        if not messages:
-            return out
-        from aiokafka.structs import TopicPartition
-
-        bad = [m for m in messages if m.error() is not None]
         if bad:
             self._raise(bad)
-            messages = [m for m in messages if m.error() is None]
-        last: tuple[str, int] | None = None
-        current: list[Any] = []
-        for m in messages:
-            key = (m.topic(), m.partition())
-            if key != last:
-                current = out.setdefault(TopicPartition(*key), [])
-                last = key
-            current.append(m)
         return out
 
     def _raise(self, bad: list[Any]) -> None:
@@ -336,6 +358,11 @@ class ConfluentConsumer:
 
     record_fields: tuple[Callable[[Any], Any], ...] = (_offset, _timestamp, _value, _key, _headers)
     """How the source reads a message: offset, timestamp (ms), value, key, headers."""
+
+    @staticmethod
+    def timestamps(messages: list[Any]) -> Any:
+        """The messages' timestamps (ms), in C-level passes."""
+        return map(_second, map(_timestamp_pair, messages))
 
     def seek(self, partition: Any, offset: int) -> None:
         if self._pending is not None:

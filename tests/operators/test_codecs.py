@@ -369,3 +369,23 @@ def test_negative_ids_are_rejected_not_lost() -> None:
     # A key "-1" is a string id (hashed, non-negative), so it stays findable.
     raw, _ = decode_payloads("f32", [np.float32([1, 2]).tobytes()], [b"-1"], max_bytes=64, dim=2)
     assert raw.id_array is not None and raw.id_array[0] == key_id("-1") >= 0
+
+
+_extreme = st.sampled_from(
+    [0.0, -0.0, 1.0, -2.5, 3e38, -3e38, 1e-38, 1e-45, float("nan"), float("inf"), -float("inf")]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(_extreme, min_size=3, max_size=3), min_size=1, max_size=12))
+def test_one_pass_row_checks_agree_with_the_exact_ones(rows: list[list[float]]) -> None:
+    """decode flags rows by their squared norm (one pass) and re-checks flagged rows:
+    overflowing and underflowing finite rows must come out as the exact checks say."""
+    from operators.decode import _bad_rows
+
+    x = np.asarray(rows, dtype=np.float32)
+    nonfinite, zero = _bad_rows(x, True)
+    finite = np.isfinite(x).all(axis=1)
+    assert nonfinite.tolist() == np.flatnonzero(~finite).tolist()
+    assert zero.tolist() == np.flatnonzero(finite & ~x.any(axis=1)).tolist()
+    assert _bad_rows(x, False)[1].tolist() == []

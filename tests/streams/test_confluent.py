@@ -66,3 +66,42 @@ def test_auto_picks_librdkafka_when_it_is_installed() -> None:
     assert IngestOptions().kafka_client == "auto"  # what `embedstream ingest` runs
     source = KafkaSource("127.0.0.1:9", ["t"], group="g", client="auto")
     assert source.client == ("confluent" if confluent_available() else "aiokafka")
+
+
+def test_messages_are_grouped_per_partition_in_order_with_errors_apart() -> None:
+    from streams.kafka.confluent import _by_partition
+
+    class Message:
+        def __init__(self, topic: str, partition: int, offset: int, error: str | None = None):
+            self._where = (topic, partition, offset)
+            self._error = error
+
+        def topic(self) -> str:
+            return self._where[0]
+
+        def partition(self) -> int:
+            return self._where[1]
+
+        def offset(self) -> int:
+            return self._where[2]
+
+        def error(self) -> str | None:
+            return self._error
+
+    got = [
+        Message("a", 0, 1),
+        Message("a", 0, 2),
+        Message("a", 1, 1),
+        Message("b", 1, 1),  # another topic, the same partition number
+        Message("b", 1, 2),
+        Message("a", 0, 3),  # a partition again after others
+        Message("a", 0, -1, "broker down"),
+    ]
+    out, bad = _by_partition(got)
+    assert {(tp.topic, tp.partition): [m.offset() for m in ms] for tp, ms in out.items()} == {
+        ("a", 0): [1, 2, 3],
+        ("a", 1): [1],
+        ("b", 1): [1, 2],
+    }
+    assert [m.error() for m in bad] == ["broker down"]
+    assert _by_partition([]) == ({}, [])
