@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+import anyio.to_thread
 import numpy as np
 
 from streams.errors import ConfigError
@@ -145,6 +146,25 @@ def confluent_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+async def commit_outside_group(consumer: ConfluentConsumer, offsets: dict[Any, int]) -> None:
+    """Commit ``offsets`` (partition -> next offset) for ``consumer``'s group with a
+    librdkafka consumer that joins no group, and close it."""
+
+    def commit() -> None:
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        made = Consumer({k: v for k, v in consumer.config.items() if k != "on_commit"})
+        try:
+            parts = [TopicPartition(tp.topic, tp.partition, o) for tp, o in offsets.items()]
+            for part in made.commit(offsets=parts, asynchronous=False) or []:
+                if part.error is not None:
+                    raise KafkaException(part.error)
+        finally:
+            made.close()
+
+    await anyio.to_thread.run_sync(commit)
 
 
 def _options(options: dict[str, Any]) -> dict[str, Any]:

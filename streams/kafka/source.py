@@ -184,6 +184,9 @@ class KafkaSource(Source):
         # assignment and released to it on revocation (see hand_partitions_to).
         self._owner: Sink[Any] | None = None
         self._stopping = False
+        # The partitions held when the consumer left the group (the final
+        # snapshot, taken after that, commits them); None while it is a member.
+        self._left: set[Any] | None = None
         self._claiming: set[str] = set()
         self._failure: Exception | None = None
         self._rebalances = 0
@@ -253,6 +256,9 @@ class KafkaSource(Source):
         self._start = start
         while True:
             consumer = self.consumer = self._make_consumer()
+            # A member again (after a restart, the finally below had said otherwise).
+            self._stopping = False
+            self._left = None
             await self._start_consumer(consumer)
             try:
                 await await_topics(
@@ -265,7 +271,6 @@ class KafkaSource(Source):
                 # broker (aiokafka can stay stuck after the whole cluster was down):
                 # start a new one. It seeks to what this process already emitted.
                 self._restarts += 1
-                self._stopping = False
                 log.warning(
                     "Kafka: the consumer made no progress for %ss; restarting it",
                     self.stall_timeout,
@@ -275,6 +280,7 @@ class KafkaSource(Source):
                     # Leaving the group is not a hand-over: the sink's final snapshot
                     # holds everything, and the partitions move on from there.
                     self._stopping = True
+                    self._left = set(consumer.assignment())
                     try:
                         await within(30, consumer.stop())
                     except Exception as exc:  # pragma: no cover - best effort on shutdown
@@ -619,7 +625,8 @@ class KafkaSource(Source):
         from aiokafka.errors import KafkaError
         from aiokafka.structs import TopicPartition
 
-        assigned = set(consumer.assignment())
+        left = self._left
+        assigned = set(consumer.assignment()) if left is None else left
         offsets = {}
         for tp in assigned:
             pos = positions.get(partition_name(tp.topic, tp.partition), {}).get("offset")
@@ -628,11 +635,45 @@ class KafkaSource(Source):
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
+            if left is None:
+                await consumer.commit(offsets)
+            elif not await self._commit_as_former_member(offsets):
+                return
             self._commits += 1
         except KafkaError as exc:
             # Commits only inform lag tools; the snapshot already holds the truth.
             log.warning("committing offsets of snapshot %s failed: %s", seq, exc)
+
+    async def _commit_as_former_member(self, offsets: dict[Any, int]) -> bool:
+        """Commit the final snapshot's offsets after this process left the group
+        (the pipeline snapshots after its source has stopped): as a consumer that
+        joins no group, which the broker takes while the group has no members.
+        While it has some, those now own the partitions and commit for them."""
+        if self._factory is not None:
+            return False  # a fake consumer: nothing to commit to
+        where = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in offsets)
+        try:
+            if self.client == "confluent":
+                from streams.kafka.confluent import ConfluentConsumer, commit_outside_group
+
+                made = self._make_consumer()
+                assert isinstance(made, ConfluentConsumer)
+                await within(30, commit_outside_group(made, offsets))
+            else:
+                from aiokafka import AIOKafkaConsumer
+
+                consumer = self._make_consumer()
+                assert isinstance(consumer, AIOKafkaConsumer)
+                await within(30, consumer.start())
+                try:
+                    consumer.assign(list(offsets))
+                    await within(30, consumer.commit(offsets))
+                finally:
+                    await within(30, consumer.stop())
+        except Exception as exc:
+            log.info("the final offsets of %s were not committed: %s", where, exc)
+            return False
+        return True
 
     def statistics(self) -> SourceStatistics:
         now = time.time()

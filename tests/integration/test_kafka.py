@@ -478,3 +478,29 @@ async def test_fetch_responses_read_whole_give_what_per_record_reading_gives(
     # 2,900 integer ids (17, the NaN, only as a delete) and 100 hashed string keys.
     assert len(per_record) == 3000
     assert sum(d for d, _, _ in per_record.values()) == 100
+
+
+@pytest.mark.asyncio
+async def test_the_final_snapshot_offsets_are_committed_for_lag_tools(
+    kafka_client: str, kafka: str, topic_name: str, tmp_path: Path
+) -> None:
+    """`ingest --until-idle` takes its final snapshot after its consumer has left the
+    group; the snapshot's offsets still reach Kafka, so lag tools see 0 behind."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    from tests.reliability.oracle import ingest_argv
+
+    await create_topic(kafka, topic_name, 2)
+    await produce(kafka, topic_name, range(1000), np.ones((1000, 8), np.float32))
+    argv = ingest_argv(kafka, topic_name, tmp_path / "idx", "--until-idle", "2")
+    group = argv[argv.index("--group") + 1]
+    subprocess.run(argv, check=True, capture_output=True, timeout=180)
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic_name, p) for p in range(2)]
+        ends = await consumer.end_offsets(parts)
+        assert [await consumer.committed(tp) for tp in parts] == [ends[tp] for tp in parts]
+    finally:
+        await consumer.stop()
