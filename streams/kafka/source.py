@@ -108,8 +108,9 @@ class KafkaSource(Source):
         consumer_options: passed to ``AIOKafkaConsumer`` as they are (SASL/SSL
             settings, fetch sizes, timeouts...).
         consumer_factory: makes the consumer; for tests with a fake one.
-        raw_records: take aiokafka's raw records instead of ``ConsumerRecord``
-            objects (about twice the rate; see :mod:`streams.kafka.records`).
+        raw_records: on aiokafka, read fetch responses whole instead of taking a
+            ``ConsumerRecord`` per message (:mod:`streams.kafka.records`,
+            :mod:`streams.kafka.wire`); ``False`` is aiokafka's own path.
         stall_timeout: when nothing arrived for this long, ask the broker whether
             records are waiting; if so (or if it cannot be asked), replace the
             consumer, which resumes at what was already emitted.
