@@ -56,6 +56,9 @@ _LOG_APPEND_TIME = 0x08
 _TRANSACTIONAL = 0x10
 _CONTROL = 0x20
 
+_SMALL_BATCH = 32
+"""Batches of fewer records have their record starts read in a plain loop."""
+
 _RUN_TRIES = 32
 """Runs of equal-length records tried per batch before reading lengths one by one
 (records of ever-changing lengths make each try confirm only a few)."""
@@ -176,7 +179,6 @@ class WireRecords:
         at = self.value_at
         n = len(at)
         out = np.empty((n, size), dtype=np.uint8)
-        u8 = self.bytes_view()
         gaps = np.diff(at)
         # Where the spacing changes: each run [a, b] has one stride.
         changes = np.flatnonzero(gaps[1:] != gaps[:-1]) + 1
@@ -185,9 +187,9 @@ class WireRecords:
             if b < a:
                 continue
             stride = int(gaps[a]) if b > a else size
-            start = int(at[a])
-            out[a : b + 1] = np.lib.stride_tricks.as_strided(
-                u8[start:], shape=(b + 1 - a, size), strides=(stride, 1), writeable=False
+            # numpy checks that the strided rows lie within the bytes.
+            out[a : b + 1] = np.ndarray(
+                (b + 1 - a, size), np.uint8, self.data, int(at[a]), (stride, 1)
             )
             a = b + 1
         return out
@@ -286,12 +288,22 @@ def scan(
         data = b"".join(memoryview(b)[s:e] for b, s, e in sections)
         ends = np.cumsum(lengths).tolist()
         sections = [(data, e - n, e) for n, e in zip(lengths, ends, strict=True)]
-    starts = [
-        _record_starts(data, s, e, count, base)
-        for (_, s, e), count, base in zip(sections, counts, bases, strict=True)
-    ]
-    at = np.concatenate(starts) if len(starts) > 1 else starts[0]
     u8 = np.frombuffer(data, dtype=np.uint8)
+    # Small batches (producers' default is 16 KB: five 768-d records) are read in a
+    # plain loop, collected in one list: numpy's per-call cost would dominate.
+    starts: list[npt.NDArray[np.int64]] = []
+    small: list[int] = []
+    for (_, s, e), count, base in zip(sections, counts, bases, strict=True):
+        if count < _SMALL_BATCH:
+            _record_starts_one_by_one(data, s, e, count, base, small)
+            continue
+        if small:
+            starts.append(np.asarray(small, dtype=np.int64))
+            small = []
+        starts.append(_record_starts(data, u8, s, e, count, base))
+    if small:
+        starts.append(np.asarray(small, dtype=np.int64))
+    at = np.concatenate(starts) if len(starts) > 1 else starts[0]
     length, size = _varints(u8, at, 5)
     record_end = at + size + length
     q = at + size + 1  # past the attributes byte
@@ -370,10 +382,27 @@ def _varints(
     return values, size
 
 
-def _record_starts(data: bytes, pos: int, end: int, count: int, base: int) -> npt.NDArray[np.int64]:
+def _record_starts_one_by_one(
+    data: bytes, pos: int, end: int, count: int, base: int, out: list[int]
+) -> None:
+    """Append where each of a batch's ``count`` records starts to ``out``."""
+    for _ in range(count):
+        out.append(pos)
+        length, size = _varint(data, pos, end)
+        if length < 0:
+            raise CorruptBatchError(f"a record of the batch at offset {base} has no length")
+        pos += size + length
+    if pos != end:
+        raise CorruptBatchError(
+            f"the records of the batch at offset {base} end at byte {pos}, the batch at {end}"
+        )
+
+
+def _record_starts(
+    data: bytes, u8: npt.NDArray[np.uint8], pos: int, end: int, count: int, base: int
+) -> npt.NDArray[np.int64]:
     """Where each of a batch's ``count`` records starts (its length varint)."""
     out = np.empty(count, dtype=np.int64)
-    u8 = np.frombuffer(data, dtype=np.uint8)
     i = 0
     for _ in range(_RUN_TRIES):
         if i == count:

@@ -284,3 +284,14 @@ def test_runs_cut_around_records_that_are_not_vectors() -> None:
     ]
     assert [r.value_size() for r in runs] == [16, None, 16, 16, 16]
     assert runs[3].ids() is None and runs[2].ids() is not None
+
+
+def test_many_small_batches_as_producers_send_by_default() -> None:
+    """A 16 KB producer batch holds five 768-d records: record starts come from the
+    small-batch loop, and rows from one strided copy per batch."""
+    records = vector_records(500, 768)
+    data = b"".join(batch_bytes(i, records[i : i + 5]) for i in range(0, 500, 5))
+    wire, stop = scan(data, 0)
+    assert wire is not None and stop == len(data) and len(wire) == 500
+    same(wire, aiokafka_records(data))
+    assert [row.tobytes() for row in wire.matrix()] == [r[2] for r in records]
