@@ -5,14 +5,17 @@ What grows with the stream is the index; everything else (channels, fetch buffer
 batches in flight) must not. So peak RSS minus index bytes should be the same at
 both sizes. Index bytes = the size of the segment objects of the final snapshot
 (vectors and ids, as FAISS holds them) plus the sink's id set (8 bytes per vector).
-Three variants alternate: as shipped (the CLI pins glibc's mmap threshold at 4 MiB,
-so big freed buffers go back to the system; :mod:`streams.app.memory`); the same plus
-heap trimming once a second (``EMBEDSTREAM_TRIM_SECONDS=1``, off by default); and
-glibc's own dynamic threshold (``EMBEDSTREAM_MMAP_THRESHOLD=0``), under which the
-heap fragments as the index grows. Each size and variant runs ``--repeats`` times;
-medians.
+Four variants alternate: as shipped (the CLI pins glibc's mmap threshold at 4 MiB,
+so big freed buffers go back to the system; :mod:`streams.app.memory`; the Kafka
+client is librdkafka when ``embedstream[fast]`` is installed); the same plus heap
+trimming once a second (``EMBEDSTREAM_TRIM_SECONDS=1``, off by default); glibc's own
+dynamic threshold (``EMBEDSTREAM_MMAP_THRESHOLD=0``), under which the heap fragments
+as the index grows; and as shipped on aiokafka (``--kafka-client aiokafka``). Each
+size and variant runs ``--repeats`` times; medians. ``--variants`` runs some of them
+(results then go to ``memory-some.json``).
 
     python -m benchmarks.bench_memory [--sizes 1000000 5000000] [--repeats 5]
+        [--variants "as shipped" ...]
 """
 
 from __future__ import annotations
@@ -39,16 +42,20 @@ def index_bytes(idx: Path) -> int:
     return int(sum((idx / "objects" / o).stat().st_size for o in objects)) + id_set
 
 
-VARIANTS: dict[str, dict[str, str]] = {
-    "as shipped (mmap threshold 4 MiB)": {},
-    "plus trimming every 1 s": {"EMBEDSTREAM_TRIM_SECONDS": "1"},
-    "glibc dynamic threshold": {"EMBEDSTREAM_MMAP_THRESHOLD": "0"},
+VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "as shipped (mmap threshold 4 MiB)": ({}, ()),
+    "plus trimming every 1 s": ({"EMBEDSTREAM_TRIM_SECONDS": "1"}, ()),
+    "glibc dynamic threshold": ({"EMBEDSTREAM_MMAP_THRESHOLD": "0"}, ()),
+    # The default client is librdkafka when embedstream[fast] is installed.
+    "as shipped, on aiokafka": ({}, ("--kafka-client", "aiokafka")),
 }
+"""Variant -> (environment, extra ingest arguments)."""
 
 
-def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
+def run(sizes: tuple[int, ...], repeats: int, only: list[str] | None = None) -> dict[str, Any]:
+    variants = {k: v for k, v in VARIANTS.items() if not only or any(k.startswith(o) for o in only)}
     rows: dict[tuple[str, int], list[dict[str, float]]] = {
-        (v, n): [] for v in VARIANTS for n in sizes
+        (v, n): [] for v in variants for n in sizes
     }
     with broker() as bootstrap:
         topics = {}
@@ -57,7 +64,7 @@ def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
             make_topic(bootstrap, topics[n], n, DIM)
         for _ in range(repeats):
             for n in sizes:
-                for variant, env in VARIANTS.items():
+                for variant, (env, extra) in variants.items():
                     with tempfile.TemporaryDirectory() as tmp:
                         idx = Path(tmp) / "idx"
                         sample = run_child(
@@ -66,6 +73,7 @@ def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
                                 f"kafka://{bootstrap}/{topics[n]}",
                                 *("--index", str(idx), "--group", uuid.uuid4().hex),
                                 *("--until-idle", "3", "--no-progress"),
+                                *extra,
                             ],
                             env=env,
                             timeout=1800,
@@ -99,7 +107,7 @@ def run(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
         "variants": out,
         "overhead_ratio_last_vs_first": ratios,
     }
-    save("memory", result)
+    save("memory" if not only else "memory-some", result)
     return result
 
 
@@ -127,5 +135,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--variants", nargs="+", help="run only the variants whose names start so (default: all)"
+    )
     a = ap.parse_args()
-    print(report(run(tuple(a.sizes), a.repeats)))
+    print(report(run(tuple(a.sizes), a.repeats, a.variants)))
