@@ -23,22 +23,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from operator import attrgetter
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import anyio
-import numpy as np
 
 from streams.channel import Outbox
 from streams.errors import ConfigError, SourceError
 from streams.formats import kafka_formats
+from streams.kafka.chunks import chunk_of, fields_of, pieces
 from streams.kafka.client import within
 from streams.kafka.errors import map_kafka_errors, transient
 from streams.kafka.records import raw_records_marker
 from streams.kafka.topics import await_topics, unfinished_partitions
 from streams.kafka.url import PartitionLag, partition_name
-from streams.kafka.wire import WireRecords
 from streams.records import Chunk, Positions
 from streams.sink import Sink
 from streams.source import Source
@@ -52,13 +50,6 @@ T = TypeVar("T")
 
 KAFKA_FORMATS = kafka_formats()
 
-
-_offset = attrgetter("offset")
-_timestamp = attrgetter("timestamp")
-_value = attrgetter("value")
-_key = attrgetter("key")
-_headers = attrgetter("headers")
-_RECORD_FIELDS = (_offset, _timestamp, _value, _key, _headers)
 
 CLIENTS = ("aiokafka", "confluent", "auto")
 """The Kafka clients the source can consume with."""
@@ -325,7 +316,7 @@ class KafkaSource(Source):
                 for tp, messages in fetched.items():
                     if self._claiming and partition_name(tp.topic, tp.partition) in self._claiming:
                         continue
-                    for piece in self._pieces(messages):
+                    for piece in pieces(messages, self.max_records, self.format == "f32"):
                         await self._send(consumer, outbox, self._chunk(tp, piece))
                 continue
             if self.until_idle is not None and now - last_record >= self.until_idle:
@@ -373,110 +364,22 @@ class KafkaSource(Source):
                 return True
         return False
 
-    @staticmethod
-    def _fields(consumer: Any) -> tuple[Any, ...]:
-        """How to read offset, timestamp (ms), value, key and headers of one of the
-        consumer's messages."""
-        return getattr(consumer, "record_fields", None) or _RECORD_FIELDS
-
-    def _pieces(self, messages: list[Any]) -> Iterator[list[Any]]:
-        """A partition's messages of one poll in pieces of at most ``max_records``
-        records (a fetch response read whole counts as one message in the poll)."""
-        if not messages:
-            return
-        if not isinstance(messages[0], WireRecords):
-            yield messages  # one record object per message
-            return
-        step = self.max_records
-        run: list[Any] = []  # aiokafka's records after a batch the wire reader left
-        for m in messages:
-            if not isinstance(m, WireRecords):
-                run.append(m)
-                continue
-            if run:
-                yield run
-                run = []
-            for part in m.runs() if self.format == "f32" else [m]:
-                for start in range(0, len(part), step):
-                    yield [part.take(slice(start, start + step)) if len(part) > step else part]
-        if run:
-            yield run
-
     def _chunk(self, tp: Any, messages: list[Any]) -> Chunk:
-        if isinstance(messages[0], WireRecords):
-            (wire,) = messages  # as _pieces cut them
-            fast = self._vectors_chunk(tp, wire)
-            if fast is not None:
-                return fast
-            messages = wire.records()
-        n = len(messages)
-        offset, timestamp, value, key, header = self._fields(self.consumer)
-        # map over C-level getters: C-speed passes over the client's record objects.
-        first, last = offset(messages[0]), offset(messages[-1])
-        if last - first == n - 1:  # offsets only increase: no gap, nothing to read
-            offsets = np.arange(first, last + 1, dtype=np.int64)
-        else:  # compacted topics and transaction markers leave gaps
-            offsets = np.fromiter(map(offset, messages), dtype=np.int64, count=n)
-        # A consumer may read all timestamps in C-level passes (librdkafka's are pairs).
-        stamps = getattr(self.consumer, "timestamps", None)
-        each = stamps(messages) if stamps is not None else map(timestamp, messages)
-        timestamps = np.fromiter(each, dtype=np.float64, count=n) / 1000.0
-        headers = list(map(header, messages))
-        return self._read(
-            tp,
-            offsets,
-            timestamps,
-            payloads=list(map(value, messages)),
-            keys=list(map(key, messages)),
-            headers=headers if any(headers) else None,
-        )
-
-    def _vectors_chunk(self, tp: Any, wire: WireRecords) -> Chunk | None:
-        """A chunk of vectors and ids read straight from a fetch response: ``f32``
-        values of one size, decimal keys, no headers. ``None`` otherwise (the
-        per-record path then reads it)."""
-        if self.format != "f32":
-            return None
-        size = wire.value_size()
-        if not size or size % 4 or wire.header_count.any():
-            return None
-        ids = wire.ids()
-        if ids is None:
-            return None
-        return self._read(
-            tp, wire.offsets, wire.timestamps / 1000.0, vectors=wire.matrix().view("<f4"), ids=ids
-        )
-
-    def _read(
-        self,
-        tp: Any,
-        offsets: np.ndarray[Any, Any],
-        timestamps: np.ndarray[Any, Any],
-        **items: Any,
-    ) -> Chunk:
-        """The chunk of a partition's records at ``offsets``, noting that they were
-        read (the partition's position and lag)."""
-        part = partition_name(tp.topic, tp.partition)
-        nxt = int(offsets[-1]) + 1
+        """The chunk of a partition's messages, noting that they were read (the
+        partition's position and lag)."""
+        chunk = chunk_of(tp, messages, self.consumer, self.format)
+        part = chunk.partition
+        nxt = chunk.position["offset"]
         self._emitted[part] = nxt
         lag = self.lag.setdefault(part, PartitionLag(tp.topic, tp.partition))
         lag.position = nxt
         lag.end_known = True
-        lag.last_timestamp = float(timestamps[-1])
+        assert chunk.timestamps is not None
+        lag.last_timestamp = float(chunk.timestamps[-1])
         hw = self.consumer.highwater(tp) if self.consumer is not None else None
         if hw is not None:
             lag.highwater = hw
-        return Chunk(
-            partition=part,
-            source=f"{tp.topic}[{tp.partition}]",
-            format=self.format,
-            position={"offset": nxt},
-            locations=offsets,
-            location_kind="offset",
-            timestamps=timestamps,
-            read_at=time.time(),
-            **items,
-        )
+        return chunk
 
     async def _send(self, consumer: Consumer, outbox: Outbox[Chunk], chunk: Chunk) -> None:
         if outbox.try_send(chunk):
@@ -505,7 +408,7 @@ class KafkaSource(Source):
                 for tp, messages in got.items():
                     # Assigned during this very poll, so not paused: read it again.
                     if messages:
-                        consumer.seek(tp, self._fields(consumer)[0](messages[0]))
+                        consumer.seek(tp, fields_of(consumer)[0](messages[0]))
         if paused:
             still = set(consumer.assignment())
             consumer.resume(*[tp for tp in paused if tp in still])

@@ -427,18 +427,18 @@ async def test_fetch_responses_read_whole_give_what_per_record_reading_gives(
     await produce(kafka, topic_name, range(0, 100), None, values=[None] * 100)
     await produce(kafka, topic_name, range(2600, 3000), x[2600:])
 
-    from streams.kafka.source import KafkaSource as Source
+    from streams.kafka import chunks
 
     whole = 0
-    vectors_chunk = Source._vectors_chunk
+    vectors_chunk = chunks.vectors_chunk
 
-    def counting(self: Any, tp: Any, wire: Any) -> Any:
+    def counting(tp: Any, wire: Any, fmt: str) -> Any:
         nonlocal whole
-        got = vectors_chunk(self, tp, wire)
+        got = vectors_chunk(tp, wire, fmt)
         whole += got is not None
         return got
 
-    monkeypatch.setattr(Source, "_vectors_chunk", counting)
+    monkeypatch.setattr(chunks, "vectors_chunk", counting)
 
     class Letters:
         def __init__(self) -> None:
