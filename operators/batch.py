@@ -5,6 +5,11 @@ oldest row has waited ``max_latency`` seconds, whichever comes first. Each parti
 is batched on its own, so a batch always belongs to one partition (and so to one
 shard).
 
+A batch of consecutive chunks that ``decode`` joined into one slab of memory
+(:mod:`operators.blobs`) is a view of the slab, not a copy. Where a partition's next
+chunk starts a new slab, a batch of at least half the target size is emitted as it
+is rather than copied together with it.
+
 Positions: a batch that ends exactly where an input ended carries that input's
 position. A batch that ends in the middle of an input carries the position of the
 last input that it completed (or none), so a restart may re-read a few rows; the
@@ -26,7 +31,7 @@ import numpy as np
 from streams.channel import Inbox
 from streams.errors import ConfigError
 from streams.operator import Operator
-from streams.records import Batch, Position
+from streams.records import Batch, Position, follows
 
 __all__ = ["batch", "concat", "last_wins"]
 
@@ -55,6 +60,25 @@ class _Pending:
     since: float = 0.0
     # Position of the last input fully held by this buffer, or of earlier output.
     position: Position = field(default_factory=dict)
+    # Whether the parts' vectors lie one after the other in one array's memory, so
+    # that joining them copies nothing.
+    views: bool = False
+
+
+def viewed(b: Batch) -> bool:
+    """Whether ``b``'s vectors are a view of a larger array (a slab of
+    :class:`operators.blobs.BlobPool`) that later inputs may continue."""
+    v = b.vectors
+    return (
+        v is not None and isinstance(v.base, np.ndarray) and not isinstance(v.base.base, np.ndarray)
+    )
+
+
+def starts_slab(b: Batch) -> bool:
+    """Whether ``b``'s vectors are a view at the very start of a larger array (the
+    first chunk decoded into a slab)."""
+    v = b.vectors
+    return viewed(b) and isinstance(v.base, np.ndarray) and v.ctypes.data == v.base.ctypes.data
 
 
 class _Batcher:
@@ -72,20 +96,31 @@ class _Batcher:
             p = self.pending[b.partition] = _Pending(since=now)
         elif not p.parts:
             p.since = now
+        out: list[Batch] = []
         limit = self.size
         if self.max_bytes is not None and len(b):
             limit = min(limit, max(1, self.max_bytes // max(1, b.nbytes // len(b))))
-        out: list[Batch] = []
         start, n = 0, len(b)
         if n == 0 and not p.parts and b.position:
             # All of an input was rejected (or it held nothing): pass its position on
             # at once, so the sink moves past those records.
             p.position = {**p.position, **b.position}
             return [b]
+        if p.views and p.rows * 2 >= limit and starts_slab(b):
+            # What is pending is one view of a slab, and ``b`` starts the next one:
+            # joining them would copy it all, so half a batch or more goes as it is.
+            position = p.position
+            out.append(self._emit(b.partition, position))
+            p = self.pending[b.partition] = _Pending(since=now, position=position)
         while start < n:
             take = min(max(limit - p.rows, 1), n - start)
             whole = start == 0 and take == n
-            p.parts.append(b if whole else b.take(slice(start, start + take), p.position))
+            part = b if whole else b.take(slice(start, start + take), p.position)
+            if p.parts:
+                p.views = p.views and follows(p.parts[-1].vectors, part.vectors)
+            else:
+                p.views = viewed(part)
+            p.parts.append(part)
             p.rows += take
             start += take
             if p.rows >= limit:

@@ -293,6 +293,7 @@ def _raw_fast(
     dim: int | None,
     max_bytes: int,
     blobs: BlobPool | None = None,
+    stream: str | None = None,
 ) -> int | bool | None:
     """The common case in C-speed passes: no tombstone, every value the same size,
     every key a decimal id. Returns ``False`` when the chunk is not that case."""
@@ -304,7 +305,7 @@ def _raw_fast(
         return False
     n = len(payloads)
     parts: list[bytes] = payloads  # type: ignore[assignment]
-    blob = b"".join(parts) if blobs is None else blobs.join(parts)
+    blob = b"".join(parts) if blobs is None else blobs.join(parts, stream)
     if len(blob) != n * size:
         return False  # some value has another size: the careful path finds it
     ids = _decimal_keys(keys)
@@ -407,6 +408,7 @@ def decode_payloads(
     dim: int | None,
     json_fast: bool = True,
     blobs: BlobPool | None = None,
+    stream: str | None = None,
     truncated: dict[int, int] | None = None,
 ) -> tuple[Columns, int | None]:
     """Decode ``payloads`` of format ``fmt``. Returns the columns and the dimension
@@ -414,11 +416,12 @@ def decode_payloads(
 
     ``json_fast=False`` decodes JSON with msgspec alone (the reference the fast
     path is tested against). ``blobs`` gives the raw formats reusable buffers
-    (:mod:`operators.blobs`). ``truncated`` names payloads the source cut short
-    (index -> full size): they are rejected as oversized."""
+    (:mod:`operators.blobs`), in which the joins of one ``stream`` follow each
+    other. ``truncated`` names payloads the source cut short (index -> full size):
+    they are rejected as oversized."""
     cols = Columns(dim=dim, capacity=len(payloads))
     if fmt in ("f32", "f16") and not truncated:
-        fast = _raw_fast(payloads, keys, cols, fmt, dim, max_bytes, blobs)
+        fast = _raw_fast(payloads, keys, cols, fmt, dim, max_bytes, blobs, stream)
         if fast is not False:
             return cols, fast  # type: ignore[return-value]
     ok = []

@@ -40,12 +40,21 @@ class _Decoder:
     """Per-pipeline decoding state: the stream's dimension, given (``--dim``, or the
     dimension of the index being extended) or else fixed by the first vector."""
 
-    def __init__(self, stage: str, dim: int | None, max_bytes: int, reject_zero: bool) -> None:
+    def __init__(
+        self,
+        stage: str,
+        dim: int | None,
+        max_bytes: int,
+        reject_zero: bool,
+        slab_bytes: int = 32 << 20,
+    ) -> None:
         self.stage = stage
         self.dim = dim
         self.max_bytes = max_bytes
         self.reject_zero = reject_zero
-        self.blobs = BlobPool()
+        # One spare slab kept while nothing uses it, so that a stream moving on to
+        # its next slab usually finds one without page-faulting fresh memory.
+        self.blobs = BlobPool(slab_bytes, keep_bytes=slab_bytes)
 
     def decode(self, chunk: Chunk) -> tuple[Batch, list[Rejected]]:
         # NaN and Inf in input are rejected record by record below; numpy must not
@@ -60,6 +69,7 @@ class _Decoder:
                 max_bytes=self.max_bytes,
                 dim=self.dim,
                 blobs=self.blobs,
+                stream=chunk.partition,
                 truncated=chunk.truncated,
             )
             if dim is not None and self.dim is None:
@@ -279,6 +289,7 @@ def decode(
     errors: Rejects | None = None,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     reject_zero: bool = False,
+    slab_bytes: int = 32 << 20,
     name: str = "decode",
 ) -> Operator[Chunk, Batch]:
     """Decode chunks into batches.
@@ -291,9 +302,14 @@ def decode(
             :class:`~streams.errors.BadRecordError` at the first one.
         max_payload_bytes: a larger payload is rejected before it is decoded.
         reject_zero: reject all-zero vectors (they have no direction to normalise).
+        slab_bytes: raw payloads (``f32``, ``f16``) are joined into reusable slabs
+            of this size, a partition's chunks one after another
+            (:mod:`operators.blobs`), so that a batch of consecutive chunks is a
+            view of a slab instead of a copy. Twice the ``max_bytes`` of the
+            ``batch`` stage that follows lets every batch be one.
         name: the stage name.
     """
-    state = _Decoder(name, dim, max_payload_bytes, reject_zero)
+    state = _Decoder(name, dim, max_payload_bytes, reject_zero, slab_bytes)
     policy = errors or Rejects("raise")
 
     async def run(inbox: Inbox[Chunk]) -> AsyncIterator[Batch]:

@@ -45,7 +45,7 @@ class IngestOptions:
     normalize: bool = False
     dim: int | None = None
     batch_size: int = 16384
-    batch_bytes: int | None = 16 << 20
+    batch_bytes: int | None = 8 << 20
     max_latency: float = 0.05
     snapshot_every: float = 60.0
     keep: int = 3
@@ -181,6 +181,7 @@ def build_ingest_pipeline(
         errors=rejects,
         max_payload_bytes=o.max_payload_bytes,
         reject_zero=o.normalize,
+        slab_bytes=o.batch_bytes or 16 << 20,
     )
     flow = flow | batch(o.batch_size, max_latency=o.max_latency, max_bytes=o.batch_bytes)
     if o.normalize:

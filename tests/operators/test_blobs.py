@@ -1,35 +1,118 @@
-"""Reusable join buffers (operators.blobs) and what the raw decode makes of them."""
+"""Slabs for joined payloads (operators.blobs), what the raw decode makes of them,
+and batches of consecutive chunks as views instead of copies."""
 
 from __future__ import annotations
 
-import numpy as np
+import gc
 
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators import batch
 from operators.blobs import BlobPool
 from operators.decode import _Decoder
-from streams.records import Chunk
+from streams.records import Batch, Chunk, follows, join_rows
+from tests.helpers import collect
+from tests.operators.test_batch import BatchSource
 
 
-def test_a_buffer_is_reused_only_once_nothing_views_it() -> None:
-    pool = BlobPool(keep=2)
-    first = np.frombuffer(pool.join([b"\x01" * 8, b"\x02" * 8]), dtype=np.uint8)
-    assert first.tolist() == [1] * 8 + [2] * 8
-    # While ``first`` is alive its buffer is not written again.
-    second = np.frombuffer(pool.join([b"\x03" * 4]), dtype=np.uint8)
-    assert first.tolist() == [1] * 8 + [2] * 8 and second.tolist() == [3] * 4
-    assert (pool.reused, pool.allocated) == (0, 2)
-    del first
-    third = np.frombuffer(pool.join([b"\x04" * 2]), dtype=np.uint8)
-    assert third.tolist() == [4, 4] and second.tolist() == [3] * 4
-    assert (pool.reused, pool.allocated) == (1, 2)
-    # All kept buffers busy: a buffer of its own, not kept.
-    fourth = np.frombuffer(pool.join([b"\x05"]), dtype=np.uint8)
-    assert fourth.tolist() == [5] and pool.allocated == 3 and len(pool._buffers) == 2
+def _u8(view: np.ndarray) -> list[int]:
+    return np.asarray(view).tolist()  # type: ignore[no-any-return]
 
 
-def _chunk(x: np.ndarray, start: int) -> Chunk:
+def test_a_streams_joins_follow_each_other_in_one_slab() -> None:
+    pool = BlobPool(slab_bytes=64)
+    a1 = pool.join([b"\x01" * 8, b"\x02" * 8], "a")
+    b1 = pool.join([b"\x09" * 4], "b")
+    a2 = pool.join([b"\x03" * 4], "a")
+    assert _u8(a1) == [1] * 8 + [2] * 8 and _u8(b1) == [9] * 4 and _u8(a2) == [3] * 4
+    assert a2.base is a1.base and a2.ctypes.data == a1.ctypes.data + 16
+    assert b1.base is not a1.base  # another stream, another slab
+    assert pool.allocated == 2 and a1.flags.writeable
+
+
+def test_a_slab_is_written_again_only_once_nothing_views_it() -> None:
+    pool = BlobPool(slab_bytes=32, keep_bytes=32)
+    first = pool.join([b"\x01" * 16], "a")
+    second = pool.join([b"\x02" * 16], "a")  # fills the slab
+    # Full and still viewed: the stream moves on to a new slab.
+    third = pool.join([b"\x03" * 8], "a")
+    assert third.base is not first.base and pool.allocated == 2
+    assert _u8(first) == [1] * 16 and _u8(second) == [2] * 16
+    retired = first.ctypes.data
+    del first, second
+    gc.collect()
+    # Nothing views the retired slab now: the next slab needed is that one.
+    fourth = pool.join([b"\x04" * 32], "b")
+    assert fourth.ctypes.data == retired and pool.allocated == 2 and pool.reused == 1
+    # A stream whose slab nothing views starts it over from the beginning.
+    del third
+    gc.collect()
+    fifth = pool.join([b"\x05" * 4], "a")
+    assert pool.reused == 2 and fifth.ctypes.data == fifth.base.ctypes.data
+    assert _u8(fourth) == [4] * 32 and _u8(fifth) == [5] * 4
+
+
+def test_a_join_larger_than_a_slab_gets_a_slab_of_its_size() -> None:
+    pool = BlobPool(slab_bytes=16)
+    big = pool.join([b"\x07" * 40], "a")
+    assert _u8(big) == [7] * 40 and len(big.base) == 40
+
+
+def test_spares_nothing_uses_are_kept_within_the_budget() -> None:
+    pool = BlobPool(slab_bytes=16, keep_bytes=16)
+    views = [pool.join([bytes([i]) * 16], "a") for i in range(4)]  # four full slabs
+    pool.join([b"\x00"], "a")
+    assert len(pool._spare) == 4  # all still viewed: in flight, not spare memory
+    del views
+    gc.collect()
+    b1 = pool.join([b"\x00" * 16], "b")  # takes a spare
+    b2 = pool.join([b"\x00" * 16], "b")  # b's slab is full and viewed: retired
+    # Of the three idle spares, one is kept (keep_bytes) and taken for b2; b1's
+    # slab stays a spare, in use.
+    assert len(pool._spare) == 1 and pool._spare[0] is b1.base
+    assert pool.allocated == 5 and b2.base is not b1.base
+
+
+def test_streams_beyond_the_limit_give_up_unused_slabs() -> None:
+    pool = BlobPool(slab_bytes=16, streams=2)
+    kept = pool.join([b"\x01"], "a")
+    for name in "bcd":
+        pool.join([b"\x02"], name)
+    # "a" is still viewed, so it keeps its slab; the unused ones went.
+    assert list(pool._filling) == ["a", "d"]
+    assert _u8(kept) == [1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from("abc"),
+            st.lists(st.integers(0, 24), min_size=1, max_size=4),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
+def test_live_views_are_never_overwritten(ops: list[tuple[str, list[int], bool]]) -> None:
+    pool = BlobPool(slab_bytes=48, keep_bytes=48, streams=2)
+    live: list[tuple[np.ndarray, bytes]] = []
+    for i, (stream, sizes, drop) in enumerate(ops):
+        parts = [bytes([(i * 7 + j) % 251]) * n for j, n in enumerate(sizes)]
+        live.append((pool.join(parts, stream), b"".join(parts)))
+        if drop and live:
+            live.pop(len(live) // 2)
+        for view, want in live:
+            assert view.tobytes() == want
+
+
+def _chunk(x: np.ndarray, start: int, partition: str = "t-0") -> Chunk:
     n = len(x)
     return Chunk(
-        "t-0",
+        partition,
         "t[0]",
         "f32",
         {"offset": start + n},
@@ -41,20 +124,62 @@ def _chunk(x: np.ndarray, start: int) -> Chunk:
     )
 
 
-def test_raw_decode_reuses_buffers_and_batches_stay_intact() -> None:
+def test_raw_decode_batches_stay_intact_and_writable() -> None:
     rng = np.random.default_rng(1)
-    dec = _Decoder("decode", None, 1 << 16, False)
-    xs = [rng.standard_normal((50, 8)).astype("<f4") for _ in range(4)]
+    dec = _Decoder("decode", None, 1 << 16, False, slab_bytes=4096)
+    xs = [rng.standard_normal((50, 8)).astype("<f4") for _ in range(6)]
     kept = []
     for i, x in enumerate(xs):
-        b, bad = dec.decode(_chunk(x, 100 * i))
+        b, bad = dec.decode(_chunk(x, 100 * i, partition=f"t-{i % 2}"))
         assert not bad and b.vectors.flags.writeable  # normalize needs no copy
         kept.append(b)
-    # Four batches alive at once: four buffers, none overwritten.
     for b, x in zip(kept, xs, strict=True):
         np.testing.assert_array_equal(b.vectors, x)
-    assert dec.blobs.allocated == 4 and dec.blobs.reused == 0
-    kept.clear()
-    b, _ = dec.decode(_chunk(xs[0], 1000))
-    np.testing.assert_array_equal(b.vectors, xs[0])
-    assert dec.blobs.reused == 1
+    # One partition's chunks follow each other: joining them copies nothing.
+    assert follows(kept[0].vectors, kept[2].vectors)
+    assert not follows(kept[0].vectors, kept[1].vectors)
+
+
+def test_join_rows_makes_one_view_of_consecutive_rows_and_copies_others() -> None:
+    slab = np.arange(96, dtype=np.float32).view(np.uint8)
+    rows = slab.view(np.float32).reshape(24, 4)
+    a, b, c = rows[0:5], rows[5:12], rows[12:20]
+    joined = join_rows([a, b, c])
+    assert np.shares_memory(joined, slab)
+    np.testing.assert_array_equal(joined, rows[:20])
+    gapped = join_rows([a, c])  # rows 5..12 missing: a copy
+    assert not np.shares_memory(gapped, slab)
+    np.testing.assert_array_equal(gapped, np.concatenate([a, c]))
+    swapped = join_rows([b, a])
+    assert not np.shares_memory(swapped, slab)
+    other = np.array(b)  # the same values, memory of its own
+    assert not follows(a, other)
+    np.testing.assert_array_equal(join_rows([a, other]), rows[:12])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("slab_chunks", "lengths"), [(4.0, [120] * 3), (3.5, [90] * 4)])
+async def test_batches_of_a_partitions_chunks_are_views_of_its_slab(
+    slab_chunks: float, lengths: list[int]
+) -> None:
+    rng = np.random.default_rng(2)
+    dim, per = 16, 30
+    dec = _Decoder("decode", None, 1 << 16, False, slab_bytes=int(slab_chunks * per * dim * 4))
+    xs = [rng.standard_normal((per, dim)).astype("<f4") for _ in range(12)]
+    decoded: list[Batch | float] = []
+    for i, x in enumerate(xs):
+        b, _ = dec.decode(_chunk(x, per * i))
+        decoded.append(b)
+    # A batch of four chunks' bytes: each slab holds one batch, whatever ids and
+    # timestamps add to the byte count.
+    out = await collect(BatchSource(decoded), batch(10_000, max_bytes=4 * per * (dim * 4 + 16)))
+    np.testing.assert_array_equal(np.concatenate([b.vectors for b in out]), np.concatenate(xs))
+    np.testing.assert_array_equal(
+        np.concatenate([b.ids for b in out]), np.arange(per * len(xs), dtype=np.int64)
+    )
+    # Every batch is one view of decode's memory, none a copy. Where a slab holds
+    # three chunks and a batch four, batches close at the slab's end (three
+    # chunks, at least half a batch) with the position of their last chunk.
+    assert [len(b) for b in out] == lengths
+    assert not any(b.vectors.flags.owndata for b in out)
+    assert [b.position["offset"] for b in out] == list(np.cumsum(lengths))
