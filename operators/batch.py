@@ -5,10 +5,11 @@ oldest row has waited ``max_latency`` seconds, whichever comes first. Each parti
 is batched on its own, so a batch always belongs to one partition (and so to one
 shard).
 
-A batch of consecutive chunks that ``decode`` joined into one slab of memory
-(:mod:`operators.blobs`) is a view of the slab, not a copy. Where a partition's next
-chunk starts a new slab, a batch of at least half the target size is emitted as it
-is rather than copied together with it.
+A batch of consecutive chunks that were written into one slab of memory
+(:mod:`streams.slabs`: ``decode``'s joins, the Kafka source's rows) is a view of the
+slab, not a copy. A batch never spans two slabs: where a partition's next chunk
+starts a new slab, what is pending is emitted as it is. ``max_bytes`` counts the
+bytes of the vectors, so that a slab of that size holds one whole batch.
 
 Positions: a batch that ends exactly where an input ended carries that input's
 position. A batch that ends in the middle of an input carries the position of the
@@ -31,7 +32,8 @@ import numpy as np
 from streams.channel import Inbox
 from streams.errors import ConfigError
 from streams.operator import Operator
-from streams.records import Batch, Position, follows
+from streams.records import Batch, Position
+from streams.slabs import follows, starts_slab, viewed
 
 __all__ = ["batch", "concat", "last_wins"]
 
@@ -65,22 +67,6 @@ class _Pending:
     views: bool = False
 
 
-def viewed(b: Batch) -> bool:
-    """Whether ``b``'s vectors are a view of a larger array (a slab of
-    :class:`operators.blobs.BlobPool`) that later inputs may continue."""
-    v = b.vectors
-    return (
-        v is not None and isinstance(v.base, np.ndarray) and not isinstance(v.base.base, np.ndarray)
-    )
-
-
-def starts_slab(b: Batch) -> bool:
-    """Whether ``b``'s vectors are a view at the very start of a larger array (the
-    first chunk decoded into a slab)."""
-    v = b.vectors
-    return viewed(b) and isinstance(v.base, np.ndarray) and v.ctypes.data == v.base.ctypes.data
-
-
 class _Batcher:
     def __init__(self, size: int, max_bytes: int | None) -> None:
         self.size = size
@@ -99,16 +85,20 @@ class _Batcher:
         out: list[Batch] = []
         limit = self.size
         if self.max_bytes is not None and len(b):
-            limit = min(limit, max(1, self.max_bytes // max(1, b.nbytes // len(b))))
+            # Bytes of the rows' vectors (and floats), not their ids and times: a
+            # slab of max_bytes (streams.slabs) then holds exactly one batch.
+            floats = 0 if b.floats is None else b.floats.nbytes
+            row = (b.vectors.nbytes + floats) // len(b)
+            limit = min(limit, max(1, self.max_bytes // max(1, row)))
         start, n = 0, len(b)
         if n == 0 and not p.parts and b.position:
             # All of an input was rejected (or it held nothing): pass its position on
             # at once, so the sink moves past those records.
             p.position = {**p.position, **b.position}
             return [b]
-        if p.views and p.rows * 2 >= limit and starts_slab(b):
+        if p.views and starts_slab(b.vectors):
             # What is pending is one view of a slab, and ``b`` starts the next one:
-            # joining them would copy it all, so half a batch or more goes as it is.
+            # joining them would copy it all, so what is pending goes as it is.
             position = p.position
             out.append(self._emit(b.partition, position))
             p = self.pending[b.partition] = _Pending(since=now, position=position)
@@ -119,7 +109,7 @@ class _Batcher:
             if p.parts:
                 p.views = p.views and follows(p.parts[-1].vectors, part.vectors)
             else:
-                p.views = viewed(part)
+                p.views = viewed(part.vectors)
             p.parts.append(part)
             p.rows += take
             start += take
@@ -165,7 +155,7 @@ def batch(
             a thread hop); smaller ones make records searchable sooner.
         max_latency: seconds a row may wait for its batch to fill. This bounds the
             freshness cost of batching when input is slow.
-        max_bytes: also emit once a batch holds this many bytes.
+        max_bytes: also emit once a batch holds this many bytes of vectors.
         name: the stage name.
     """
     if size < 1:

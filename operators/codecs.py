@@ -29,9 +29,9 @@ import numpy as np
 import numpy.typing as npt
 import simdjson
 
-from operators.blobs import BlobPool
 from operators.json_fast import parse_record
-from streams.keys import INT64_MAX, canonical_decimal, decimal_ids, key_id
+from streams.keys import INT64_MAX, canonical_decimal, decimal_key_ids, key_id
+from streams.slabs import SlabPool
 
 __all__ = ["SCHEMA_VERSIONS", "Columns", "JsonRecord", "MsgpackRecord", "decode_payloads"]
 
@@ -292,7 +292,7 @@ def _raw_fast(
     fmt: str,
     dim: int | None,
     max_bytes: int,
-    blobs: BlobPool | None = None,
+    slabs: SlabPool | None = None,
     stream: str | None = None,
 ) -> int | bool | None:
     """The common case in C-speed passes: no tombstone, every value the same size,
@@ -305,7 +305,7 @@ def _raw_fast(
         return False
     n = len(payloads)
     parts: list[bytes] = payloads  # type: ignore[assignment]
-    blob = b"".join(parts) if blobs is None else blobs.join(parts, stream)
+    blob = b"".join(parts) if slabs is None else slabs.join(parts, stream)
     if len(blob) != n * size:
         return False  # some value has another size: the careful path finds it
     ids = _decimal_keys(keys)
@@ -385,18 +385,7 @@ def _decimal_keys(keys: list[bytes | None]) -> npt.NDArray[np.int64] | None:
     """The keys as int64 ids when every one is a canonical decimal of at most 18
     digits, else None (the caller then applies :func:`resolve_id` key by key, which
     follows the same rule, so a key's id never depends on its neighbours)."""
-    if not keys or None in keys:
-        return None if keys else np.zeros(0, dtype=np.int64)
-    return _unsigned_decimals(keys)  # type: ignore[arg-type]
-
-
-def _unsigned_decimals(keys: list[bytes]) -> npt.NDArray[np.int64] | None:
-    """Keys of 1 to 18 ASCII digits parsed in a few passes over their joined bytes
-    (about 40 ns a key where numpy's per-element parse costs 120-230); None when
-    any key is something else."""
-    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
-    starts = np.cumsum(lengths) - lengths
-    return decimal_ids(np.frombuffer(b"".join(keys), dtype=np.uint8), starts, lengths)
+    return decimal_key_ids(keys)
 
 
 def decode_payloads(
@@ -407,7 +396,7 @@ def decode_payloads(
     max_bytes: int,
     dim: int | None,
     json_fast: bool = True,
-    blobs: BlobPool | None = None,
+    slabs: SlabPool | None = None,
     stream: str | None = None,
     truncated: dict[int, int] | None = None,
 ) -> tuple[Columns, int | None]:
@@ -415,13 +404,13 @@ def decode_payloads(
     of raw formats (learned from the first vector when ``dim`` is None).
 
     ``json_fast=False`` decodes JSON with msgspec alone (the reference the fast
-    path is tested against). ``blobs`` gives the raw formats reusable buffers
-    (:mod:`operators.blobs`), in which the joins of one ``stream`` follow each
+    path is tested against). ``slabs`` gives the raw formats reusable memory
+    (:mod:`streams.slabs`), in which the joins of one ``stream`` follow each
     other. ``truncated`` names payloads the source cut short (index -> full size):
     they are rejected as oversized."""
     cols = Columns(dim=dim, capacity=len(payloads))
     if fmt in ("f32", "f16") and not truncated:
-        fast = _raw_fast(payloads, keys, cols, fmt, dim, max_bytes, blobs, stream)
+        fast = _raw_fast(payloads, keys, cols, fmt, dim, max_bytes, slabs, stream)
         if fast is not False:
             return cols, fast  # type: ignore[return-value]
     ok = []

@@ -21,13 +21,13 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from operators.blobs import BlobPool
 from operators.codecs import Columns, decode_payloads
 from streams.channel import Inbox
 from streams.deadletters import Rejected, Rejects
 from streams.formats import FORMATS
 from streams.operator import Operator
 from streams.records import Batch, Chunk
+from streams.slabs import SlabPool
 
 __all__ = ["decode"]
 
@@ -54,7 +54,7 @@ class _Decoder:
         self.reject_zero = reject_zero
         # One spare slab kept while nothing uses it, so that a stream moving on to
         # its next slab usually finds one without page-faulting fresh memory.
-        self.blobs = BlobPool(slab_bytes, keep_bytes=slab_bytes)
+        self.slabs = SlabPool(slab_bytes, keep_bytes=slab_bytes)
 
     def decode(self, chunk: Chunk) -> tuple[Batch, list[Rejected]]:
         # NaN and Inf in input are rejected record by record below; numpy must not
@@ -68,7 +68,7 @@ class _Decoder:
                 chunk.keys,
                 max_bytes=self.max_bytes,
                 dim=self.dim,
-                blobs=self.blobs,
+                slabs=self.slabs,
                 stream=chunk.partition,
                 truncated=chunk.truncated,
             )
@@ -304,7 +304,7 @@ def decode(
         reject_zero: reject all-zero vectors (they have no direction to normalise).
         slab_bytes: raw payloads (``f32``, ``f16``) are joined into reusable slabs
             of this size, a partition's chunks one after another
-            (:mod:`operators.blobs`), so that a batch of consecutive chunks is a
+            (:mod:`streams.slabs`), so that a batch of consecutive chunks is a
             view of a slab instead of a copy. Twice the ``max_bytes`` of the
             ``batch`` stage that follows lets every batch be one.
         name: the stage name.

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streams.slabs import join_rows
+
 __all__ = ["ROW_FIELDS", "Batch", "Chunk", "Position", "Positions", "merge_positions"]
 
 Position = dict[str, int]
@@ -226,42 +228,6 @@ class Batch:
 ROW_FIELDS = ("ids", "vectors", "timestamps", "deleted", "metadata", "floats")
 """The fields of :class:`Batch` that hold one entry per row; :meth:`Batch.take` and
 :meth:`Batch.concat` carry every one of them."""
-
-
-def follows(a: np.ndarray[Any, Any] | None, b: np.ndarray[Any, Any] | None) -> bool:
-    """Whether the rows of ``b`` lie right after those of ``a`` in the memory of one
-    array (as consecutive chunks of a partition that
-    :class:`operators.blobs.BlobPool` joined do), so that :func:`join_rows` makes
-    one view of them."""
-    if a is None or b is None:
-        return False
-    owner = a.base
-    return (
-        isinstance(owner, np.ndarray)
-        and not isinstance(owner.base, np.ndarray)
-        and b.base is owner
-        and b.ctypes.data == a.ctypes.data + a.nbytes
-        and a.dtype == b.dtype
-        and a.shape[1:] == b.shape[1:]
-        and a.flags.c_contiguous
-        and b.flags.c_contiguous
-    )
-
-
-def join_rows(arrays: Sequence[np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
-    """``np.concatenate(arrays)``; one view of their memory instead of a copy when
-    each follows the one before (:func:`follows`)."""
-    if len(arrays) > 1 and all(map(follows, arrays[:-1], arrays[1:])):
-        first = arrays[0]
-        owner = first.base
-        assert isinstance(owner, np.ndarray)  # (follows checked it)
-        return np.ndarray(
-            (sum(len(a) for a in arrays), *first.shape[1:]),
-            first.dtype,
-            buffer=owner,
-            offset=first.ctypes.data - owner.ctypes.data,
-        )
-    return np.concatenate(arrays)
 
 
 def _missing(name: str, n: int, like: Any) -> Any:

@@ -133,6 +133,7 @@ def _source(sources: list[str], o: IngestOptions) -> Source:
                 o.kafka_options, o.ssl_cafile, o.ssl_certfile, o.ssl_keyfile
             ),
             client=o.kafka_client,
+            slab_bytes=o.batch_bytes or 16 << 20,
         )
     if o.fmt is not None and o.fmt not in FORMATS:
         raise ConfigError(

@@ -17,10 +17,13 @@ from operator import attrgetter
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from streams.kafka.url import partition_name
 from streams.kafka.wire import WireRecords
+from streams.keys import decimal_key_ids
 from streams.records import Chunk
+from streams.slabs import SlabPool
 
 __all__ = ["chunk_of", "fields_of", "pieces", "vectors_chunk"]
 
@@ -69,11 +72,14 @@ def pieces(messages: list[Any], max_records: int, vector_runs: bool) -> Iterator
         yield run
 
 
-def chunk_of(tp: Any, messages: list[Any], consumer: Any, fmt: str) -> Chunk:
-    """The chunk of one piece (see :func:`pieces`) of partition ``tp``."""
+def chunk_of(
+    tp: Any, messages: list[Any], consumer: Any, fmt: str, slabs: SlabPool | None = None
+) -> Chunk:
+    """The chunk of one piece (see :func:`pieces`) of partition ``tp``; vector rows
+    read straight from a fetch response go to ``slabs`` when given."""
     if isinstance(messages[0], WireRecords):
         (wire,) = messages  # as pieces() cut them
-        fast = vectors_chunk(tp, wire, fmt)
+        fast = vectors_chunk(tp, wire, fmt, slabs)
         if fast is not None:
             return fast
         messages = wire.records()
@@ -90,21 +96,51 @@ def chunk_of(tp: Any, messages: list[Any], consumer: Any, fmt: str) -> Chunk:
     each = stamps(messages) if stamps is not None else map(timestamp, messages)
     timestamps = np.fromiter(each, dtype=np.float64, count=n) / 1000.0
     headers = list(map(header, messages))
+    payloads = list(map(value, messages))
+    keys = list(map(key, messages))
+    if fmt == "f32" and slabs is not None and not any(headers):
+        rows = _rows(tp, payloads, keys, slabs)
+        if rows is not None:
+            return _chunk(tp, fmt, offsets, timestamps, vectors=rows[0], ids=rows[1])
     return _chunk(
         tp,
         fmt,
         offsets,
         timestamps,
-        payloads=list(map(value, messages)),
-        keys=list(map(key, messages)),
+        payloads=payloads,
+        keys=keys,
         headers=headers if any(headers) else None,
     )
 
 
-def vectors_chunk(tp: Any, wire: WireRecords, fmt: str) -> Chunk | None:
+def _rows(
+    tp: Any, values: list[bytes | None], keys: list[bytes | None], slabs: SlabPool
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None:
+    """Record objects' ``f32`` values as vector rows in the partition's slab, and
+    their decimal keys as ids: when every value has the same size (no tombstone)
+    and every key is a decimal id, else ``None`` (``decode`` then reads them).
+    The values' bytes are let go as soon as they are copied, and ``decode`` has
+    nothing to join."""
+    size = len(values[0] or b"")
+    n = len(values)
+    if not size or size % 4 or None in values:
+        return None
+    if sum(map(len, values)) != n * size:  # type: ignore[arg-type]
+        return None  # sizes differ: decode says which ones are wrong
+    ids = decimal_key_ids(keys)
+    if ids is None:
+        return None
+    slab = slabs.join(values, partition_name(tp.topic, tp.partition))  # type: ignore[arg-type]
+    return slab.view("<f4").reshape(n, size // 4), ids
+
+
+def vectors_chunk(
+    tp: Any, wire: WireRecords, fmt: str, slabs: SlabPool | None = None
+) -> Chunk | None:
     """A chunk of vectors and ids read straight from a fetch response: ``f32``
-    values of one size, decimal keys, no headers. ``None`` otherwise (the
-    per-record path then reads it)."""
+    values of one size, decimal keys, no headers; the rows written into the
+    partition's slab of ``slabs`` when given. ``None`` otherwise (the per-record
+    path then reads it)."""
     if fmt != "f32":
         return None
     size = wire.value_size()
@@ -113,9 +149,12 @@ def vectors_chunk(tp: Any, wire: WireRecords, fmt: str) -> Chunk | None:
     ids = wire.ids()
     if ids is None:
         return None
-    return _chunk(
-        tp, fmt, wire.offsets, wire.timestamps / 1000.0, vectors=wire.matrix().view("<f4"), ids=ids
-    )
+    out = None
+    if slabs is not None:
+        stream = partition_name(tp.topic, tp.partition)
+        out = slabs.take(len(ids) * size, stream).reshape(len(ids), size)
+    rows = wire.matrix(out).view("<f4")
+    return _chunk(tp, fmt, wire.offsets, wire.timestamps / 1000.0, vectors=rows, ids=ids)
 
 
 def _chunk(

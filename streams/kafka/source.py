@@ -39,6 +39,7 @@ from streams.kafka.topics import await_topics, unfinished_partitions
 from streams.kafka.url import PartitionLag, partition_name
 from streams.records import Chunk, Positions
 from streams.sink import Sink
+from streams.slabs import SlabPool
 from streams.source import Source
 from streams.statistics import PartitionLagStatistics, SourceStatistics
 
@@ -110,6 +111,12 @@ class KafkaSource(Source):
             records in C (:mod:`streams.kafka.confluent`), or ``"auto"``: confluent
             when it is installed, else aiokafka (what ``embedstream ingest`` does).
             Same semantics either way; :attr:`client` says which one runs.
+        slab_bytes: ``f32`` vectors (read straight from aiokafka's fetch
+            responses, or joined from librdkafka's messages) go to reusable slabs
+            of this size, a partition's chunks one after another
+            (:mod:`streams.slabs`): the ``batch`` stage then joins a batch of them
+            as one view instead of a copy. The ``max_bytes`` of that stage is the
+            size that lets every batch be one.
         name: the stage name.
     """
 
@@ -128,6 +135,7 @@ class KafkaSource(Source):
         raw_records: bool = True,
         stall_timeout: float = 10.0,
         client: str = "aiokafka",
+        slab_bytes: int = 8 << 20,
         name: str = "kafka",
     ) -> None:
         if client not in CLIENTS:
@@ -164,6 +172,7 @@ class KafkaSource(Source):
         self.raw_records = raw_records
         self.stall_timeout = stall_timeout
         self.client = client
+        self.slabs = SlabPool(slab_bytes, keep_bytes=slab_bytes)
         self.name = name
         self.consumer: Consumer | None = None
         self.lag: dict[str, PartitionLag] = {}
@@ -367,7 +376,7 @@ class KafkaSource(Source):
     def _chunk(self, tp: Any, messages: list[Any]) -> Chunk:
         """The chunk of a partition's messages, noting that they were read (the
         partition's position and lag)."""
-        chunk = chunk_of(tp, messages, self.consumer, self.format)
+        chunk = chunk_of(tp, messages, self.consumer, self.format, self.slabs)
         part = chunk.partition
         nxt = chunk.position["offset"]
         self._emitted[part] = nxt

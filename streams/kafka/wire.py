@@ -169,16 +169,19 @@ class WireRecords:
         size = int(lens[0])
         return size if size >= 0 and bool((lens == size).all()) else None
 
-    def matrix(self) -> npt.NDArray[np.uint8]:
-        """The values as rows of a new ``(n, size)`` array; every value must have
-        the same size (:meth:`value_size`). One strided copy per run of equally
-        spaced records."""
+    def matrix(self, out: npt.NDArray[np.uint8] | None = None) -> npt.NDArray[np.uint8]:
+        """The values as rows of an ``(n, size)`` array, ``out`` or a new one; every
+        value must have the same size (:meth:`value_size`). One strided copy per
+        run of equally spaced records."""
         size = self.value_size()
         if size is None:
             raise ValueError("the values differ in size (or some are null)")
         at = self.value_at
         n = len(at)
-        out = np.empty((n, size), dtype=np.uint8)
+        if out is None:
+            out = np.empty((n, size), dtype=np.uint8)
+        elif out.shape != (n, size) or out.dtype != np.uint8:
+            raise ValueError(f"out must be a ({n}, {size}) uint8 array, not {out.shape}")
         gaps = np.diff(at)
         # Where the spacing changes: each run [a, b] has one stride.
         changes = np.flatnonzero(gaps[1:] != gaps[:-1]) + 1

@@ -432,9 +432,9 @@ async def test_fetch_responses_read_whole_give_what_per_record_reading_gives(
     whole = 0
     vectors_chunk = chunks.vectors_chunk
 
-    def counting(tp: Any, wire: Any, fmt: str) -> Any:
+    def counting(tp: Any, wire: Any, fmt: str, slabs: Any = None) -> Any:
         nonlocal whole
-        got = vectors_chunk(tp, wire, fmt)
+        got = vectors_chunk(tp, wire, fmt, slabs)
         whole += got is not None
         return got
 

@@ -1,34 +1,37 @@
-"""Joining payloads into reusable slabs, one stream's chunks one after another.
+"""Slabs: memory a stream's rows are written into one chunk after another, and
+batches of such chunks as views instead of copies.
 
-The raw formats decode a chunk by joining its payloads into one buffer and viewing
-it as a 2-D array. ``b"".join`` makes a new bytes object of megabytes for every
-chunk, and a fresh buffer costs a page fault for every 4 KiB written (on this
-project's machine a fault costs about eight times the copy of its page). So joins
-go to large slabs that are written again and again instead.
+Raw vectors (Kafka values, ``f32``/``f16`` payloads) arrive a chunk at a time and
+become a chunk's 2-D array: ``decode`` joins the payloads, the Kafka source copies
+the values of a fetch response into rows. A new buffer per chunk costs a page
+fault for every 4 KiB written (on this project's machine a fault costs about eight
+times the copy of its page), and the ``batch`` stage then copied the chunks of a
+batch together once more. So chunks go to large slabs that are written again and
+again (:class:`SlabPool`), a partition's chunks one after another: the chunks of a
+batch then lie next to each other in memory, and :func:`join_rows` (which
+:meth:`streams.records.Batch.concat` uses) makes them one view of the slab.
 
-A stream's chunks are written one after another into the slab the stream is
-filling. Consecutive chunks of a partition therefore lie next to each other in
-memory, and :meth:`streams.records.Batch.concat` joins the arrays of a batch made of
-them as one view of the slab instead of copying them (at 768-d, a copy of every
-vector fewer).
-
-When may a slab be written again? Every array decoded from it holds a reference to
-it, down to the last stage that keeps the batch, so the slab itself says when no
-stage uses it any more: only the pool refers to it then. No stage has to give
-anything back. The arrays are writable, which also spares ``normalize`` a copy.
+When may a slab be written again? Every array made from it refers to it (numpy
+points a view at the array that owns the memory), down to the last stage that
+keeps the batch, so the slab itself says when no stage uses it any more: only the
+pool refers to it then. No stage has to give anything back. The arrays are
+writable, which also spares ``normalize`` a copy.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BlobPool"]
+__all__ = ["SlabPool", "follows", "join_rows", "starts_slab"]
 
 
 @dataclass
@@ -39,6 +42,9 @@ class _Filling:
     cursor: int = 0
 
 
+_SLABS: weakref.WeakValueDictionary[int, npt.NDArray[np.uint8]] = weakref.WeakValueDictionary()
+"""Every slab alive, by ``id``: what tells a slab's views from other arrays'."""
+
 # Whether anything but the one reference the pool holds refers to a slab: every
 # array made from a slab refers to it directly (numpy points a view at the array
 # that owns the memory), so the count says whether some stage still uses it. The
@@ -47,8 +53,8 @@ class _Filling:
 _UNUSED = 2
 
 
-class BlobPool:
-    """Slabs reused for joining payloads, one being filled per stream.
+class SlabPool:
+    """Slabs reused for chunks of rows, one being filled per stream.
 
     Args:
         slab_bytes: size of a slab. A batch made of consecutive chunks of one slab
@@ -75,15 +81,18 @@ class BlobPool:
         self.allocated = 0
         """Slabs allocated."""
 
-    def join(self, parts: list[bytes], stream: str | None = None) -> npt.NDArray[np.uint8]:
-        """The concatenation of ``parts``, in writable memory nothing else uses:
-        right after ``stream``'s previous join when that fits."""
-        need = sum(map(len, parts))
+    def take(self, nbytes: int, stream: str | None = None) -> npt.NDArray[np.uint8]:
+        """``nbytes`` of writable memory nothing else uses, right after
+        ``stream``'s previous ones when they fit in its slab."""
         with self._lock:
-            filling = self._place(stream, need)
+            filling = self._place(stream, nbytes)
             start = filling.cursor
-            filling.cursor += need
-            view = filling.slab[start : start + need]
+            filling.cursor += nbytes
+            return filling.slab[start : start + nbytes]
+
+    def join(self, parts: list[bytes], stream: str | None = None) -> npt.NDArray[np.uint8]:
+        """The concatenation of ``parts`` in memory from :meth:`take`."""
+        view = self.take(sum(map(len, parts)), stream)
         mem = memoryview(view)  # type: ignore[arg-type]  # (numpy stubs)
         at = 0
         for part in parts:
@@ -115,7 +124,9 @@ class BlobPool:
                 self.reused += 1
                 return self._spare.pop(i)
         self.allocated += 1
-        return np.empty(max(need, self.slab_bytes), dtype=np.uint8)
+        slab = np.empty(max(need, self.slab_bytes), dtype=np.uint8)
+        _SLABS[id(slab)] = slab
+        return slab
 
     def _retire(self, slab: npt.NDArray[np.uint8]) -> None:
         """``slab`` is no stream's any more: a spare, reused once nothing uses it.
@@ -142,3 +153,50 @@ class BlobPool:
                 return
             if sys.getrefcount(self._filling[stream].slab) <= _UNUSED:
                 self._retire(self._filling.pop(stream).slab)
+
+
+def viewed(a: npt.NDArray[Any] | None) -> bool:
+    """Whether ``a`` is a view into a slab of a :class:`SlabPool`, which later
+    chunks of its stream may continue."""
+    if a is None:
+        return False
+    base = a.base
+    return isinstance(base, np.ndarray) and _SLABS.get(id(base)) is base
+
+
+def starts_slab(a: npt.NDArray[Any] | None) -> bool:
+    """Whether ``a`` is a view at the very start of a slab (the first chunk written
+    into it since it was taken)."""
+    return viewed(a) and a.ctypes.data == a.base.ctypes.data  # type: ignore[union-attr]
+
+
+def follows(a: npt.NDArray[Any] | None, b: npt.NDArray[Any] | None) -> bool:
+    """Whether the rows of ``b`` lie right after those of ``a`` in the memory of one
+    array (as consecutive chunks of a stream in a :class:`SlabPool` do), so that
+    :func:`join_rows` makes one view of them."""
+    if a is None or b is None or not viewed(a):
+        return False
+    return (
+        b.base is a.base
+        and b.ctypes.data == a.ctypes.data + a.nbytes
+        and a.dtype == b.dtype
+        and a.shape[1:] == b.shape[1:]
+        and a.flags.c_contiguous
+        and b.flags.c_contiguous
+    )
+
+
+def join_rows(arrays: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """``np.concatenate(arrays)``; one view of their memory instead of a copy when
+    each follows the one before (:func:`follows`)."""
+    if len(arrays) > 1 and all(map(follows, arrays[:-1], arrays[1:])):
+        first = arrays[0]
+        owner = first.base
+        assert isinstance(owner, np.ndarray)  # (follows checked it)
+        return np.ndarray(
+            (sum(len(a) for a in arrays), *first.shape[1:]),
+            first.dtype,
+            buffer=owner,
+            offset=first.ctypes.data - owner.ctypes.data,
+        )
+    return np.concatenate(arrays)

@@ -1,5 +1,5 @@
-"""Slabs for joined payloads (operators.blobs), what the raw decode makes of them,
-and batches of consecutive chunks as views instead of copies."""
+"""Slabs (streams.slabs): a stream's chunks one after another in reused memory,
+what the raw decode makes of them, and batches of consecutive chunks as views."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators import batch
-from operators.blobs import BlobPool
 from operators.decode import _Decoder
-from streams.records import Batch, Chunk, follows, join_rows
+from streams.records import Batch, Chunk
+from streams.slabs import SlabPool, follows, join_rows
 from tests.helpers import collect
 from tests.operators.test_batch import BatchSource
 
@@ -23,7 +23,7 @@ def _u8(view: np.ndarray) -> list[int]:
 
 
 def test_a_streams_joins_follow_each_other_in_one_slab() -> None:
-    pool = BlobPool(slab_bytes=64)
+    pool = SlabPool(slab_bytes=64)
     a1 = pool.join([b"\x01" * 8, b"\x02" * 8], "a")
     b1 = pool.join([b"\x09" * 4], "b")
     a2 = pool.join([b"\x03" * 4], "a")
@@ -34,7 +34,7 @@ def test_a_streams_joins_follow_each_other_in_one_slab() -> None:
 
 
 def test_a_slab_is_written_again_only_once_nothing_views_it() -> None:
-    pool = BlobPool(slab_bytes=32, keep_bytes=32)
+    pool = SlabPool(slab_bytes=32, keep_bytes=32)
     first = pool.join([b"\x01" * 16], "a")
     second = pool.join([b"\x02" * 16], "a")  # fills the slab
     # Full and still viewed: the stream moves on to a new slab.
@@ -56,13 +56,13 @@ def test_a_slab_is_written_again_only_once_nothing_views_it() -> None:
 
 
 def test_a_join_larger_than_a_slab_gets_a_slab_of_its_size() -> None:
-    pool = BlobPool(slab_bytes=16)
+    pool = SlabPool(slab_bytes=16)
     big = pool.join([b"\x07" * 40], "a")
     assert _u8(big) == [7] * 40 and len(big.base) == 40
 
 
 def test_spares_nothing_uses_are_kept_within_the_budget() -> None:
-    pool = BlobPool(slab_bytes=16, keep_bytes=16)
+    pool = SlabPool(slab_bytes=16, keep_bytes=16)
     views = [pool.join([bytes([i]) * 16], "a") for i in range(4)]  # four full slabs
     pool.join([b"\x00"], "a")
     assert len(pool._spare) == 4  # all still viewed: in flight, not spare memory
@@ -77,7 +77,7 @@ def test_spares_nothing_uses_are_kept_within_the_budget() -> None:
 
 
 def test_streams_beyond_the_limit_give_up_unused_slabs() -> None:
-    pool = BlobPool(slab_bytes=16, streams=2)
+    pool = SlabPool(slab_bytes=16, streams=2)
     kept = pool.join([b"\x01"], "a")
     for name in "bcd":
         pool.join([b"\x02"], name)
@@ -98,7 +98,7 @@ def test_streams_beyond_the_limit_give_up_unused_slabs() -> None:
     )
 )
 def test_live_views_are_never_overwritten(ops: list[tuple[str, list[int], bool]]) -> None:
-    pool = BlobPool(slab_bytes=48, keep_bytes=48, streams=2)
+    pool = SlabPool(slab_bytes=48, keep_bytes=48, streams=2)
     live: list[tuple[np.ndarray, bytes]] = []
     for i, (stream, sizes, drop) in enumerate(ops):
         parts = [bytes([(i * 7 + j) % 251]) * n for j, n in enumerate(sizes)]
@@ -141,8 +141,9 @@ def test_raw_decode_batches_stay_intact_and_writable() -> None:
 
 
 def test_join_rows_makes_one_view_of_consecutive_rows_and_copies_others() -> None:
-    slab = np.arange(96, dtype=np.float32).view(np.uint8)
+    slab = SlabPool(slab_bytes=384).take(384, "s")
     rows = slab.view(np.float32).reshape(24, 4)
+    rows[:] = np.arange(96, dtype=np.float32).reshape(24, 4)
     a, b, c = rows[0:5], rows[5:12], rows[12:20]
     joined = join_rows([a, b, c])
     assert np.shares_memory(joined, slab)
@@ -155,12 +156,19 @@ def test_join_rows_makes_one_view_of_consecutive_rows_and_copies_others() -> Non
     other = np.array(b)  # the same values, memory of its own
     assert not follows(a, other)
     np.testing.assert_array_equal(join_rows([a, other]), rows[:12])
+    # Consecutive rows of any other array are copied: only slabs are joined in place.
+    plain = np.arange(96, dtype=np.float32).reshape(24, 4)
+    assert not follows(plain[:5], plain[5:12])
+    assert not np.shares_memory(join_rows([plain[:5], plain[5:12]]), plain)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("slab_chunks", "lengths"), [(4.0, [120] * 3), (3.5, [90] * 4)])
+@pytest.mark.parametrize(
+    ("slab_chunks", "rows", "lengths"),
+    [(4.0, 10_000, [120] * 3), (3.5, 10_000, [90] * 4), (4.0, 50, [50, 50, 20] * 3)],
+)
 async def test_batches_of_a_partitions_chunks_are_views_of_its_slab(
-    slab_chunks: float, lengths: list[int]
+    slab_chunks: float, rows: int, lengths: list[int]
 ) -> None:
     rng = np.random.default_rng(2)
     dim, per = 16, 30
@@ -170,16 +178,17 @@ async def test_batches_of_a_partitions_chunks_are_views_of_its_slab(
     for i, x in enumerate(xs):
         b, _ = dec.decode(_chunk(x, per * i))
         decoded.append(b)
-    # A batch of four chunks' bytes: each slab holds one batch, whatever ids and
-    # timestamps add to the byte count.
-    out = await collect(BatchSource(decoded), batch(10_000, max_bytes=4 * per * (dim * 4 + 16)))
+    # A batch of four chunks' vector bytes.
+    out = await collect(BatchSource(decoded), batch(rows, max_bytes=4 * per * dim * 4))
     np.testing.assert_array_equal(np.concatenate([b.vectors for b in out]), np.concatenate(xs))
     np.testing.assert_array_equal(
         np.concatenate([b.ids for b in out]), np.arange(per * len(xs), dtype=np.int64)
     )
-    # Every batch is one view of decode's memory, none a copy. Where a slab holds
-    # three chunks and a batch four, batches close at the slab's end (three
-    # chunks, at least half a batch) with the position of their last chunk.
+    # Every batch is one view of decode's memory, none a copy: a batch never spans
+    # two slabs. Where a slab holds three chunks and a batch four, or where a
+    # batch of 50 rows leaves 20 at a slab's end, batches close at the slab's end.
     assert [len(b) for b in out] == lengths
     assert not any(b.vectors.flags.owndata for b in out)
-    assert [b.position["offset"] for b in out] == list(np.cumsum(lengths))
+    # (A batch that ends inside a chunk carries the last whole chunk's position.)
+    ends = np.cumsum(lengths)
+    assert [b.position["offset"] for b in out] == [int(e - e % per) for e in ends]
