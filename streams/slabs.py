@@ -132,8 +132,18 @@ class SlabPool:
         """``slab`` is no stream's any more: a spare, reused once nothing uses it.
         Spares that nothing uses beyond ``keep_bytes`` are let go, oldest first
         (the ones still in use are in flight in the pipeline, bounded by it)."""
+        self._spare.append(slab)
+        self._trim()
+
+    def trim(self) -> None:
+        """Let go of the spares that nothing uses any more beyond ``keep_bytes``
+        (slabs in flight when they were retired are trimmed here once they are
+        done with: call it when the stream is idle)."""
+        with self._lock:
+            self._trim()
+
+    def _trim(self) -> None:
         spare = self._spare
-        spare.append(slab)
         idle = [i for i in range(len(spare)) if sys.getrefcount(spare[i]) <= _UNUSED]
         excess = sum(len(spare[i]) for i in idle) - self.keep_bytes
         drop = []

@@ -328,6 +328,7 @@ class KafkaSource(Source):
                     for piece in pieces(messages, self.max_records, self.format == "f32"):
                         await self._send(consumer, outbox, self._chunk(tp, piece))
                 continue
+            self.slabs.trim()  # nothing came: slabs in flight earlier are done with
             if self.until_idle is not None and now - last_record >= self.until_idle:
                 behind = await unfinished_partitions(consumer, self.topics, self._emitted)
                 if not behind:

@@ -76,6 +76,18 @@ def test_spares_nothing_uses_are_kept_within_the_budget() -> None:
     assert pool.allocated == 5 and b2.base is not b1.base
 
 
+def test_trim_lets_go_of_spares_done_with_since_they_were_retired() -> None:
+    pool = SlabPool(slab_bytes=16, keep_bytes=16)
+    views = [pool.join([bytes([i]) * 16], "a") for i in range(4)]
+    assert len(pool._spare) == 3  # retired while in use: kept, in flight
+    pool.trim()
+    assert len(pool._spare) == 3
+    del views
+    gc.collect()
+    pool.trim()  # done with now: one kept (keep_bytes), the others let go
+    assert len(pool._spare) == 1
+
+
 def test_streams_beyond_the_limit_give_up_unused_slabs() -> None:
     pool = SlabPool(slab_bytes=16, streams=2)
     kept = pool.join([b"\x01"], "a")
