@@ -191,6 +191,7 @@ class KafkaSource(Source):
         self._claiming: set[str] = set()
         self._failure: Exception | None = None
         self._rebalances = 0
+        self._polled = 0.0  # when the consumer was last polled (time.monotonic)
         self._commits = 0
         self._committed_seq = -1
         self._transient_errors = 0
@@ -303,6 +304,7 @@ class KafkaSource(Source):
             if self._failure is not None:
                 raise self._failure
             try:
+                self._polled = time.monotonic()
                 fetched = await consumer.getmany(
                     timeout_ms=int(self.poll_timeout * 1000), max_records=self.max_records
                 )
@@ -406,7 +408,10 @@ class KafkaSource(Source):
         async with anyio.create_task_group() as tg:
             tg.start_soon(send)
             while not sent.is_set():
-                with anyio.move_on_after(1.0):
+                # A poll at least every second, counted from the last one whichever
+                # chunk it was for: a wait counted from each blocked send let two
+                # sends in a row leave two seconds between polls.
+                with anyio.move_on_after(max(0.0, self._polled + 1.0 - time.monotonic())):
                     await sent.wait()
                 if sent.is_set():
                     break
@@ -414,6 +419,7 @@ class KafkaSource(Source):
                 current = set(consumer.assignment())
                 consumer.pause(*(current - paused))
                 paused |= current
+                self._polled = time.monotonic()
                 got = await consumer.getmany(timeout_ms=0, max_records=1)
                 for tp, messages in got.items():
                     # Assigned during this very poll, so not paused: read it again.
