@@ -305,12 +305,14 @@ def _raw_fast(
         return False
     n = len(payloads)
     parts: list[bytes] = payloads  # type: ignore[assignment]
-    blob = b"".join(parts) if slabs is None else slabs.join(parts, stream)
-    if len(blob) != n * size:
+    # Check before joining: a join into the stream's slab spends its space, and a
+    # fallback after it would leave a gap that cuts the stream's next batch short.
+    if sum(map(len, parts)) != n * size:
         return False  # some value has another size: the careful path finds it
-    ids = _decimal_keys(keys)
+    ids = decimal_key_ids(keys)
     if ids is None:
         return False
+    blob = b"".join(parts) if slabs is None else slabs.join(parts, stream)
     d = size // width
     dense = np.frombuffer(blob, dtype="<f4" if fmt == "f32" else "<f2").reshape(n, d)
     cols.rows = list(range(n))
@@ -353,7 +355,10 @@ def _raw(
             values = [i for i in values if i not in w]
     # Ids from keys, vectorised when every key is a decimal integer (the common case).
     key_list = [keys[i] if keys is not None else None for i in good]
-    ids = _decimal_keys(key_list)
+    # Every key a decimal integer (the common case): one vectorised pass. Otherwise
+    # resolve_id key by key, which follows the same rule, so a key's id never
+    # depends on its neighbours.
+    ids = decimal_key_ids(key_list)
     kept: list[int] = []
     if ids is None:
         id_list: list[int] = []
@@ -379,13 +384,6 @@ def _raw(
     cols.dense = dense
     cols.deletes = deleted.tolist()
     return dim
-
-
-def _decimal_keys(keys: list[bytes | None]) -> npt.NDArray[np.int64] | None:
-    """The keys as int64 ids when every one is a canonical decimal of at most 18
-    digits, else None (the caller then applies :func:`resolve_id` key by key, which
-    follows the same rule, so a key's id never depends on its neighbours)."""
-    return decimal_key_ids(keys)
 
 
 def decode_payloads(

@@ -324,7 +324,7 @@ def _rule(key: bytes) -> tuple[str, int | str]:
 def test_keys_map_to_ids_by_one_rule_whatever_the_batch(keys: list[bytes]) -> None:
     """Each key's id is the same decoded in a batch of any mix of keys and alone, and
     equals the plain rule: the vectorised path and the per-key path agree exactly."""
-    from operators.codecs import _decimal_keys
+    from streams.keys import decimal_key_ids
 
     values = [np.float32([i, 1]).tobytes() for i in range(len(keys))]
     together = decode_payloads("f32", list(values), list(keys), max_bytes=1 << 20, dim=2)[0]
@@ -345,7 +345,7 @@ def test_keys_map_to_ids_by_one_rule_whatever_the_batch(keys: list[bytes]) -> No
         assert alone.keys.get(one, one) == want
         if kind == "str":
             assert one == key_id(want)  # type: ignore[arg-type]
-    fast = _decimal_keys(keys)  # type: ignore[arg-type]
+    fast = decimal_key_ids(keys)  # type: ignore[arg-type]
     if fast is not None:
         assert fast.tolist() == [_rule(k)[1] for k in keys]
 

@@ -152,6 +152,27 @@ def test_raw_decode_batches_stay_intact_and_writable() -> None:
     assert not follows(kept[0].vectors, kept[1].vectors)
 
 
+def test_a_chunk_decode_reads_record_by_record_leaves_the_slab_as_it_was() -> None:
+    """A chunk the fast path gives up on (a key that is no decimal id, a value of
+    another size) spends no slab space: the partition's next chunk still follows
+    the one before, so batch still joins them without a copy."""
+    rng = np.random.default_rng(2)
+    dec = _Decoder("decode", None, 1 << 16, False, slab_bytes=1 << 16)
+    xs = [rng.standard_normal((20, 8)).astype("<f4") for _ in range(4)]
+    first, _ = dec.decode(_chunk(xs[0], 0))
+    named = _chunk(xs[1], 20)
+    named.keys[3] = b"doc-3"  # type: ignore[index]
+    short = _chunk(xs[2], 40)
+    short.payloads[5] = short.payloads[5][:16]  # type: ignore[index]
+    for odd in (named, short):
+        b, bad = dec.decode(odd)
+        assert not np.shares_memory(b.vectors, first.vectors.base)
+    assert [(r.reason, r.location) for r in bad] == [("wrong-dimension", 45)]
+    nxt, _ = dec.decode(_chunk(xs[3], 60))
+    assert follows(first.vectors, nxt.vectors)
+    np.testing.assert_array_equal(nxt.vectors, xs[3])
+
+
 def test_join_rows_makes_one_view_of_consecutive_rows_and_copies_others() -> None:
     slab = SlabPool(slab_bytes=384).take(384, "s")
     rows = slab.view(np.float32).reshape(24, 4)
