@@ -27,11 +27,14 @@ from streams.deadletters import Rejected, Rejects
 from streams.formats import FORMATS
 from streams.operator import Operator
 from streams.records import Batch, Chunk
-from streams.slabs import SlabPool
+from streams.slabs import SPARE_BYTES, SlabPool
 
 __all__ = ["decode"]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20
+
+IDLE_SECONDS = 1.0
+"""With nothing arriving this long, ``decode`` lets go of its spare slabs but one."""
 
 _ZERO = "the vector is all zeros and cannot be normalised"
 
@@ -54,7 +57,7 @@ class _Decoder:
         self.reject_zero = reject_zero
         # One spare slab kept while nothing uses it, so that a stream moving on to
         # its next slab usually finds one without page-faulting fresh memory.
-        self.slabs = SlabPool(slab_bytes, keep_bytes=slab_bytes)
+        self.slabs = SlabPool(slab_bytes, keep_bytes=max(slab_bytes, SPARE_BYTES))
 
     def decode(self, chunk: Chunk) -> tuple[Batch, list[Rejected]]:
         # NaN and Inf in input are rejected record by record below; numpy must not
@@ -305,15 +308,25 @@ def decode(
         slab_bytes: raw payloads (``f32``, ``f16``) are joined into reusable slabs
             of this size, a partition's chunks one after another
             (:mod:`streams.slabs`), so that a batch of consecutive chunks is a
-            view of a slab instead of a copy. Twice the ``max_bytes`` of the
-            ``batch`` stage that follows lets every batch be one.
+            view of a slab instead of a copy. The ``max_bytes`` of the
+            ``batch`` stage that follows makes every full batch one (as the CLI
+            does).
         name: the stage name.
     """
     state = _Decoder(name, dim, max_payload_bytes, reject_zero, slab_bytes)
     policy = errors or Rejects("raise")
 
     async def run(inbox: Inbox[Chunk]) -> AsyncIterator[Batch]:
-        async for chunk in inbox:
+        while True:
+            try:
+                chunk = await inbox.receive(timeout=IDLE_SECONDS)
+            except TimeoutError:
+                # Nothing came for a while: the slabs in flight earlier are done
+                # with. An idle stream keeps one.
+                state.slabs.trim(state.slabs.slab_bytes)
+                continue
+            except anyio.EndOfStream:
+                return
             if FORMATS[chunk.format].threaded:
                 # Record-by-record decoding takes tens of milliseconds per chunk: a
                 # worker thread keeps the event loop (searches, metrics, Kafka

@@ -52,7 +52,7 @@ class IngestOptions:
     train_size: int = 50_000
     fmt: str | None = None
     capacity: int = 4
-    channel_bytes: int | None = 16 << 20
+    channel_bytes: int | None = 8 << 20
     group: str | None = None
     worker: str | None = None
     gc_grace: float = DEFAULT_GRACE_SECONDS

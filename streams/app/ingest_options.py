@@ -255,7 +255,8 @@ _DECLARED = [
         show_default=True,
         type=click.IntRange(min=1),
         help="Bytes of chunks or batches per channel (an empty channel takes one item of any "
-        "size): with a fast source and a slow sink, the memory held between stages.",
+        "size): with a fast source and a slow sink, the memory held between stages. The "
+        "default holds one full batch of the default --batch-bytes.",
     ),
     click.option(
         "--serve",

@@ -39,7 +39,7 @@ from streams.kafka.topics import await_topics, unfinished_partitions
 from streams.kafka.url import PartitionLag, partition_name
 from streams.records import Chunk, Positions
 from streams.sink import Sink
-from streams.slabs import SlabPool
+from streams.slabs import SPARE_BYTES, SlabPool
 from streams.source import Source
 from streams.statistics import PartitionLagStatistics, SourceStatistics
 
@@ -172,7 +172,7 @@ class KafkaSource(Source):
         self.raw_records = raw_records
         self.stall_timeout = stall_timeout
         self.client = client
-        self.slabs = SlabPool(slab_bytes, keep_bytes=slab_bytes)
+        self.slabs = SlabPool(slab_bytes, keep_bytes=max(slab_bytes, SPARE_BYTES))
         self.name = name
         self.consumer: Consumer | None = None
         self.lag: dict[str, PartitionLag] = {}
@@ -258,6 +258,8 @@ class KafkaSource(Source):
         self._start = start
         while True:
             consumer = self.consumer = self._make_consumer()
+            if hasattr(consumer, "digest"):
+                consumer.digest = self._chunks
             # A member again (after a restart, the finally below had said otherwise).
             self._stopping = False
             self._left = None
@@ -324,13 +326,15 @@ class KafkaSource(Source):
             now = time.monotonic()
             if fetched:
                 last_record = now
+                digested = getattr(consumer, "digest", None) is not None
                 for tp, messages in fetched.items():
                     if self._claiming and partition_name(tp.topic, tp.partition) in self._claiming:
                         continue
-                    for piece in pieces(messages, self.max_records, self.format == "f32"):
-                        await self._send(consumer, outbox, self._chunk(tp, piece))
+                    for chunk in messages if digested else self._chunks(tp, messages):
+                        await self._send(consumer, outbox, self._noted(tp, chunk))
                 continue
-            self.slabs.trim()  # nothing came: slabs in flight earlier are done with
+            # Nothing came: slabs in flight earlier are done with; keep one.
+            self.slabs.trim(self.slabs.slab_bytes)
             if self.until_idle is not None and now - last_record >= self.until_idle:
                 behind = await unfinished_partitions(consumer, self.topics, self._emitted)
                 if not behind:
@@ -376,10 +380,25 @@ class KafkaSource(Source):
                 return True
         return False
 
+    def _chunks(self, tp: Any, messages: list[Any]) -> list[Chunk]:
+        """The chunks of partition ``tp``'s messages of one poll. A consumer with a
+        ``digest`` attribute (librdkafka's) runs this in its own thread, right after
+        it fetched the messages: their values are copied into the slab while they
+        are in that core's cache, and the messages are freed by the thread that
+        made them (see :class:`streams.kafka.confluent.ConfluentConsumer`)."""
+        fmt = self.format
+        return [
+            chunk_of(tp, piece, self.consumer, fmt, self.slabs)
+            for piece in pieces(messages, self.max_records, fmt == "f32")
+        ]
+
     def _chunk(self, tp: Any, messages: list[Any]) -> Chunk:
-        """The chunk of a partition's messages, noting that they were read (the
-        partition's position and lag)."""
-        chunk = chunk_of(tp, messages, self.consumer, self.format, self.slabs)
+        """The chunk of a partition's messages, noted as read (see :meth:`_noted`)."""
+        return self._noted(tp, chunk_of(tp, messages, self.consumer, self.format, self.slabs))
+
+    def _noted(self, tp: Any, chunk: Chunk) -> Chunk:
+        """``chunk``, noting that its records were read (the partition's position
+        and lag)."""
         part = chunk.partition
         nxt = chunk.position["offset"]
         self._emitted[part] = nxt

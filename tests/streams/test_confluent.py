@@ -105,3 +105,58 @@ def test_messages_are_grouped_per_partition_in_order_with_errors_apart() -> None
     }
     assert [m.error() for m in bad] == ["broker down"]
     assert _by_partition([]) == ({}, [])
+
+
+async def test_the_sources_digest_runs_in_the_consumer_thread_where_messages_die() -> None:
+    """getmany hands each partition's messages to ``digest`` in the consumer's own
+    thread, returns what it made, and the messages are freed in that thread."""
+    from streams.kafka.confluent import ConfluentConsumer
+
+    died: list[int] = []
+
+    class Message:
+        def __init__(self, partition: int, offset: int) -> None:
+            self._where = (partition, offset)
+
+        def __del__(self) -> None:
+            died.append(threading.get_ident())
+
+        def topic(self) -> str:
+            return "t"
+
+        def partition(self) -> int:
+            return self._where[0]
+
+        def offset(self) -> int:
+            return self._where[1]
+
+        def error(self) -> None:
+            return None
+
+        def __len__(self) -> int:
+            return 12
+
+    class Librdkafka:  # the part of confluent_kafka.Consumer getmany calls
+        def consume(self, num_messages: int, timeout: float) -> list[Message]:
+            return [Message(p, o) for p in (0, 1) for o in range(3)]
+
+    consumer = ConfluentConsumer("127.0.0.1:9", "g")
+    consumer._consumer = Librdkafka()
+    digested: list[int] = []
+
+    def digest(tp: object, messages: list[Message]) -> list[tuple[int, ...]]:
+        digested.append(threading.get_ident())
+        return [tuple(m.offset() for m in messages)]
+
+    consumer.digest = digest
+    try:
+        got = await consumer.getmany(timeout_ms=0)
+        assert {tp.partition: chunks for tp, chunks in got.items()} == {
+            0: [(0, 1, 2)],
+            1: [(0, 1, 2)],
+        }
+        (worker,) = set(digested)
+        assert worker != threading.get_ident()
+        assert len(died) == 6 and set(died) == {worker}
+    finally:
+        consumer._thread.shutdown()

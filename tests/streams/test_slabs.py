@@ -88,6 +88,23 @@ def test_trim_lets_go_of_spares_done_with_since_they_were_retired() -> None:
     assert len(pool._spare) == 1
 
 
+def test_an_idle_stream_keeps_fewer_spares_than_a_flowing_one() -> None:
+    pool = SlabPool(slab_bytes=16, keep_bytes=48)
+    views = [pool.join([bytes([i]) * 16], "a") for i in range(5)]
+    last = views.pop()  # the slab being filled stays in use
+    del views
+    gc.collect()
+    last = pool.join([b"x" * 16], "a")  # retires a slab: spares trimmed to keep_bytes
+    assert len(pool._spare) == 3
+    allocated = pool.allocated
+    for _ in range(3):  # flowing again: the spares are reused, nothing allocated
+        last = pool.join([b"y" * 16], "a")
+    assert pool.allocated == allocated
+    del last
+    pool.trim(16)  # idle: keep one
+    assert len(pool._spare) == 1
+
+
 def test_streams_beyond_the_limit_give_up_unused_slabs() -> None:
     pool = SlabPool(slab_bytes=16, streams=2)
     kept = pool.join([b"\x01"], "a")
