@@ -297,6 +297,12 @@ class Segment:
         self._buffer = buffer
         self._area = np.frombuffer(buffer, dtype=np.uint8)
         self._view(inner, 0)
+        # The id map gets its final size up front too (std::vector keeps its
+        # capacity when it shrinks): grown by doubling, each segment's left freed
+        # blocks in glibc's heap between long-lived ones.
+        id_map = self.index.id_map
+        id_map.resize(capacity)
+        id_map.resize(0)
         # Whoever holds the index keeps the mapping alive, through the list faiss
         # keeps the objects an index points into in (it may hold the inner index).
         refs = list(getattr(self.index, "referenced_objects", []))

@@ -110,6 +110,26 @@ def test_reserve_refuses_what_it_cannot_do_in_place() -> None:
     assert not full.reserve(100)  # only an empty segment
 
 
+def test_a_reserved_segments_id_map_never_moves_while_adds_fit() -> None:
+    """The id map gets the reserved capacity up front: adds that fit never grow it
+    by doubling (which left freed blocks in the heap, segment after segment)."""
+    seg = Segment(make_index(DIM, "IDMap2,Flat", "l2"))
+    assert seg.reserve(1000)
+    rng = np.random.default_rng(3)
+
+    def where() -> int:
+        id_map = seg.index.id_map
+        return int(faiss.rev_swig_ptr(id_map.data(), 1).__array_interface__["data"][0])
+
+    seg.add(rng.standard_normal((10, DIM)).astype(np.float32), np.arange(10))
+    start = where()
+    for i in range(1, 20):
+        seg.add(rng.standard_normal((50, DIM)).astype(np.float32), np.arange(50) + 50 * i)
+        assert where() == start
+    assert seg.ntotal == 960
+    np.testing.assert_array_equal(seg.ids.to_array()[:10], np.arange(10))
+
+
 def test_untrained_index_still_says_so() -> None:
     seg = Segment(make_index(DIM, "SQ8", "l2"))
     assert seg.reserve(100)
