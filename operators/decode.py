@@ -55,8 +55,9 @@ class _Decoder:
         self.dim = dim
         self.max_bytes = max_bytes
         self.reject_zero = reject_zero
-        # One spare slab kept while nothing uses it, so that a stream moving on to
-        # its next slab usually finds one without page-faulting fresh memory.
+        # Spare slabs kept while the stream flows, so that a partition moving on to
+        # its next slab finds one without page-faulting fresh memory (one is kept
+        # once the stream is idle, see run() below).
         self.slabs = SlabPool(slab_bytes, keep_bytes=max(slab_bytes, SPARE_BYTES))
 
     def decode(self, chunk: Chunk) -> tuple[Batch, list[Rejected]]:

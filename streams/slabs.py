@@ -68,11 +68,9 @@ class SlabPool:
         keep_bytes: most bytes of slabs that no stream fills kept for reuse; slabs
             beyond that are freed once their last batch is done with. Keep about
             what the pipeline holds in flight: a slab freed and then allocated
-            again is page-faulted in afresh.
-            With spares for 1 batch in flight (8 MiB slabs at 768-d on Kafka,
-            14 slabs in flight) a third of the slabs were new ones; with 8, none
-            after the first 15. :meth:`trim` lets go of them when the stream
-            is idle.
+            again is page-faulted in afresh (the README's "The librdkafka
+            consumer's thread" has the figures). :meth:`trim` lets go of them
+            when the stream is idle.
         streams: most streams that keep the slab they fill; beyond that, the least
             recently joined streams whose slab nothing uses give it up.
     """
