@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from streams.kafka.wire import CorruptBatchError, scan
+from streams.kafka.transport import ThreadedFetches, threaded_fetches
+from streams.kafka.wire import CorruptBatchError, WireRecords, scan
 
 __all__ = ["raw_records_marker"]
 
@@ -34,24 +36,82 @@ log = logging.getLogger("embedstream.kafka")
 class _RawRecords:
     """The marker: a key deserializer that is never called."""
 
+    def __init__(self, fetch_thread: bool) -> None:
+        self.fetch_thread = fetch_thread
+
     def __call__(self, key: bytes | None) -> bytes | None:  # pragma: no cover
         return key
 
     def __repr__(self) -> str:
-        return "<embedstream raw records>"
+        return f"<embedstream raw records, fetch thread {self.fetch_thread}>"
 
 
-MARKER = _RawRecords()
+_MARKERS = {True: _RawRecords(True), False: _RawRecords(False)}
 _installed: bool | None = None
 
 
-def raw_records_marker() -> Any:
+def raw_records_marker(fetch_thread: bool = True) -> Any:
     """The key deserializer that makes a consumer return raw records, or ``None``
-    when this aiokafka version cannot do that."""
+    when this aiokafka version cannot do that. With ``fetch_thread``, the
+    consumer's fetch requests are also sent and read in a thread of their own
+    (:mod:`streams.kafka.transport`, plaintext connections only)."""
     global _installed
     if _installed is None:
         _installed = _install()
-    return MARKER if _installed else None
+    return _MARKERS[fetch_thread] if _installed else None
+
+
+def _marked(deserializer: Any) -> bool:
+    return isinstance(deserializer, _RawRecords)
+
+
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    """A partition's records from a fetch response, scanned (:func:`scan`) by the
+    fetch thread that read them, so the event loop only takes the result.
+
+    Attributes:
+        raw: the records' bytes (a view of the response).
+        fetch_offset / check_crcs / read_committed: what they were scanned for; the
+            fetcher's partition scans again if it asks for anything else.
+        wire / stop: what :func:`scan` returned.
+        error: what it raised instead (raised when the records are taken).
+    """
+
+    raw: memoryview
+    fetch_offset: int
+    check_crcs: bool
+    read_committed: bool
+    wire: WireRecords | None
+    stop: int
+    error: CorruptBatchError | None
+
+    @classmethod
+    def of(
+        cls, raw: memoryview, fetch_offset: int, check_crcs: bool, read_committed: bool
+    ) -> Scanned:
+        """``raw`` scanned from ``fetch_offset``."""
+        try:
+            wire, stop = scan(
+                raw, fetch_offset, check_crcs=check_crcs, read_committed=read_committed
+            )
+        except CorruptBatchError as exc:
+            return cls(raw, fetch_offset, check_crcs, read_committed, None, 0, exc)
+        return cls(raw, fetch_offset, check_crcs, read_committed, wire, stop, None)
+
+    def answers(self, fetch_offset: int, check_crcs: bool, read_committed: bool) -> bool:
+        """Whether this scan is the one asked for."""
+        return (fetch_offset, check_crcs, read_committed) == (
+            self.fetch_offset,
+            self.check_crcs,
+            self.read_committed,
+        )
+
+    def result(self) -> tuple[WireRecords | None, int]:
+        """What :func:`scan` returned (or raise what it raised)."""
+        if self.error is not None:
+            raise self.error
+        return self.wire, self.stop
 
 
 def _install() -> bool:
@@ -63,47 +123,74 @@ def _install() -> bool:
     original = getattr(cls, "_consumer_record", None)
     unpack = getattr(cls, "_unpack_records", None)
     memory_records = getattr(fetcher, "MemoryRecords", None)
-    if cls is None or original is None or unpack is None or memory_records is None:
+    fetcher_cls = getattr(fetcher, "Fetcher", None)
+    if (
+        cls is None
+        or original is None
+        or unpack is None
+        or memory_records is None
+        or fetcher_cls is None
+    ):
         log.info("aiokafka's fetcher is not the one embedstream knows; using ConsumerRecords")
         return False
     if getattr(original, "_embedstream", False):
         return True
 
     def consumer_record(self: Any, tp: Any, record: Any) -> Any:
-        if self._key_deserializer is MARKER:
+        if _marked(self._key_deserializer):
             return record
         return original(self, tp, record)
 
     class KeepRaw:
-        """aiokafka's ``MemoryRecords``, keeping the bytes it reads."""
+        """aiokafka's ``MemoryRecords``, keeping the bytes it reads. They are a
+        ``memoryview`` of the response when a fetch thread read it
+        (:mod:`streams.kafka.transport`), which also scanned them
+        (:class:`Scanned`); aiokafka's parser, which wants ``bytes``, gets a copy
+        only if the wire reader leaves the records to it."""
 
-        __slots__ = ("_records", "raw")
+        __slots__ = ("_records", "raw", "scanned")
 
-        def __init__(self, data: bytes) -> None:
-            self.raw = data
-            self._records = memory_records(data)  # type: ignore[misc]
+        def __init__(self, data: bytes | memoryview | Scanned) -> None:
+            self.scanned = data if isinstance(data, Scanned) else None
+            self.raw = data.raw if isinstance(data, Scanned) else data
+            self._records: Any = None
 
         def has_next(self) -> bool:
-            return bool(self._records.has_next())
+            if self._records is not None:  # being read batch by batch
+                return bool(self._records.has_next())
+            # A whole batch (or legacy message set) is there: what aiokafka's
+            # MemoryRecords answers, read from the 12-byte log overhead.
+            if len(self.raw) < 12:
+                return False
+            return 12 + int.from_bytes(self.raw[8:12], "big", signed=True) <= len(self.raw)
 
         def next_batch(self) -> Any:
+            if self._records is None:
+                self._records = memory_records(bytes(self.raw))  # type: ignore[misc]
             return self._records.next_batch()
 
         def size_in_bytes(self) -> int:
-            return int(self._records.size_in_bytes())
+            return len(self.raw)
 
     def unpack_records(self: Any) -> Iterator[Any]:
         raw = getattr(self._records, "raw", None)
-        if self._key_deserializer is not MARKER or raw is None:
+        if not _marked(self._key_deserializer) or raw is None:
             yield from unpack(self)
             return
+        read_committed = self._isolation_level == fetcher.READ_COMMITTED
+        scanned = self._records.scanned
         try:
-            wire, stop = scan(
-                raw,
-                self.next_fetch_offset,
-                check_crcs=self._check_crcs,
-                read_committed=self._isolation_level == fetcher.READ_COMMITTED,
-            )
+            if scanned is not None and scanned.answers(
+                self.next_fetch_offset, self._check_crcs, read_committed
+            ):
+                wire, stop = scanned.result()
+            else:
+                wire, stop = scan(
+                    raw,
+                    self.next_fetch_offset,
+                    check_crcs=self._check_crcs,
+                    read_committed=read_committed,
+                )
         except CorruptBatchError as exc:
             from aiokafka.errors import CorruptRecordException
 
@@ -114,11 +201,35 @@ def _install() -> bool:
                 yield wire
         if stop < len(raw):
             # A batch the reader leaves to aiokafka, and everything after it.
-            self._records = memory_records(raw[stop:])  # type: ignore[misc]
+            self._records = memory_records(bytes(raw[stop:]))  # type: ignore[misc]
             yield from unpack(self)
+
+    fetcher_init = fetcher_cls.__init__
+    fetcher_close = fetcher_cls.close
+
+    def init(self: Any, client: Any, *args: Any, **kwargs: Any) -> None:
+        marker = kwargs.get("key_deserializer")
+        if isinstance(marker, _RawRecords) and marker.fetch_thread:
+            check_crcs = bool(kwargs.get("check_crcs", True))
+            read_committed = kwargs.get("isolation_level") == fetcher.READ_COMMITTED
+
+            def scanned(records: memoryview, fetch_offset: int) -> Scanned:
+                return Scanned.of(records, fetch_offset, check_crcs, read_committed)
+
+            client = threaded_fetches(client, scanned)
+        fetcher_init(self, client, *args, **kwargs)
+
+    async def close(self: Any) -> None:
+        try:
+            await fetcher_close(self)
+        finally:
+            if isinstance(self._client, ThreadedFetches):
+                self._client.close()
 
     consumer_record._embedstream = True  # type: ignore[attr-defined]
     cls._consumer_record = consumer_record
     cls._unpack_records = unpack_records
     fetcher.MemoryRecords = KeepRaw
+    fetcher_cls.__init__ = init
+    fetcher_cls.close = close
     return True

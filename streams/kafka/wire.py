@@ -44,7 +44,11 @@ from aiokafka import codec
 
 from streams.keys import decimal_ids
 
-__all__ = ["CorruptBatchError", "WireRecord", "WireRecords", "scan"]
+__all__ = ["Buffer", "CorruptBatchError", "WireRecord", "WireRecords", "scan"]
+
+Buffer = bytes | memoryview
+"""A fetch response's record bytes: ``bytes`` from aiokafka, a view of the response
+from a fetch thread (:mod:`streams.kafka.transport`)."""
 
 _BATCH = struct.Struct(">qiibIhiqqqhii")
 """baseOffset .. recordCount: the 61-byte batch header."""
@@ -58,6 +62,12 @@ _CONTROL = 0x20
 
 _SMALL_BATCH = 32
 """Batches of fewer records have their record starts read in a plain loop."""
+
+_GATHER_RUNS = 16
+""":meth:`WireRecords.matrix` gathers rows one by one (in C) instead of copying runs
+of equally spaced rows when the runs average fewer rows than this."""
+_GATHER_ROWS = 256
+"""Rows per gather (the temporary it makes stays below a few MB)."""
 
 _RUN_TRIES = 32
 """Runs of equal-length records tried per batch before reading lengths one by one
@@ -107,7 +117,7 @@ class WireRecords:
         next_offset: the offset after the last batch (compaction may leave a gap).
     """
 
-    data: bytes
+    data: Buffer
     offsets: npt.NDArray[np.int64]
     timestamps: npt.NDArray[np.int64]
     key_at: npt.NDArray[np.int64]
@@ -185,6 +195,19 @@ class WireRecords:
         gaps = np.diff(at)
         # Where the spacing changes: each run [a, b] has one stride.
         changes = np.flatnonzero(gaps[1:] != gaps[:-1]) + 1
+        if len(changes) * _GATHER_RUNS > n:
+            # Short runs (small batches: a run ends at each batch's header): gather
+            # rows through a view with a row at every byte, in slices that keep
+            # the temporary small.
+            rows_at = np.lib.stride_tricks.as_strided(
+                self.bytes_view(),
+                (max(len(self.data) - size + 1, 0), size),
+                (1, 1),
+                writeable=False,
+            )
+            for s in range(0, n, _GATHER_ROWS):
+                out[s : s + _GATHER_ROWS] = rows_at[at[s : s + _GATHER_ROWS]]
+            return out
         a = 0
         for b in [*changes.tolist(), n - 1]:
             if b < a:
@@ -224,8 +247,8 @@ class WireRecords:
                 WireRecord(
                     offset,
                     ts,
-                    None if kl < 0 else data[ka : ka + kl],
-                    None if vl < 0 else data[va : va + vl],
+                    None if kl < 0 else bytes(data[ka : ka + kl]),
+                    None if vl < 0 else bytes(data[va : va + vl]),
                     _headers(data, ha, hc) if hc else [],
                 )
             )
@@ -233,7 +256,7 @@ class WireRecords:
 
 
 def scan(
-    data: bytes, fetch_offset: int, *, check_crcs: bool = True, read_committed: bool = False
+    data: Buffer, fetch_offset: int, *, check_crcs: bool = True, read_committed: bool = False
 ) -> tuple[WireRecords | None, int]:
     """Find every record of the v2 batches in ``data`` (a partition's records from
     a fetch response), skipping records before ``fetch_offset``.
@@ -247,7 +270,7 @@ def scan(
     end = len(data)
     pos = 0
     # Each batch's records: (bytes, start, end) of the records' section.
-    sections: list[tuple[bytes, int, int]] = []
+    sections: list[tuple[Buffer, int, int]] = []
     bases: list[int] = []
     counts: list[int] = []
     first_ts: list[int] = []
@@ -355,7 +378,7 @@ def scan(
     return wire, pos
 
 
-def _empty(data: bytes, next_offset: int) -> WireRecords:
+def _empty(data: Buffer, next_offset: int) -> WireRecords:
     none = np.zeros(0, dtype=np.int64)
     return WireRecords(data, none, none, none, none, none, none, none, none, next_offset)
 
@@ -386,7 +409,7 @@ def _varints(
 
 
 def _record_starts_one_by_one(
-    data: bytes, pos: int, end: int, count: int, base: int, out: list[int]
+    data: Buffer, pos: int, end: int, count: int, base: int, out: list[int]
 ) -> None:
     """Append where each of a batch's ``count`` records starts to ``out``."""
     for _ in range(count):
@@ -402,7 +425,7 @@ def _record_starts_one_by_one(
 
 
 def _record_starts(
-    data: bytes, u8: npt.NDArray[np.uint8], pos: int, end: int, count: int, base: int
+    data: Buffer, u8: npt.NDArray[np.uint8], pos: int, end: int, count: int, base: int
 ) -> npt.NDArray[np.int64]:
     """Where each of a batch's ``count`` records starts (its length varint)."""
     out = np.empty(count, dtype=np.int64)
@@ -440,7 +463,7 @@ def _record_starts(
     return out
 
 
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+def _varint(data: Buffer, pos: int, end: int) -> tuple[int, int]:
     """The zigzag varint at ``pos`` (before ``end``) and its size."""
     shift = raw = 0
     size = 0
@@ -455,17 +478,17 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _headers(data: bytes, pos: int, count: int) -> list[tuple[str, bytes | None]]:
+def _headers(data: Buffer, pos: int, count: int) -> list[tuple[str, bytes | None]]:
     end = len(data)
     out: list[tuple[str, bytes | None]] = []
     for _ in range(count):
         klen, size = _varint(data, pos, end)
         pos += size
-        key = data[pos : pos + klen].decode("utf-8", "replace")
+        key = bytes(data[pos : pos + klen]).decode("utf-8", "replace")
         pos += klen
         vlen, size = _varint(data, pos, end)
         pos += size
-        value = None if vlen < 0 else data[pos : pos + vlen]
+        value = None if vlen < 0 else bytes(data[pos : pos + vlen])
         pos += max(vlen, 0)
         out.append((key, value))
     return out

@@ -395,9 +395,10 @@ async def test_live_record_is_searchable_within_a_second_over_http(
 async def test_fetch_responses_read_whole_give_what_per_record_reading_gives(
     kafka: str, topic_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """aiokafka's responses read straight into arrays (streams.kafka.wire) against
-    aiokafka's ConsumerRecords, on one topic with every kind of record: plain 96-d
-    vectors, a gzip-compressed run, tombstones, headers, string keys, a NaN."""
+    """aiokafka's responses read straight into arrays (streams.kafka.wire), fetched
+    in a thread (streams.kafka.transport) or on the event loop, against aiokafka's
+    ConsumerRecords, on one topic with every kind of record: plain 96-d vectors, a
+    gzip-compressed run, tombstones, headers, string keys, a NaN."""
     from aiokafka import AIOKafkaProducer
 
     from streams.deadletters import Rejects
@@ -440,6 +441,18 @@ async def test_fetch_responses_read_whole_give_what_per_record_reading_gives(
 
     monkeypatch.setattr(chunks, "vectors_chunk", counting)
 
+    from streams.kafka.transport import FetchLane
+
+    lane_fetches = 0
+    roundtrip = FetchLane.roundtrip
+
+    def counted_roundtrip(self: FetchLane, *args: Any) -> Any:
+        nonlocal lane_fetches
+        lane_fetches += 1
+        return roundtrip(self, *args)
+
+    monkeypatch.setattr(FetchLane, "roundtrip", counted_roundtrip)
+
     class Letters:
         def __init__(self) -> None:
             self.letters: list[Any] = []
@@ -450,13 +463,14 @@ async def test_fetch_responses_read_whole_give_what_per_record_reading_gives(
         async def aclose(self) -> None:
             pass
 
-    async def consume(raw: bool) -> dict[int, tuple[bool, bytes, Any]]:
+    async def consume(raw: bool, thread: bool = True) -> dict[int, tuple[bool, bytes, Any]]:
         source = KafkaSource(
             kafka,
             [topic_name],
-            group=f"g-{raw}-{topic_name}",
+            group=f"g-{raw}-{thread}-{topic_name}",
             until_idle=2.0,
             raw_records=raw,
+            fetch_thread=thread,
             max_records=700,  # whole responses are cut, too
         )
         letters = Letters()
@@ -471,10 +485,14 @@ async def test_fetch_responses_read_whole_give_what_per_record_reading_gives(
         return rows
 
     per_record = await consume(False)
-    assert whole == 0
+    assert whole == 0 and lane_fetches == 0
     read_whole = await consume(True)
     assert whole > 0  # the plain runs came as whole responses
+    assert lane_fetches > 0  # through the fetch thread
     assert read_whole == per_record
+    whole = lane_fetches = 0
+    assert await consume(True, thread=False) == per_record
+    assert whole > 0 and lane_fetches == 0
     # 2,900 integer ids (17, the NaN, only as a delete) and 100 hashed string keys.
     assert len(per_record) == 3000
     assert sum(d for d, _, _ in per_record.values()) == 100

@@ -288,10 +288,31 @@ def test_runs_cut_around_records_that_are_not_vectors() -> None:
 
 def test_many_small_batches_as_producers_send_by_default() -> None:
     """A 16 KB producer batch holds five 768-d records: record starts come from the
-    small-batch loop, and rows from one strided copy per batch."""
+    small-batch loop, and rows are gathered one by one (runs of five are too short
+    for a strided copy each)."""
     records = vector_records(500, 768)
     data = b"".join(batch_bytes(i, records[i : i + 5]) for i in range(0, 500, 5))
     wire, stop = scan(data, 0)
     assert wire is not None and stop == len(data) and len(wire) == 500
     same(wire, aiokafka_records(data))
     assert [row.tobytes() for row in wire.matrix()] == [r[2] for r in records]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 60), min_size=1, max_size=40),
+    dim=st.sampled_from([1, 3, 16, 384]),
+    skip=st.integers(0, 5),
+)
+def test_rows_are_the_values_whatever_the_batches(sizes: list[int], dim: int, skip: int) -> None:
+    """Batches of any sizes: few long runs take strided copies, many short ones
+    the gather; both give every value as its row, from the fetch offset on."""
+    records = vector_records(sum(sizes), dim)
+    parts, base = [], 0
+    for size in sizes:
+        parts.append(batch_bytes(base, records[base : base + size]))
+        base += size
+    skip = min(skip, len(records) - 1)
+    wire, _ = scan(b"".join(parts), skip)
+    assert wire is not None
+    assert [row.tobytes() for row in wire.matrix()] == [r[2] for r in records[skip:]]

@@ -1,0 +1,274 @@
+"""Fetch requests on a blocking socket in a thread (streams.kafka.transport): the
+response parser against aiokafka's decoder on the same bytes, the receive buffers,
+and a lane against a scripted broker on a real socket (the real broker is in
+tests/integration, where every aiokafka source fetches this way)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from io import BytesIO
+from typing import Any
+
+import pytest
+from aiokafka import errors as kafka_errors
+from aiokafka.protocol import fetch as fetch_protocol
+from aiokafka.protocol.admin import ApiVersionResponse_v0
+from aiokafka.protocol.fetch import FetchRequest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.kafka.transport import (
+    FetchLane,
+    MalformedResponseError,
+    ReceiveBuffers,
+    parse_fetch_response,
+)
+
+VERSIONS = range(4, 12)
+
+aborted = st.one_of(
+    st.none(),
+    st.lists(st.tuples(st.integers(-1, 2**40), st.integers(0, 2**40)), max_size=3),
+)
+records = st.one_of(st.none(), st.binary(max_size=200))
+partitions = st.lists(
+    st.tuples(
+        st.integers(0, 1000),
+        st.sampled_from([0, 1, 3, 6]),
+        st.integers(-1, 2**40),
+        st.integers(-1, 2**40),
+        st.integers(-1, 2**40),
+        aborted,
+        st.integers(-1, 5),
+        records,
+    ),
+    max_size=4,
+)
+topics = st.lists(
+    st.tuples(st.text(min_size=1, max_size=30), partitions),
+    max_size=3,
+)
+
+
+def response_bytes(version: int, throttle: int, topics: list[Any]) -> bytes:
+    """What a broker sends (after the response header) for ``version``."""
+    cls = getattr(fetch_protocol, f"FetchResponse_v{version}")
+    laid_out = []
+    for topic, parts in topics:
+        rows = []
+        for p, err, high, stable, start, abort, replica, recs in parts:
+            row: list[Any] = [p, err, high, stable]
+            if version >= 5:
+                row.append(start)
+            row.append(abort)
+            if version >= 11:
+                row.append(replica)
+            row.append(recs)
+            rows.append(tuple(row))
+        laid_out.append((topic, rows))
+    if version >= 7:
+        return bytes(cls(throttle, 0, 7, laid_out).encode())
+    return bytes(cls(throttle, laid_out).encode())
+
+
+def as_plain(topics: list[Any]) -> list[Any]:
+    """Views as bytes, tuples as lists: comparable with aiokafka's decoding."""
+    return [
+        [
+            topic,
+            [[bytes(f) if isinstance(f, memoryview) else f for f in part] for part in parts],
+        ]
+        for topic, parts in topics
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(version=st.sampled_from(VERSIONS), throttle=st.integers(0, 1000), topics=topics)
+def test_a_response_reads_as_aiokafka_decodes_it(
+    version: int, throttle: int, topics: list[Any]
+) -> None:
+    data = response_bytes(version, throttle, topics)
+    cls = getattr(fetch_protocol, f"FetchResponse_v{version}")
+    theirs = cls.decode(BytesIO(data))
+    ours = parse_fetch_response(memoryview(data), version)
+    assert version == ours.API_VERSION
+    assert ours.throttle_time_ms == theirs.throttle_time_ms
+    assert as_plain(ours.topics) == as_plain(
+        [(t, [list(p) for p in parts]) for t, parts in theirs.topics]
+    )
+    if version >= 7:
+        assert (ours.error_code, ours.session_id) == (0, 7)
+
+
+@settings(max_examples=30, deadline=None)
+@given(version=st.sampled_from(VERSIONS), topics=topics.filter(bool), cut=st.data())
+def test_a_cut_response_is_an_error_not_a_crash(version: int, topics: list[Any], cut: Any) -> None:
+    data = response_bytes(version, 0, topics)
+    n = cut.draw(st.integers(0, len(data) - 1))
+    with pytest.raises(MalformedResponseError, match=f"FetchResponse v{version}"):
+        parse_fetch_response(memoryview(data)[:n], version)
+
+
+def test_records_are_views_of_the_response_not_copies() -> None:
+    data = bytearray(response_bytes(11, 0, [("t", [(0, 0, 9, 9, 0, None, -1, b"abcdef")])]))
+    parsed = parse_fetch_response(memoryview(data), 11)
+    records = parsed.topics[0][1][0][-1]
+    assert isinstance(records, memoryview) and bytes(records) == b"abcdef"
+    data[-6:] = b"ABCDEF"
+    assert bytes(records) == b"ABCDEF"
+
+
+def test_unknown_versions_are_refused() -> None:
+    with pytest.raises(ValueError, match="v3"):
+        parse_fetch_response(memoryview(b""), 3)
+
+
+def test_a_receive_buffer_is_used_again_once_nothing_views_it() -> None:
+    buffers = ReceiveBuffers(keep=2)
+    a = buffers.take(100)
+    b = buffers.take(100)
+    assert (buffers.allocated, buffers.reused) == (2, 0)
+    del a
+    c = buffers.take(60)
+    assert (buffers.allocated, buffers.reused) == (2, 1) and len(c) == 60
+    piece = c[10:20]  # a slice of a view still holds the buffer
+    del c
+    d = buffers.take(60)
+    assert (buffers.allocated, buffers.reused) == (3, 1)
+    del piece
+    e = buffers.take(100)
+    assert (buffers.allocated, buffers.reused) == (3, 2)
+    del b, d, e
+    f = buffers.take(500)  # bigger than any kept: a new one replaces a small one
+    assert (buffers.allocated, buffers.reused) == (4, 2) and len(f) == 500
+
+
+# A scripted broker: answers ApiVersions, then runs each connection's script.
+
+Step = Callable[[socket.socket, int, bytes], bool]
+"""(connection, correlation id, request body) -> keep the connection open."""
+
+
+def _read_frame(conn: socket.socket) -> bytes | None:
+    head = b""
+    while len(head) < 4:
+        got = conn.recv(4 - len(head))
+        if not got:
+            return None
+        head += got
+    (size,) = struct.unpack(">i", head)
+    body = b""
+    while len(body) < size:
+        got = conn.recv(size - len(body))
+        if not got:
+            return None
+        body += got
+    return body
+
+
+def _answer(conn: socket.socket, correlation: int, payload: bytes) -> None:
+    frame = struct.pack(">i", correlation) + payload
+    conn.sendall(struct.pack(">i", len(frame)) + frame)
+
+
+@contextmanager
+def scripted_broker(connections: list[list[Step]]) -> Iterator[tuple[str, int]]:
+    server = socket.create_server(("127.0.0.1", 0))
+    host, port = server.getsockname()[:2]
+
+    def serve() -> None:
+        for script in connections:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                versions = _read_frame(conn)
+                assert versions is not None
+                (correlation,) = struct.unpack_from(">i", versions, 4)
+                api = ApiVersionResponse_v0(0, [(1, 4, 11), (18, 0, 0)])
+                _answer(conn, correlation, bytes(api.encode()))
+                for step in script:
+                    body = _read_frame(conn)
+                    if body is None:
+                        break
+                    (correlation,) = struct.unpack_from(">i", body, 4)
+                    if not step(conn, correlation, body):
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield host, port
+    finally:
+        server.close()
+        thread.join(timeout=5)
+
+
+def _records_reply(payload: bytes) -> Step:
+    def step(conn: socket.socket, correlation: int, body: bytes) -> bool:
+        api_key, version = struct.unpack_from(">hh", body, 0)
+        assert (api_key, version) == (1, 11)
+        data = response_bytes(11, 0, [("t", [(0, 0, 50, 50, 0, None, -1, payload)])])
+        _answer(conn, correlation, data)
+        return True
+
+    return step
+
+
+def _hang_up_midway(conn: socket.socket, correlation: int, body: bytes) -> bool:
+    conn.sendall(struct.pack(">ii", 1000, correlation) + b"\x00" * 10)
+    return False
+
+
+def _never_answer(conn: socket.socket, correlation: int, body: bytes) -> bool:
+    conn.recv(1)  # until the client hangs up
+    return False
+
+
+def _request(offset: int = 0) -> FetchRequest:
+    return FetchRequest(500, 1, 1 << 20, 0, [("t", [(0, offset, 1 << 20)])])
+
+
+def test_a_lane_fetches_reconnects_after_a_broken_response_and_prepares_records() -> None:
+    with scripted_broker(
+        [[_records_reply(b"first"), _hang_up_midway], [_records_reply(b"again")]]
+    ) as (host, port):
+        lane = FetchLane(1, host, port, client_id="test", timeout=5)
+        try:
+            got = lane.submit(_request()).result(timeout=5)
+            assert got.API_VERSION == 11
+            assert [(t, [(p[0], bytes(p[-1])) for p in parts]) for t, parts in got.topics] == [
+                ("t", [(0, b"first")])
+            ]
+            with pytest.raises(kafka_errors.KafkaConnectionError, match="fetch from broker 1"):
+                lane.submit(_request()).result(timeout=5)
+            # The next request connects again; prepare sees the records and offset.
+            seen: list[tuple[bytes, int]] = []
+
+            def prepare(view: memoryview, offset: int) -> str:
+                seen.append((bytes(view), offset))
+                return "prepared"
+
+            again = lane.submit(_request(offset=42), prepare).result(timeout=5)
+            assert again.topics[0][1][0][-1] == "prepared"
+            assert seen == [(b"again", 42)]
+        finally:
+            lane.close()
+
+
+def test_closing_a_lane_wakes_a_fetch_waiting_for_its_response() -> None:
+    with scripted_broker([[_never_answer]]) as (host, port):
+        lane = FetchLane(1, host, port, client_id="test", timeout=30)
+        waiting = lane.submit(_request())
+        time.sleep(0.3)  # the request is sent; the thread waits in recv
+        started = time.monotonic()
+        lane.close()
+        with pytest.raises(kafka_errors.KafkaConnectionError, match="closed"):
+            waiting.result(timeout=10)
+        assert time.monotonic() - started < 10  # not the lane's 30 s timeout
