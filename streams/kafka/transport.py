@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import socket
 import struct
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -62,6 +63,11 @@ _ABORTED = struct.Struct(">qq")
 
 class MalformedResponseError(ValueError):
     """A fetch response whose fields run past its end."""
+
+
+class UnsupportedBrokerError(Exception):
+    """The broker speaks only ``Fetch`` versions older than v4 (before Kafka
+    0.11): its fetches go through aiokafka's connection instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +174,15 @@ def parse_fetch_response(frame: memoryview, version: int) -> FetchResponse:
     return FetchResponse(version, throttle, error_code, session_id, topics)
 
 
+Prepare = Callable[[memoryview, int], Any]
+"""``prepare(records, fetch_offset)``: what a partition's records become in the
+response the fetcher gets, made in the fetch thread."""
+
+
+_Work = tuple[Future[FetchResponse], Any, Prepare | None]
+"""A request for a lane's thread: its future, the request, its ``prepare``."""
+
+
 class FetchLane:
     """One broker's fetch connection, driven by a thread of its own.
 
@@ -190,13 +205,45 @@ class FetchLane:
         self._versions: dict[int, tuple[int, int]] = {}
         self._correlation = 0
         self._lock = threading.Lock()  # the socket, against close() from the loop
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"embedstream-fetch-{node_id}")
         self._buffers = ReceiveBuffers()
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self.closed = False
 
     def submit(self, request: Any, prepare: Prepare | None = None) -> Future[FetchResponse]:
         """Run :meth:`roundtrip` for ``request`` in the lane's thread."""
-        return self._thread.submit(self.roundtrip, request, prepare)
+        done: Future[FetchResponse] = Future()
+        if self.closed:
+            done.set_exception(self._closed_error())
+            return done
+        with self._lock:
+            if self._thread is None:
+                # A daemon: a lane nobody closed must not hold the interpreter's
+                # exit for a request timeout.
+                self._thread = threading.Thread(
+                    target=self._serve, name=f"embedstream-fetch-{self.node_id}", daemon=True
+                )
+                self._thread.start()
+        self._work.put((done, request, prepare))
+        return done
+
+    def _serve(self) -> None:
+        while (work := self._work.get()) is not None:
+            done, request, prepare = work
+            if not done.set_running_or_notify_cancel():
+                continue  # cancelled while it waited
+            try:
+                done.set_result(self.roundtrip(request, prepare))
+            except BaseException as exc:  # handed to the waiting task
+                done.set_exception(exc)
+        # Closed: whatever is still queued fails.
+        while True:
+            try:
+                left = self._work.get_nowait()
+            except queue.Empty:
+                return
+            if left is not None and left[0].set_running_or_notify_cancel():
+                left[0].set_exception(self._closed_error())
 
     def roundtrip(self, request: Any, prepare: Prepare | None = None) -> FetchResponse:
         """Send ``request`` (aiokafka's ``FetchRequest``) and read its response;
@@ -220,28 +267,32 @@ class FetchLane:
             sock = self._connected()
             prepared = request.prepare(self._versions)
             if not _OLDEST <= prepared.API_VERSION <= _NEWEST:
-                raise kafka_errors.KafkaConnectionError(
-                    f"broker {self.host}:{self.port} speaks FetchRequest "
-                    f"v{prepared.API_VERSION}, which embedstream's fetch thread does not read"
+                raise UnsupportedBrokerError(
+                    f"broker {self.host}:{self.port} answers FetchRequest "
+                    f"v{prepared.API_VERSION}; the fetch thread reads v{_OLDEST}-v{_NEWEST}"
                 )
             frame = self._exchange(sock, prepared)
             return parse_fetch_response(frame, prepared.API_VERSION)
         except (OSError, MalformedResponseError) as exc:
             self._drop()
             if self.closed:
-                raise kafka_errors.KafkaConnectionError(
-                    f"fetch connection to {self.host}:{self.port} closed"
-                ) from None
+                raise self._closed_error() from None
             raise kafka_errors.KafkaConnectionError(
                 f"fetch from broker {self.node_id} at {self.host}:{self.port} failed: {exc}"
             ) from exc
 
     def close(self) -> None:
         """Close the connection (a thread waiting in ``recv`` wakes up) and let the
-        thread end."""
+        thread end; requests still queued fail."""
         self.closed = True
         self._drop()
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._work.put(None)
+
+    def _closed_error(self) -> Exception:
+        error: Exception = kafka_errors.KafkaConnectionError(
+            f"fetch connection to {self.host}:{self.port} closed"
+        )
+        return error
 
     def _connected(self) -> socket.socket:
         with self._lock:
@@ -336,11 +387,6 @@ class ReceiveBuffers:
         return memoryview(buffer)
 
 
-Prepare = Callable[[memoryview, int], Any]
-"""``prepare(records, fetch_offset)``: what a partition's records become in the
-response the fetcher gets, made in the fetch thread."""
-
-
 class ThreadedFetches:
     """aiokafka's client, with ``FetchRequest`` sent through a :class:`FetchLane`
     per broker; every other attribute and request is the client's own.
@@ -353,6 +399,7 @@ class ThreadedFetches:
         self._client = client
         self._prepare = prepare
         self._lanes: dict[int, FetchLane] = {}
+        self._unsupported: set[int] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -365,7 +412,14 @@ class ThreadedFetches:
         lane = self._lane(node_id)
         if lane is None:
             return await self._client.send(node_id, request)
-        return await asyncio.wrap_future(lane.submit(request, self._prepare))
+        try:
+            return await asyncio.wrap_future(lane.submit(request, self._prepare))
+        except UnsupportedBrokerError as exc:
+            log.warning("%s: fetching from it on the event loop", exc)
+            self._unsupported.add(node_id)
+            lane.close()
+            self._lanes.pop(node_id, None)
+            return await self._client.send(node_id, request)
 
     def close(self) -> None:
         """Close every lane."""
@@ -375,7 +429,7 @@ class ThreadedFetches:
 
     def _lane(self, node_id: int) -> FetchLane | None:
         broker = self._client.cluster.broker_metadata(node_id)
-        if broker is None:
+        if broker is None or node_id in self._unsupported:
             return None
         lane = self._lanes.get(node_id)
         if lane is not None and (lane.host, lane.port) != (broker.host, broker.port):

@@ -26,6 +26,8 @@ from streams.kafka.transport import (
     FetchLane,
     MalformedResponseError,
     ReceiveBuffers,
+    ThreadedFetches,
+    UnsupportedBrokerError,
     parse_fetch_response,
 )
 
@@ -177,7 +179,9 @@ def _answer(conn: socket.socket, correlation: int, payload: bytes) -> None:
 
 
 @contextmanager
-def scripted_broker(connections: list[list[Step]]) -> Iterator[tuple[str, int]]:
+def scripted_broker(
+    connections: list[list[Step]], fetch_versions: tuple[int, int] = (4, 11)
+) -> Iterator[tuple[str, int]]:
     server = socket.create_server(("127.0.0.1", 0))
     host, port = server.getsockname()[:2]
 
@@ -191,7 +195,7 @@ def scripted_broker(connections: list[list[Step]]) -> Iterator[tuple[str, int]]:
                 versions = _read_frame(conn)
                 assert versions is not None
                 (correlation,) = struct.unpack_from(">i", versions, 4)
-                api = ApiVersionResponse_v0(0, [(1, 4, 11), (18, 0, 0)])
+                api = ApiVersionResponse_v0(0, [(1, *fetch_versions), (18, 0, 0)])
                 _answer(conn, correlation, bytes(api.encode()))
                 for step in script:
                     body = _read_frame(conn)
@@ -272,3 +276,71 @@ def test_closing_a_lane_wakes_a_fetch_waiting_for_its_response() -> None:
         with pytest.raises(kafka_errors.KafkaConnectionError, match="closed"):
             waiting.result(timeout=10)
         assert time.monotonic() - started < 10  # not the lane's 30 s timeout
+
+
+def test_a_closed_lane_fails_requests_instead_of_holding_them() -> None:
+    lane = FetchLane(1, "127.0.0.1", 9, client_id="test", timeout=5)
+    lane.close()
+    with pytest.raises(kafka_errors.KafkaConnectionError, match="closed"):
+        lane.submit(_request()).result(timeout=5)
+
+
+class _Broker:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+
+class _Cluster:
+    def __init__(self, host: str, port: int) -> None:
+        self.broker = _Broker(host, port)
+
+    def broker_metadata(self, node_id: int) -> _Broker | None:
+        return self.broker if node_id == 1 else None
+
+
+class _AiokafkaClient:
+    """What ThreadedFetches uses of aiokafka's client; sends answer "aiokafka"."""
+
+    _client_id = "test"
+    _request_timeout_ms = 5000
+
+    def __init__(self, host: str, port: int) -> None:
+        self.cluster = _Cluster(host, port)
+        self.sent: list[tuple[int, Any]] = []
+
+    async def send(self, node_id: int, request: Any) -> str:
+        self.sent.append((node_id, request))
+        return "aiokafka"
+
+
+@pytest.mark.asyncio
+async def test_fetches_go_through_lanes_and_everything_else_through_aiokafka() -> None:
+    with scripted_broker([[_records_reply(b"rows")]]) as (host, port):
+        client = _AiokafkaClient(host, port)
+        fetches = ThreadedFetches(client)
+        try:
+            got = await fetches.send(1, _request())
+            assert bytes(got.topics[0][1][0][-1]) == b"rows" and client.sent == []
+            assert await fetches.send(1, "metadata request") == "aiokafka"
+            assert await fetches.send(2, _request()) == "aiokafka"  # a node not in metadata
+            assert fetches.cluster is client.cluster  # the rest is the client's own
+        finally:
+            fetches.close()
+
+
+@pytest.mark.asyncio
+async def test_a_broker_without_fetch_v4_is_fetched_from_by_aiokafka() -> None:
+    with scripted_broker([[]], fetch_versions=(0, 3)) as (host, port):
+        lane = FetchLane(1, host, port, client_id="test", timeout=5)
+        with pytest.raises(UnsupportedBrokerError, match="v3"):
+            lane.submit(_request()).result(timeout=5)
+        lane.close()
+    with scripted_broker([[]], fetch_versions=(0, 3)) as (host, port):
+        client = _AiokafkaClient(host, port)
+        fetches = ThreadedFetches(client)
+        try:
+            assert await fetches.send(1, _request()) == "aiokafka"
+            assert await fetches.send(1, _request()) == "aiokafka"
+            assert len(client.sent) == 2
+        finally:
+            fetches.close()
