@@ -59,6 +59,7 @@ class IngestOptions:
     until_idle: float | None = None
     kafka_options: tuple[str, ...] = ()
     kafka_client: str = "auto"
+    kafka_fetch_thread: bool = True
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -133,6 +134,7 @@ def _source(sources: list[str], o: IngestOptions) -> Source:
                 o.kafka_options, o.ssl_cafile, o.ssl_certfile, o.ssl_keyfile
             ),
             client=o.kafka_client,
+            fetch_thread=o.kafka_fetch_thread,
             slab_bytes=o.batch_bytes or 16 << 20,
         )
     if o.fmt is not None and o.fmt not in FORMATS:

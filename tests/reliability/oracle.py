@@ -73,8 +73,12 @@ def check(idx: Path, x: np.ndarray, payloads: bool = False) -> Verdict:
 
 def ingest_argv(kafka: str, topic: str, idx: Path, *extra: str) -> list[str]:
     """``embedstream ingest`` of ``topic`` into ``idx``, on the Kafka client the
-    ``kafka_client`` fixture chose (aiokafka when the test has none)."""
+    ``kafka_client`` fixture chose (aiokafka when the test has none);
+    ``aiokafka-loop`` is aiokafka fetching on the event loop, as it does over TLS."""
     client = os.environ.get("EMBEDSTREAM_TEST_KAFKA_CLIENT", "aiokafka")
+    flags = ["--kafka-client", client]
+    if client == "aiokafka-loop":
+        flags = ["--kafka-client", "aiokafka", "--no-kafka-fetch-thread"]
     return [
         sys.executable,
         "-m",
@@ -86,8 +90,7 @@ def ingest_argv(kafka: str, topic: str, idx: Path, *extra: str) -> list[str]:
         "--group",
         f"g-{topic}",
         "--no-progress",
-        "--kafka-client",
-        client,
+        *flags,
         *extra,
     ]
 

@@ -58,14 +58,24 @@ async def test_a_cancelled_call_finishes_and_the_cancel_arrives_after_it() -> No
         thread.shutdown()
 
 
-def test_auto_picks_librdkafka_when_it_is_installed() -> None:
+def test_auto_picks_the_fetch_thread_over_plaintext_and_librdkafka_over_tls() -> None:
     from streams.app.ingest import IngestOptions
     from streams.kafka import KafkaSource
     from streams.kafka.confluent import confluent_available
 
     assert IngestOptions().kafka_client == "auto"  # what `embedstream ingest` runs
     source = KafkaSource("127.0.0.1:9", ["t"], group="g", client="auto")
-    assert source.client == ("confluent" if confluent_available() else "aiokafka")
+    assert source.client == "aiokafka"  # over plaintext its fetch thread is faster
+    secured = KafkaSource(
+        "127.0.0.1:9",
+        ["t"],
+        group="g",
+        client="auto",
+        consumer_options={"security_protocol": "SASL_SSL"},
+    )
+    assert secured.client == ("confluent" if confluent_available() else "aiokafka")
+    on_loop = KafkaSource("127.0.0.1:9", ["t"], group="g", client="auto", fetch_thread=False)
+    assert on_loop.client == secured.client
 
 
 def test_messages_are_grouped_per_partition_in_order_with_errors_apart() -> None:
