@@ -1,7 +1,12 @@
 """File -> Flat index: `embedstream ingest` against a bare numpy + faiss script.
 
-Both run as whole processes on the same 500,000 x 128 float32 .npy and end with the
-index durable on disk; alternated, medians of several runs.
+Both run as whole processes on the same float32 .npy and end with the index durable
+on disk; alternated, medians of several runs. One dimension (500,000 x 128 by
+default, ``file_ingest.json``), or several with ``--dim D [D ...]``: each then gets
+``--mb`` MiB of vectors (512 by default: 1,048,576 x 128-d ... 87,381 x 1536-d) and
+its own ``file_ingest-<dim>d.json``.
+
+    python -m benchmarks.bench_file_ingest --dim 128 384 768 1536 [--repeats 3]
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ def make_data(rows: int, dim: int) -> Path:
     return path
 
 
-def run(rows: int = 500_000, dim: int = 128, repeats: int = 3) -> dict[str, Any]:
+def run(
+    rows: int = 500_000, dim: int = 128, repeats: int = 3, name: str = "file_ingest"
+) -> dict[str, Any]:
     data = make_data(rows, dim)
     ours: list[Sample] = []
     bare: list[Sample] = []
@@ -71,7 +78,7 @@ def run(rows: int = 500_000, dim: int = 128, repeats: int = 3) -> dict[str, Any]
         "contenders": {"embedstream ingest": r_ours, "bare numpy+faiss script": r_bare},
         "ratio_embedstream_to_bare": round(r_ours["rate_median"] / r_bare["rate_median"], 3),
     }
-    save("file_ingest", result)
+    save(name, result)
     return result
 
 
@@ -96,7 +103,12 @@ def report(result: dict[str, Any]) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=500_000)
-    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--dim", type=int, nargs="*", default=None)
+    ap.add_argument("--mb", type=int, default=512, help="MiB of vectors a dimension")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    print(report(run(a.rows, a.dim, a.repeats)))
+    if a.dim is None:
+        print(report(run(a.rows, 128, a.repeats)))
+    for dim in a.dim or []:
+        rows = (a.mb << 20) // (4 * dim)
+        print(report(run(rows, dim, a.repeats, name=f"file_ingest-{dim}d")))

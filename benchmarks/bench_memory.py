@@ -5,12 +5,14 @@ What grows with the stream is the index; everything else (channels, fetch buffer
 batches in flight) must not. So peak RSS minus index bytes should be the same at
 both sizes. Index bytes = the size of the segment objects of the final snapshot
 (vectors and ids, as FAISS holds them) plus the sink's id set (8 bytes per vector).
-Four variants alternate: as shipped (the CLI pins glibc's mmap threshold at 4 MiB,
-so big freed buffers go back to the system; :mod:`streams.app.memory`; the Kafka
-client is librdkafka when ``embedstream[fast]`` is installed); the same plus heap
+Five variants alternate: as shipped (the CLI pins glibc's mmap threshold at 4 MiB,
+so big freed buffers go back to the system; :mod:`streams.app.memory`; over this
+plaintext broker the client is aiokafka with its fetch thread); the same plus heap
 trimming once a second (``EMBEDSTREAM_TRIM_SECONDS=1``, off by default); glibc's own
 dynamic threshold (``EMBEDSTREAM_MMAP_THRESHOLD=0``), under which the heap fragments
-as the index grows; and as shipped on aiokafka (``--kafka-client aiokafka``). Each
+as the index grows; on librdkafka (``--kafka-client confluent``, what ``auto`` takes
+over TLS with ``embedstream[fast]``); and on aiokafka fetching on the event loop
+(``--no-kafka-fetch-thread``, what it does over TLS without the extra). Each
 size and variant runs ``--repeats`` times; medians. ``--variants`` runs some of them
 (results then go to ``memory-some.json``).
 
@@ -46,8 +48,11 @@ VARIANTS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "as shipped (mmap threshold 4 MiB)": ({}, ()),
     "plus trimming every 1 s": ({"EMBEDSTREAM_TRIM_SECONDS": "1"}, ()),
     "glibc dynamic threshold": ({"EMBEDSTREAM_MMAP_THRESHOLD": "0"}, ()),
-    # The default client is librdkafka when embedstream[fast] is installed.
-    "as shipped, on aiokafka": ({}, ("--kafka-client", "aiokafka")),
+    "on librdkafka": ({}, ("--kafka-client", "confluent")),
+    "on aiokafka, fetching on the event loop": (
+        {},
+        ("--kafka-client", "aiokafka", "--no-kafka-fetch-thread"),
+    ),
 }
 """Variant -> (environment, extra ingest arguments)."""
 
