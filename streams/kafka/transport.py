@@ -94,6 +94,37 @@ class FetchResponse:
     topics: list[tuple[str, list[tuple[Any, ...]]]]
 
 
+class _Reader:
+    """Fields read one after another from a response, each checked against its end."""
+
+    def __init__(self, frame: memoryview, version: int) -> None:
+        self.frame = frame
+        self.version = version
+        self.pos = 0
+
+    def view(self, n: int) -> memoryview:
+        """The next ``n`` bytes, as a view."""
+        if n < 0 or self.pos + n > len(self.frame):
+            raise MalformedResponseError(
+                f"FetchResponse v{self.version}: a field at byte {self.pos} needs {n} "
+                f"bytes, the response has {len(self.frame) - self.pos} left"
+            )
+        self.pos += n
+        return self.frame[self.pos - n : self.pos]
+
+    def fields(self, layout: struct.Struct) -> tuple[Any, ...]:
+        return layout.unpack(self.view(layout.size))
+
+    def int16(self) -> int:
+        return int(self.fields(_I16)[0])
+
+    def int32(self) -> int:
+        return int(self.fields(_I32)[0])
+
+    def int64(self) -> int:
+        return int(self.fields(_I64)[0])
+
+
 def parse_fetch_response(frame: memoryview, version: int) -> FetchResponse:
     """Read a ``FetchResponse`` of ``version`` (4 to 11) from ``frame``, the bytes
     after the response header, without copying any partition's records.
@@ -101,74 +132,33 @@ def parse_fetch_response(frame: memoryview, version: int) -> FetchResponse:
     Raises :class:`MalformedResponseError` when a field runs past the frame."""
     if not _OLDEST <= version <= _NEWEST:
         raise ValueError(f"FetchResponse v{version} is not read here (v4 to v11 are)")
-    end = len(frame)
-    pos = 0
-
-    def need(n: int) -> None:
-        if n < 0 or pos + n > end:
-            raise MalformedResponseError(
-                f"FetchResponse v{version}: a field at byte {pos} needs {n} bytes, "
-                f"the response has {end - pos} left"
-            )
-
-    need(4)
-    (throttle,) = _I32.unpack_from(frame, pos)
-    pos += 4
+    read = _Reader(frame, version)
+    throttle = read.int32()
     error_code = session_id = 0
     if version >= 7:
-        need(6)
-        (error_code,) = _I16.unpack_from(frame, pos)
-        (session_id,) = _I32.unpack_from(frame, pos + 2)
-        pos += 6
-    need(4)
-    (topic_count,) = _I32.unpack_from(frame, pos)
-    pos += 4
+        error_code, session_id = read.int16(), read.int32()
     topics: list[tuple[str, list[tuple[Any, ...]]]] = []
-    for _ in range(max(topic_count, 0)):
-        need(2)
-        (name_len,) = _I16.unpack_from(frame, pos)
-        pos += 2
-        need(name_len)
-        topic = bytes(frame[pos : pos + name_len]).decode("utf-8")
-        pos += name_len
-        need(4)
-        (partition_count,) = _I32.unpack_from(frame, pos)
-        pos += 4
+    for _ in range(read.int32()):
+        name = read.view(read.int16())
+        try:
+            topic = bytes(name).decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedResponseError(
+                f"FetchResponse v{version}: a topic name that is not UTF-8"
+            ) from None
         partitions: list[tuple[Any, ...]] = []
-        for _ in range(max(partition_count, 0)):
-            need(_PARTITION.size)
-            partition, error, high, stable = _PARTITION.unpack_from(frame, pos)
-            pos += _PARTITION.size
-            fields: list[Any] = [partition, error, high, stable]
+        for _ in range(read.int32()):
+            fields: list[Any] = list(read.fields(_PARTITION))
             if version >= 5:
-                need(8)
-                fields.append(_I64.unpack_from(frame, pos)[0])
-                pos += 8
-            need(4)
-            (aborted_count,) = _I32.unpack_from(frame, pos)
-            pos += 4
-            aborted: list[tuple[int, int]] | None = None
-            if aborted_count >= 0:
-                need(aborted_count * _ABORTED.size)
-                aborted = [
-                    _ABORTED.unpack_from(frame, pos + i * _ABORTED.size)
-                    for i in range(aborted_count)
-                ]
-                pos += aborted_count * _ABORTED.size
-            fields.append(aborted)
+                fields.append(read.int64())  # log_start_offset
+            aborted_count = read.int32()
+            fields.append(
+                None if aborted_count < 0 else [read.fields(_ABORTED) for _ in range(aborted_count)]
+            )
             if version >= 11:
-                need(4)
-                fields.append(_I32.unpack_from(frame, pos)[0])
-                pos += 4
-            need(4)
-            (size,) = _I32.unpack_from(frame, pos)
-            pos += 4
-            records: memoryview | None = None
-            if size >= 0:
-                need(size)
-                records = frame[pos : pos + size]
-                pos += size
-            fields.append(records)
+                fields.append(read.int32())  # preferred_read_replica
+            size = read.int32()
+            fields.append(None if size < 0 else read.view(size))
             partitions.append(tuple(fields))
         topics.append((topic, partitions))
     return FetchResponse(version, throttle, error_code, session_id, topics)
@@ -259,7 +249,13 @@ class FetchLane:
                 for i, fields in enumerate(partitions):
                     offset = asked.get((topic, fields[0]))
                     if fields[1] == 0 and fields[-1] is not None and offset is not None:
-                        partitions[i] = (*fields[:-1], prepare(fields[-1], offset))
+                        try:
+                            prepared = prepare(fields[-1], offset)
+                        except Exception:  # the records stay as they are: the event
+                            # loop reads them again, where errors reach the consumer
+                            log.debug("preparing %s[%s] failed", topic, fields[0], exc_info=True)
+                            continue
+                        partitions[i] = (*fields[:-1], prepared)
         return response
 
     def _roundtrip(self, request: Any) -> FetchResponse:

@@ -344,3 +344,20 @@ async def test_a_broker_without_fetch_v4_is_fetched_from_by_aiokafka() -> None:
             assert len(client.sent) == 2
         finally:
             fetches.close()
+
+
+def test_records_a_prepare_fails_on_are_handed_on_as_they_came() -> None:
+    """The event loop then reads them again, where a corrupt batch reaches the
+    consumer as aiokafka's error rather than killing the fetch thread's request."""
+
+    def broken(view: memoryview, offset: int) -> Any:
+        raise IndexError("a bug in prepare")
+
+    with scripted_broker([[_records_reply(b"kept")]]) as (host, port):
+        lane = FetchLane(1, host, port, client_id="test", timeout=5)
+        try:
+            got = lane.submit(_request(), broken).result(timeout=5)
+            records = got.topics[0][1][0][-1]
+            assert isinstance(records, memoryview) and bytes(records) == b"kept"
+        finally:
+            lane.close()
