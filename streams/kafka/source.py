@@ -412,10 +412,6 @@ class KafkaSource(Source):
             for piece in pieces(messages, self.max_records, fmt == "f32")
         ]
 
-    def _chunk(self, tp: Any, messages: list[Any]) -> Chunk:
-        """The chunk of a partition's messages, noted as read (see :meth:`_noted`)."""
-        return self._noted(tp, chunk_of(tp, messages, self.consumer, self.format, self.slabs))
-
     def _noted(self, tp: Any, chunk: Chunk) -> Chunk:
         """``chunk``, noting that its records were read (the partition's position
         and lag)."""

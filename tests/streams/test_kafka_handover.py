@@ -129,9 +129,13 @@ def test_chunk_offsets_with_and_without_gaps() -> None:
             for o in offsets
         ]
 
-    contiguous = source._chunk(tp, records([5, 6, 7]))
+    def chunk(messages: list[Any]) -> Any:
+        (one,) = source._chunks(tp, messages)
+        return source._noted(tp, one)
+
+    contiguous = chunk(records([5, 6, 7]))
     assert contiguous.locations.tolist() == [5, 6, 7] and contiguous.position == {"offset": 8}
     # A compacted topic: offsets 6 and 9 are gone.
-    gapped = source._chunk(tp, records([5, 7, 8, 10]))
+    gapped = chunk(records([5, 7, 8, 10]))
     assert gapped.locations.tolist() == [5, 7, 8, 10] and gapped.position == {"offset": 11}
     assert gapped.keys == [b"5", b"7", b"8", b"10"]
