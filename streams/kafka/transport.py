@@ -259,23 +259,33 @@ class FetchLane:
         return response
 
     def _roundtrip(self, request: Any) -> FetchResponse:
-        try:
-            sock = self._connected()
-            prepared = request.prepare(self._versions)
-            if not _OLDEST <= prepared.API_VERSION <= _NEWEST:
-                raise UnsupportedBrokerError(
-                    f"broker {self.host}:{self.port} answers FetchRequest "
-                    f"v{prepared.API_VERSION}; the fetch thread reads v{_OLDEST}-v{_NEWEST}"
-                )
-            frame = self._exchange(sock, prepared)
-            return parse_fetch_response(frame, prepared.API_VERSION)
-        except (OSError, MalformedResponseError) as exc:
-            self._drop()
-            if self.closed:
-                raise self._closed_error() from None
-            raise kafka_errors.KafkaConnectionError(
-                f"fetch from broker {self.node_id} at {self.host}:{self.port} failed: {exc}"
-            ) from exc
+        retried = False
+        while True:
+            kept = self._sock is not None
+            try:
+                sock = self._connected()
+                prepared = request.prepare(self._versions)
+                if not _OLDEST <= prepared.API_VERSION <= _NEWEST:
+                    raise UnsupportedBrokerError(
+                        f"broker {self.host}:{self.port} answers FetchRequest "
+                        f"v{prepared.API_VERSION}; the fetch thread reads "
+                        f"v{_OLDEST}-v{_NEWEST}"
+                    )
+                frame = self._exchange(sock, prepared)
+                return parse_fetch_response(frame, prepared.API_VERSION)
+            except (OSError, MalformedResponseError) as exc:
+                self._drop()
+                if self.closed:
+                    raise self._closed_error() from None
+                if kept and not retried and isinstance(exc, OSError):
+                    # A kept connection the broker may have closed while it was idle
+                    # (connections.max.idle.ms, while every partition was paused): a
+                    # fetch only reads, so it goes once more on a new connection.
+                    retried = True
+                    continue
+                raise kafka_errors.KafkaConnectionError(
+                    f"fetch from broker {self.node_id} at {self.host}:{self.port} failed: {exc}"
+                ) from exc
 
     def close(self) -> None:
         """Close the connection (a thread waiting in ``recv`` wakes up) and let the

@@ -241,7 +241,11 @@ def _request(offset: int = 0) -> FetchRequest:
 
 def test_a_lane_fetches_reconnects_after_a_broken_response_and_prepares_records() -> None:
     with scripted_broker(
-        [[_records_reply(b"first"), _hang_up_midway], [_records_reply(b"again")]]
+        [
+            [_records_reply(b"first"), _hang_up_midway],
+            [_hang_up_midway],  # the retry on a new connection fails too
+            [_records_reply(b"again")],
+        ]
     ) as (host, port):
         lane = FetchLane(1, host, port, client_id="test", timeout=5)
         try:
@@ -359,5 +363,22 @@ def test_records_a_prepare_fails_on_are_handed_on_as_they_came() -> None:
             got = lane.submit(_request(), broken).result(timeout=5)
             records = got.topics[0][1][0][-1]
             assert isinstance(records, memoryview) and bytes(records) == b"kept"
+        finally:
+            lane.close()
+
+
+def test_a_kept_connection_the_broker_closed_is_replaced_without_an_error() -> None:
+    """Brokers close connections idle for connections.max.idle.ms (a source that
+    paused every partition sends no fetch): the next fetch goes on a new one."""
+    with scripted_broker(
+        [[_records_reply(b"first"), _hang_up_midway], [_records_reply(b"again")]]
+    ) as (host, port):
+        lane = FetchLane(1, host, port, client_id="test", timeout=5)
+        try:
+            assert bytes(lane.submit(_request()).result(timeout=5).topics[0][1][0][-1]) == (
+                b"first"
+            )
+            again = lane.submit(_request()).result(timeout=5)
+            assert bytes(again.topics[0][1][0][-1]) == b"again"
         finally:
             lane.close()
