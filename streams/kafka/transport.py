@@ -11,15 +11,18 @@ consumer made by :class:`streams.kafka.source.KafkaSource` (the hook is in
 :mod:`streams.kafka.records`). It hands every ``FetchRequest`` to a
 :class:`FetchLane`: one connection per broker, driven by a thread of its own, which
 sends the request and receives the response with ``recv_into`` straight into one
-buffer (the GIL released while it waits and copies). :func:`parse_fetch_response`
-then reads the response's fields in place: each partition's records stay a
+buffer (the GIL released while it waits and copies; buffers are used again once
+nothing views them, :class:`ReceiveBuffers`). :func:`parse_fetch_response` then
+reads the response's fields in place: each partition's records stay a
 ``memoryview`` of that buffer, which the wire reader (:mod:`streams.kafka.wire`)
-scans without a copy. Every other request (metadata, offsets, the group's
+scans in the same thread without a copy (the ``prepare`` that
+:mod:`streams.kafka.records` gives). Every other request (metadata, offsets, the group's
 coordination) goes through aiokafka's client as before, and so does everything the
 fetcher decides: which partitions, from which offset, errors, retries and resets.
 
 Only plaintext connections take this path: with SSL or SASL the fetcher keeps
-aiokafka's own connections (:func:`threaded_fetches` returns the client unchanged).
+aiokafka's own connections (:func:`threaded_fetches` returns the client unchanged),
+and so does a broker that answers no ``Fetch`` version from v4 on.
 """
 
 from __future__ import annotations
@@ -42,12 +45,20 @@ from aiokafka import errors as kafka_errors
 from aiokafka.protocol.admin import ApiVersionRequest
 from aiokafka.protocol.fetch import FetchRequest
 
-__all__ = ["FetchLane", "FetchResponse", "ThreadedFetches", "parse_fetch_response"]
+__all__ = [
+    "FetchLane",
+    "FetchResponse",
+    "MalformedResponseError",
+    "Prepare",
+    "ReceiveBuffers",
+    "ThreadedFetches",
+    "UnsupportedBrokerError",
+    "parse_fetch_response",
+    "threaded_fetches",
+]
 
 log = logging.getLogger("embedstream.kafka")
 
-_FETCH = 1
-"""Kafka's API key of ``Fetch``."""
 _OLDEST, _NEWEST = 4, 11
 """The ``FetchResponse`` versions :func:`parse_fetch_response` reads (aiokafka asks
 for at most v11; Kafka 4 answers v4 and later)."""
