@@ -88,7 +88,10 @@ class IdSet:
     def _merge(self) -> None:
         if self._runs:
             # Concatenated sorted runs: timsort ("stable") merges them in about
-            # linear time.
-            self._main = np.sort(np.concatenate([self._main, *self._runs]), kind="stable")
+            # linear time, in place (a sorted copy would hold the ids three times
+            # over at the merge, a peak that grows with the index).
+            merged = np.concatenate([self._main, *self._runs])
+            merged.sort(kind="stable")
+            self._main = merged
             self._runs = []
             self._run_total = 0
