@@ -11,9 +11,11 @@ aiokafka's own record objects for it instead (offset, timestamp, key, value, hea
 no ``ConsumerRecord``). Only a consumer made with the marker is affected; every other
 consumer in the process works as before.
 
-The hooks wrap three names of aiokafka's fetcher: ``MemoryRecords`` (so the raw bytes
-of a response stay reachable), ``PartitionRecords._unpack_records`` and
-``PartitionRecords._consumer_record``. When a future aiokafka lacks them,
+The hooks wrap five names of aiokafka's fetcher: ``MemoryRecords`` (so the raw bytes
+of a response stay reachable), ``PartitionRecords._unpack_records``,
+``PartitionRecords._consumer_record``, and ``Fetcher.__init__`` and ``Fetcher.close``
+(a marked consumer's fetcher sends its fetches through a fetch thread,
+:mod:`streams.kafka.transport`, and closes it). When a future aiokafka lacks them,
 :func:`raw_records_marker` returns ``None`` and the source takes ``ConsumerRecord``
 objects as usual (same attributes, slower).
 """
@@ -208,16 +210,19 @@ def _install() -> bool:
     fetcher_close = fetcher_cls.close
 
     def init(self: Any, client: Any, *args: Any, **kwargs: Any) -> None:
-        marker = kwargs.get("key_deserializer")
+        fetcher_init(self, client, *args, **kwargs)
+        marker = self._key_deserializer
         if isinstance(marker, _RawRecords) and marker.fetch_thread:
-            check_crcs = bool(kwargs.get("check_crcs", True))
-            read_committed = kwargs.get("isolation_level") == fetcher.READ_COMMITTED
+            # As the fetcher's partitions will ask (its own settings, parsed):
+            # a scan made for anything else is made again on the loop.
+            check_crcs = bool(self._check_crcs)
+            read_committed = self._isolation_level == fetcher.READ_COMMITTED
 
             def scanned(records: memoryview, fetch_offset: int) -> Scanned:
                 return Scanned.of(records, fetch_offset, check_crcs, read_committed)
 
-            client = threaded_fetches(client, scanned)
-        fetcher_init(self, client, *args, **kwargs)
+            # The fetch task made by __init__ has not run yet: it finds this client.
+            self._client = threaded_fetches(self._client, scanned)
 
     async def close(self: Any) -> None:
         try:

@@ -382,3 +382,52 @@ def test_a_kept_connection_the_broker_closed_is_replaced_without_an_error() -> N
             assert bytes(again.topics[0][1][0][-1]) == b"again"
         finally:
             lane.close()
+
+
+class _SubscriptionState:
+    def register_fetch_waiters(self, waiters: Any) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("isolation", ["read_uncommitted", "read_committed"])
+async def test_a_marked_fetcher_scans_in_its_thread_as_its_partitions_will_ask(
+    isolation: str,
+) -> None:
+    """The hook reads the fetcher's own parsed settings (aiokafka turns the isolation
+    level's name into a number), so the scan made in the thread is the one its
+    partitions take, not one they make again on the event loop."""
+    import asyncio
+
+    from aiokafka.consumer import fetcher as aiokafka_fetcher
+
+    from streams.kafka.records import Scanned, raw_records_marker
+
+    client = _AiokafkaClient("127.0.0.1", 9)
+    client._loop = asyncio.get_running_loop()  # type: ignore[attr-defined]
+    client._metadata_max_age_ms = 300_000  # type: ignore[attr-defined]
+    client._security_protocol = "PLAINTEXT"  # type: ignore[attr-defined]
+    fetcher = aiokafka_fetcher.Fetcher(
+        client,
+        _SubscriptionState(),
+        key_deserializer=raw_records_marker(),
+        isolation_level=isolation,
+        check_crcs=False,
+    )
+    try:
+        fetches = fetcher._client
+        assert isinstance(fetches, ThreadedFetches)
+        scanned = fetches._prepare(memoryview(b""), 7)  # type: ignore[misc]
+        assert isinstance(scanned, Scanned)
+        assert scanned.answers(7, False, isolation == "read_committed")
+    finally:
+        await fetcher.close()
+    assert fetches._lanes == {}
+    # Without the fetch thread (and over TLS) the fetcher keeps aiokafka's client.
+    plain = aiokafka_fetcher.Fetcher(
+        client, _SubscriptionState(), key_deserializer=raw_records_marker(fetch_thread=False)
+    )
+    try:
+        assert plain._client is client
+    finally:
+        await plain.close()
