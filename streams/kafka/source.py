@@ -61,7 +61,9 @@ CLIENTS = ("aiokafka", "confluent", "auto")
 def plaintext(consumer_options: dict[str, Any]) -> bool:
     """Whether a consumer made with these (aiokafka) options connects in
     plaintext, the connections a fetch thread serves."""
-    protocol = consumer_options.get("security_protocol", "PLAINTEXT")
+    protocol = consumer_options.get(
+        "security_protocol", consumer_options.get("security.protocol", "PLAINTEXT")
+    )
     return str(protocol).upper() == "PLAINTEXT" and "ssl_context" not in consumer_options
 
 
@@ -158,8 +160,12 @@ class KafkaSource(Source):
         if client == "auto":
             from streams.kafka.confluent import confluent_available
 
-            threaded = raw_records and fetch_thread and plaintext(consumer_options or {})
-            client = "confluent" if not threaded and confluent_available() else "aiokafka"
+            given = consumer_options or {}
+            threaded = raw_records and fetch_thread and plaintext(given)
+            # librdkafka's dotted option names (security.protocol=SSL...) are for it.
+            dotted = any("." in key for key in given)
+            wants_librdkafka = dotted or not threaded
+            client = "confluent" if wants_librdkafka and confluent_available() else "aiokafka"
         if client == "confluent" and consumer_factory is None:
             from streams.kafka.confluent import confluent_available
 

@@ -76,6 +76,15 @@ def test_auto_picks_the_fetch_thread_over_plaintext_and_librdkafka_over_tls() ->
     assert secured.client == ("confluent" if confluent_available() else "aiokafka")
     on_loop = KafkaSource("127.0.0.1:9", ["t"], group="g", client="auto", fetch_thread=False)
     assert on_loop.client == secured.client
+    # librdkafka's own option names, as the README shows them for TLS.
+    dotted = KafkaSource(
+        "127.0.0.1:9",
+        ["t"],
+        group="g",
+        client="auto",
+        consumer_options={"security.protocol": "SSL", "ssl.ca.location": "ca.pem"},
+    )
+    assert dotted.client == secured.client
 
 
 def test_messages_are_grouped_per_partition_in_order_with_errors_apart() -> None:
